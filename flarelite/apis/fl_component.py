@@ -1,0 +1,131 @@
+"""FLComponent: the base of every component (events, logging with the site context, system_panic)."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Callable
+
+from .event_type import EventType
+from .fl_constant import FLContextKey, ReservedKey
+from .fl_context import FLContext
+
+
+def generate_log_prefix(fl_ctx: FLContext | None) -> str:
+    """Return ``[identity=..., run=..., peer=..., peer_run=..., task_name=..., task_id=...]`` for ``fl_ctx``."""
+    if fl_ctx is None:
+        return ""
+    parts = [f"identity={fl_ctx.get_identity_name()}", f"run={fl_ctx.get_job_id('?')}"]
+    peer = fl_ctx.get_peer_context()
+    if peer is not None:
+        parts.append(f"peer={peer.get_identity_name()}")
+        parts.append(f"peer_run={peer.get_job_id('?')}")
+    task_name = fl_ctx.get_prop(FLContextKey.TASK_NAME)
+    if task_name:
+        parts.append(f"task_name={task_name}")
+        task_id = fl_ctx.get_prop(FLContextKey.TASK_ID)
+        if task_id:
+            parts.append(f"task_id={task_id}")
+    return "[" + ", ".join(parts) + "]"
+
+
+class FLComponent:
+    """Base class of controllers, executors and other components: event handling and contextual logging."""
+
+    def __init__(self) -> None:
+        self._name = type(self).__name__
+        self.logger = logging.getLogger(self._name)
+        self._event_handlers: dict[str, list[tuple[Callable, dict]]] = {}
+
+    def _ensure_base(self) -> None:
+        # Subclasses that forget super().__init__() still get a name, a logger and a handler table.
+        if "_event_handlers" not in self.__dict__:
+            self._name = type(self).__name__
+            self.logger = logging.getLogger(self._name)
+            self._event_handlers = {}
+
+    @property
+    def name(self) -> str:
+        """The component's name: its class name."""
+        self._ensure_base()
+        return self._name
+
+    # events ------------------------------------------------------------------------------------------
+    def handle_event(self, event_type: str, fl_ctx: FLContext) -> None:
+        """Handle an event fired at this site; override to react (e.g. register aux handlers at START_RUN)."""
+
+    def register_event_handler(self, event_types: str | list[str], handler: Callable, **kwargs: Any) -> None:
+        """Call ``handler(event_type, fl_ctx, **kwargs)`` for the given event type(s), besides handle_event."""
+        self._ensure_base()
+        if isinstance(event_types, str):
+            event_types = [event_types]
+        if not callable(handler):
+            raise ValueError(f"{self.name}.register_event_handler: handler must be callable, got {type(handler).__name__}")
+        for et in event_types:
+            self._event_handlers.setdefault(et, []).append((handler, kwargs))
+
+    def get_event_handlers(self) -> dict:
+        """Return the handlers registered with register_event_handler."""
+        self._ensure_base()
+        return self._event_handlers
+
+    def _dispatch_event(self, event_type: str, fl_ctx: FLContext) -> None:
+        self.handle_event(event_type, fl_ctx)
+        self._ensure_base()
+        for handler, kwargs in self._event_handlers.get(event_type, ()):
+            handler(event_type, fl_ctx, **kwargs)
+
+    def fire_event(self, event_type: str, fl_ctx: FLContext) -> None:
+        """Fire ``event_type`` to every component of this site."""
+        engine = fl_ctx.get_engine()
+        if engine is None:
+            raise RuntimeError(f"{self.name}.fire_event({event_type}): the FLContext has no engine")
+        fl_ctx.set_prop(FLContextKey.EVENT_ORIGIN, self.name, private=True, sticky=False)
+        engine.fire_event(event_type, fl_ctx)
+
+    def fire_event_with_data(self, event_type: str, fl_ctx: FLContext, data_key: str, data: Any) -> None:
+        """Set ``data_key`` in ``fl_ctx`` then fire ``event_type``."""
+        fl_ctx.set_prop(data_key, data, private=True, sticky=False)
+        self.fire_event(event_type, fl_ctx)
+
+    def system_panic(self, reason: str, fl_ctx: FLContext) -> None:
+        """End the run at once because of ``reason`` (logged, and reported as the run's failure)."""
+        self.log_critical(fl_ctx, f"system panic: {reason}", fire_event=False)
+        fl_ctx.set_prop(FLContextKey.EVENT_DATA, reason, private=True, sticky=False)
+        fl_ctx.set_prop(ReservedKey.FATAL_SYSTEM_ERROR, reason, private=True, sticky=False)
+        engine = fl_ctx.get_engine()
+        if engine is not None:
+            engine.fire_event(EventType.FATAL_SYSTEM_ERROR, fl_ctx)
+            engine.abort_run(f"{self.name}: {reason}", fl_ctx)
+
+    # logging -----------------------------------------------------------------------------------------
+    def _log(self, level: int, fl_ctx: FLContext | None, msg: str, exc_info: bool = False) -> None:
+        self._ensure_base()
+        prefix = generate_log_prefix(fl_ctx)
+        site = fl_ctx.get_identity_name() if fl_ctx is not None else None
+        text = f"{prefix} - {msg}" if prefix else msg
+        self.logger.log(level, text, exc_info=exc_info, extra={"site": site} if site else None, stacklevel=3)
+
+    def log_debug(self, fl_ctx: FLContext | None, msg: str, fire_event: bool = False) -> None:
+        """Log at DEBUG with the site context prefix."""
+        self._log(logging.DEBUG, fl_ctx, msg)
+
+    def log_info(self, fl_ctx: FLContext | None, msg: str, fire_event: bool = False) -> None:
+        """Log at INFO with the site context prefix."""
+        self._log(logging.INFO, fl_ctx, msg)
+
+    def log_warning(self, fl_ctx: FLContext | None, msg: str, fire_event: bool = True) -> None:
+        """Log at WARNING with the site context prefix."""
+        self._log(logging.WARNING, fl_ctx, msg)
+
+    def log_error(self, fl_ctx: FLContext | None, msg: str, fire_event: bool = True) -> None:
+        """Log at ERROR with the site context prefix."""
+        self._log(logging.ERROR, fl_ctx, msg)
+
+    def log_critical(self, fl_ctx: FLContext | None, msg: str, fire_event: bool = True) -> None:
+        """Log at CRITICAL with the site context prefix."""
+        self._log(logging.CRITICAL, fl_ctx, msg)
+
+    def log_exception(self, fl_ctx: FLContext | None, msg: str, fire_event: bool = False) -> None:
+        """Log at ERROR with the site context prefix and the current exception's traceback."""
+        self._log(logging.ERROR, fl_ctx, msg, exc_info=True)
+

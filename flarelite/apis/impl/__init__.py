@@ -1,0 +1,1 @@
+"""Implementations of API contracts that user code subclasses (Controller)."""

@@ -1,0 +1,59 @@
+"""The ``flarelite`` command: ``flarelite simulator JOB_FOLDER -w WS -n N`` (more subcommands come with the wire)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from .errors import FlareliteError
+
+
+def _simulator(args: argparse.Namespace) -> int:
+    from .simulator.runner import run_simulation
+
+    clients = [c.strip() for c in args.clients.split(",") if c.strip()] if args.clients else None
+    run_simulation(args.job_folder, args.workspace, n_clients=args.n_clients, clients=clients, threads=args.threads)
+    print(f"flarelite: run of {args.job_folder} succeeded; logs in {args.workspace}/<site>/log.txt")
+    return 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    from .job_config.models import load_job
+
+    job = load_job(args.job_folder)
+    print(f"{job.meta.name}: apps {sorted(job.apps)}, deploy_map {job.meta.deploy_map}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Return the argument parser of the ``flarelite`` command."""
+    parser = argparse.ArgumentParser(prog="flarelite", description="flarelite: run federated jobs")
+    sub = parser.add_subparsers(dest="command", required=True)
+    sim = sub.add_parser("simulator", help="run an exported job folder with every site in this process")
+    sim.add_argument("job_folder", help="the job folder (meta.json and app folders), e.g. made by FedJob.export_job")
+    sim.add_argument("-w", "--workspace", default="/tmp/flarelite/simulate_job", help="workspace folder")
+    sim.add_argument("-n", "--n_clients", type=int, default=None, help="number of clients (site-1..site-N)")
+    sim.add_argument("-c", "--clients", default=None, help="comma-separated client names")
+    sim.add_argument("-t", "--threads", type=int, default=None, help="accepted for NVFlare compatibility")
+    sim.set_defaults(func=_simulator)
+    check = sub.add_parser("check", help="validate a job folder and print its apps")
+    check.add_argument("job_folder")
+    check.set_defaults(func=_export)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``flarelite`` console script; returns the exit status."""
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except FlareliteError as exc:
+        print(f"flarelite: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("flarelite: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

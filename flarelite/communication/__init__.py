@@ -1,0 +1,6 @@
+"""Transports: the CommunicationProtocol contract and its implementations."""
+
+from .memory import InMemoryCommunicationProtocol, InMemoryHub
+from .protocol import CommunicationProtocol, Frame
+
+__all__ = ["CommunicationProtocol", "Frame", "InMemoryCommunicationProtocol", "InMemoryHub"]

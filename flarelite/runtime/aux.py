@@ -1,0 +1,320 @@
+"""Aux channels: the handler table, sending requests and collecting replies, dispatching incoming requests.
+
+Incoming requests run on this site's worker pool, never on the thread that runs ``execute``; requests that
+arrive before the site finished START_RUN are held until it has (``set_ready``).
+"""
+
+from __future__ import annotations
+
+import threading
+import uuid
+from typing import TYPE_CHECKING, Any, Callable
+
+from ..apis.fl_constant import ReservedKey, ReturnCode, SiteType
+from ..apis.fl_context import FLContext, peer_context_from_props
+from ..apis.shareable import ReservedHeaderKey, Shareable, make_reply
+from ..communication.protocol import Frame
+from ..errors import CodecError, TransportError
+from .frames import Kind, frame_shareable, make_frame
+from .workers import WorkerPool
+
+if TYPE_CHECKING:
+    from .site import SiteRuntime
+
+_PRIMITIVES = (str, int, float, bool, type(None))
+
+
+def _error_reply(rc: str, message: str) -> Shareable:
+    return make_reply(rc, headers={ReservedHeaderKey.ERROR: message})
+
+
+class _Waiter:
+    """Collects the reply frames of one send; ``done`` is set when every target has answered."""
+
+    def __init__(self, targets: list[str]) -> None:
+        self.remaining = set(targets)
+        self.frames: dict[str, Frame] = {}
+        self.errors: dict[str, Shareable] = {}
+        self.lock = threading.Lock()
+        self.done = threading.Event()
+        if not self.remaining:
+            self.done.set()
+
+    def settle(self, target: str, frame: Frame | None = None, error: Shareable | None = None) -> None:
+        with self.lock:
+            if target not in self.remaining:
+                return
+            self.remaining.discard(target)
+            if frame is not None:
+                self.frames[target] = frame
+            else:
+                self.errors[target] = error if error is not None else make_reply(ReturnCode.ERROR)
+            if not self.remaining:
+                self.done.set()
+
+
+class AuxRunner:
+    """One site's aux channel: handlers by topic, pending requests by message id, the handler worker pool."""
+
+    def __init__(self, site: SiteRuntime, max_workers: int = 16) -> None:
+        self.site = site
+        self._handlers: dict[str, Callable[..., Shareable]] = {}
+        self._pending: dict[str, tuple[_Waiter, str]] = {}
+        self._lock = threading.Lock()
+        self._ready = False
+        self._held: list[Frame] = []
+        self._pool = WorkerPool(site.name, max_workers)
+
+    # handlers ----------------------------------------------------------------------------------------
+    def register(self, topic: str, func: Callable[..., Shareable]) -> None:
+        """Register ``func`` for ``topic``; a second registration of a topic is an error."""
+        if not isinstance(topic, str) or not topic:
+            raise ValueError(f"register_aux_message_handler at {self.site.name}: topic must be a non-empty str, got {topic!r}")
+        if not callable(func):
+            raise ValueError(
+                f"register_aux_message_handler at {self.site.name}: handler for topic {topic!r} must be callable, "
+                f"got {type(func).__name__}"
+            )
+        with self._lock:
+            if topic in self._handlers:
+                raise ValueError(
+                    f"handler already registered for topic {topic!r} at {self.site.name}; "
+                    "register each topic once (e.g. only at START_RUN)"
+                )
+            self._handlers[topic] = func
+
+    def set_ready(self) -> None:
+        """Start dispatching requests; requests held until now are dispatched in arrival order."""
+        with self._lock:
+            self._ready = True
+            held, self._held = self._held, []
+        for frame in held:
+            self._pool.submit(self._handle_request, frame)
+
+    # sending -----------------------------------------------------------------------------------------
+    def peer_props(self, fl_ctx: FLContext) -> dict:
+        """Return the public props of ``fl_ctx`` that travel with a request (primitive values only)."""
+        props = {k: v for k, v in fl_ctx.get_all_public_props().items() if isinstance(v, _PRIMITIVES)}
+        props[ReservedKey.IDENTITY_NAME] = self.site.name
+        props[ReservedKey.RUN_NUM] = self.site.job_id
+        return props
+
+    def send(
+        self,
+        target_requests: dict[str, Shareable],
+        topic: str,
+        timeout: float,
+        fl_ctx: FLContext,
+        optional: bool = False,
+    ) -> dict[str, Shareable]:
+        """Send each target its request; wait up to ``timeout`` seconds for the replies (``<= 0``: don't wait)."""
+        if not isinstance(topic, str) or not topic:
+            raise ValueError(f"aux topic must be a non-empty str, got {topic!r}")
+        if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
+            raise TypeError(f"aux timeout must be a number of seconds, got {type(timeout).__name__}")
+        props = self.peer_props(fl_ctx)
+        wait = timeout > 0
+        kind = Kind.AUX_REQUEST if wait else Kind.AUX_POST
+        results: dict[str, Shareable] = {}
+        frames: dict[str, Frame] = {}
+        encoded_once: dict[int, Frame] = {}
+        for target, request in target_requests.items():
+            if not isinstance(request, Shareable):
+                raise TypeError(
+                    f"aux request to {target!r} on topic {topic!r} must be a Shareable, got {type(request).__name__}"
+                )
+            known = self.site.check_target(target)
+            if known is not None:
+                self._report(optional, "aux request on topic %r: %s", topic, known)
+                results[target] = _error_reply(ReturnCode.ERROR, known)
+                continue
+            template = encoded_once.get(id(request))
+            if template is None:
+                request.set_header(ReservedHeaderKey.TOPIC, topic)
+                request.set_peer_props(props)
+                template = make_frame(kind, request, topic=topic, job_id=self.site.job_id)
+                encoded_once[id(request)] = template
+            frames[target] = template
+        waiter = _Waiter(list(frames) if wait else [])
+        for target, template in frames.items():
+            msg_id = uuid.uuid4().hex
+            frame = Frame(
+                kind=kind, msg_id=msg_id, topic=topic, job_id=self.site.job_id, meta=template.meta,
+                buffers=template.buffers,
+            )
+            if wait:
+                with self._lock:
+                    self._pending[msg_id] = (waiter, target)
+            try:
+                self.site.send_frame(target, frame)
+            except TransportError as exc:
+                self._report(optional, "aux request on topic %r to %s could not be sent: %s", topic, target, exc)
+                if wait:
+                    with self._lock:
+                        self._pending.pop(msg_id, None)
+                    waiter.settle(target, error=_error_reply(ReturnCode.COMMUNICATION_ERROR, f"{target}: {exc}"))
+        if not wait:
+            return {}
+        waiter.done.wait(timeout)
+        with self._lock:
+            for msg_id in [m for m, (w, _) in self._pending.items() if w is waiter]:
+                self._pending.pop(msg_id, None)
+        with waiter.lock:
+            late = set(waiter.remaining)
+            waiter.remaining.clear()
+            replies = dict(waiter.frames)
+            errors = dict(waiter.errors)
+        for target in late:
+            self._report(optional, "aux request on topic %r to %s timed out after %ss", topic, target, timeout)
+            errors[target] = _error_reply(ReturnCode.TIMEOUT, f"no reply from {target} within {timeout}s")
+        results.update(errors)
+        for target, frame in replies.items():
+            results[target] = self._reply_from_frame(target, frame, topic)
+        return {t: results[t] for t in target_requests if t in results}
+
+    def _reply_from_frame(self, target: str, frame: Frame, topic: str) -> Shareable:
+        try:
+            reply = frame_shareable(frame)
+        except CodecError as exc:
+            self.site.log.error("reply from %s on topic %r cannot be decoded: %s", target, topic, exc)
+            return _error_reply(ReturnCode.COMMUNICATION_ERROR, f"undecodable reply from {target}: {exc}")
+        props = reply.get_peer_props()
+        props = dict(props) if isinstance(props, dict) else {}
+        props[ReservedKey.IDENTITY_NAME] = frame.sender
+        reply.set_peer_props(props)
+        reply.set_peer_context(props)
+        return reply
+
+    def _report(self, optional: bool, msg: str, *args: Any) -> None:
+        if optional:
+            self.site.log.debug(msg, *args)
+        else:
+            self.site.log.error(msg, *args)
+
+    # receiving ---------------------------------------------------------------------------------------
+    def on_request(self, frame: Frame) -> None:
+        """Called from the transport: hold the request until ready, else hand it to the worker pool."""
+        with self._lock:
+            if not self._ready:
+                self._held.append(frame)
+                return
+        try:
+            self._pool.submit(self._handle_request, frame)
+        except RuntimeError:  # pool shut down: the site is ending
+            self._reply(frame, _error_reply(ReturnCode.SERVICE_UNAVAILABLE, f"{self.site.name} is shutting down"))
+
+    def on_reply(self, frame: Frame) -> None:
+        """Called from the transport: settle the pending request this reply answers."""
+        with self._lock:
+            entry = self._pending.pop(frame.ref_id, None)
+        if entry is None:
+            self.site.log.debug("late or unknown aux reply from %s (topic %r) dropped", frame.sender, frame.topic)
+            return
+        waiter, target = entry
+        waiter.settle(target, frame=frame)
+
+    def peer_down(self, name: str) -> None:
+        """Fail the pending requests to ``name`` at once (it left)."""
+        with self._lock:
+            gone = [(m, w) for m, (w, t) in self._pending.items() if t == name]
+            for m, _ in gone:
+                self._pending.pop(m, None)
+        for _, waiter in gone:
+            waiter.settle(name, error=_error_reply(ReturnCode.COMMUNICATION_ERROR, f"{name} disconnected"))
+
+    def _handle_request(self, frame: Frame) -> None:
+        reply = self._process(frame)
+        if frame.kind == Kind.AUX_REQUEST:
+            self._reply(frame, reply)
+
+    def _process(self, frame: Frame) -> Shareable:
+        topic = frame.topic
+        site = self.site
+        if frame.job_id != site.job_id:
+            site.log.error("aux request on topic %r from %s is for run %r, not this run", topic, frame.sender, frame.job_id)
+            return _error_reply(ReturnCode.RUN_MISMATCH, f"{site.name} runs {site.job_id!r}, not {frame.job_id!r}")
+        try:
+            request = frame_shareable(frame)
+        except CodecError as exc:
+            site.log.error("aux request on topic %r from %s cannot be decoded: %s", topic, frame.sender, exc)
+            return _error_reply(ReturnCode.BAD_REQUEST_DATA, f"{site.name} cannot decode the request: {exc}")
+        props = request.get_peer_props()
+        if not isinstance(props, dict):
+            return _error_reply(ReturnCode.MISSING_PEER_CONTEXT, "the request carries no peer props")
+        props = dict(props)
+        props[ReservedKey.IDENTITY_NAME] = frame.sender  # the transport's word, not the peer's claim
+        request.set_peer_props(props)
+        handler = self._handlers.get(topic)
+        fl_ctx = site.new_context()
+        fl_ctx.set_peer_context(peer_context_from_props(props))
+        if handler is None:
+            site.log.error(
+                "no aux handler for topic %r (request from %s); register one with "
+                "engine.register_aux_message_handler(topic, func), e.g. at EventType.START_RUN",
+                topic,
+                frame.sender,
+            )
+            return _error_reply(ReturnCode.TOPIC_UNKNOWN, f"no handler for topic {topic!r} at {site.name}")
+        try:
+            reply = handler(topic=topic, request=request, fl_ctx=fl_ctx)
+        except Exception as exc:
+            site.log.exception("aux handler for topic %r raised on a request from %s", topic, frame.sender)
+            return _error_reply(ReturnCode.HANDLER_EXCEPTION, f"handler for {topic!r} at {site.name} raised {exc!r}")
+        if not isinstance(reply, Shareable):
+            site.log.error(
+                "aux handler for topic %r returned %s, not a Shareable; return make_reply(ReturnCode.OK) or a "
+                "DXO's to_shareable()",
+                topic,
+                type(reply).__name__,
+            )
+            return _error_reply(
+                ReturnCode.ERROR,
+                f"handler for {topic!r} at {site.name} returned {type(reply).__name__}, not a Shareable",
+            )
+        return reply
+
+    def _reply(self, request: Frame, reply: Shareable) -> None:
+        site = self.site
+        reply.set_peer_props({ReservedKey.IDENTITY_NAME: site.name, ReservedKey.RUN_NUM: site.job_id})
+        try:
+            frame = make_frame(Kind.AUX_REPLY, reply, ref_id=request.msg_id, topic=request.topic, job_id=site.job_id)
+        except CodecError as exc:
+            site.log.error("reply to %s on topic %r cannot be encoded: %s", request.sender, request.topic, exc)
+            frame = make_frame(
+                Kind.AUX_REPLY,
+                _error_reply(ReturnCode.ERROR, f"{site.name} could not encode its reply: {exc}"),
+                ref_id=request.msg_id,
+                topic=request.topic,
+                job_id=site.job_id,
+            )
+        try:
+            site.send_frame(request.sender, frame)
+        except TransportError as exc:
+            site.log.warning("reply to %s on topic %r not delivered: %s", request.sender, request.topic, exc)
+
+    def close(self, drain_timeout: float = 0.0) -> None:
+        """Stop taking requests; handle those already received first, for up to ``drain_timeout`` seconds."""
+        if not self._pool.shutdown(drain_timeout) and drain_timeout > 0:
+            self.site.log.warning("aux handlers still running %ss after the end of the run", drain_timeout)
+
+
+def resolve_targets(targets: Any, me: str, sites: list[str]) -> list[str]:
+    """Turn ``targets`` (None, "@ALL", a name, or a list of names) into a list of names (duplicates removed)."""
+    if targets is None or targets == SiteType.ALL:
+        return [s for s in sites if s != me]
+    if isinstance(targets, str):
+        return [targets]
+    if isinstance(targets, (list, tuple, set)):
+        names: list[str] = []
+        for t in targets:
+            name = getattr(t, "name", t)
+            if not isinstance(name, str):
+                raise TypeError(f"aux targets must be site names (str), got {type(t).__name__}")
+            if name == SiteType.ALL:
+                names.extend(s for s in sites if s != me)
+            else:
+                names.append(name)
+        return list(dict.fromkeys(names))
+    raise TypeError(f"aux targets must be None, a site name or a list of site names, got {type(targets).__name__}")
+
+

@@ -1,0 +1,293 @@
+"""ClientRuntime: a client site's engine. Joins the server, builds its executors, runs tasks one at a time."""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+import traceback
+from typing import Any
+
+from ..apis.event_type import EventType
+from ..apis.executor import Executor
+from ..apis.fl_constant import FLContextKey, ReservedKey, ReturnCode, SiteType
+from ..apis.fl_context import peer_context_from_props
+from ..apis.shareable import ReservedHeaderKey, Shareable, make_reply
+from ..apis.signal import Signal
+from ..communication.protocol import CommunicationProtocol, Frame
+from ..errors import CodecError, ConnectError, TransportError
+from .components import build_component
+from .frames import Kind, frame_payload, frame_shareable, make_frame
+from .logs import bind_thread
+from .site import SiteRuntime
+
+_END = object()
+
+
+class ClientRuntime(SiteRuntime):
+    """The engine of a client site; ``run()`` drives its whole run on the calling thread."""
+
+    def __init__(
+        self,
+        *,
+        name: str,
+        job_id: str,
+        protocol: CommunicationProtocol,
+        run_dir: str,
+        workspace_root: str,
+        app_config: dict,
+        join_timeout: float = 60.0,
+        drain_timeout: float = 10.0,
+        aux_workers: int = 16,
+    ) -> None:
+        super().__init__(
+            name=name, job_id=job_id, protocol=protocol, run_dir=run_dir, workspace_root=workspace_root,
+            aux_workers=aux_workers,
+        )
+        self.app_config = app_config
+        self.join_timeout = join_timeout
+        self.drain_timeout = drain_timeout
+        self.executors: dict[str, Executor] = {}
+        self._inbox: queue.Queue = queue.Queue()
+        self._welcome = threading.Event()
+        self._current: tuple[str, Signal] | None = None
+        self._aborted_tasks: set[str] = set()
+        self._lock = threading.Lock()
+        self._opened = False
+
+    # lifecycle ---------------------------------------------------------------------------------------
+    def open(self) -> None:
+        """Start this site's transport endpoint."""
+        if not self._opened:
+            self.protocol.start(self.on_frame, self.on_peer)
+            self._opened = True
+
+    def run(self) -> str | None:
+        """Join, build, START_RUN, execute tasks until the server ends the run; return the failure or None."""
+        bind_thread(self.name)
+        try:
+            self.open()
+            self._join()
+            fl_ctx = self.new_context()
+            try:
+                self._build()
+                self.fire_required(EventType.SYSTEM_START, fl_ctx)
+                self.fire_required(EventType.ABOUT_TO_START_RUN, fl_ctx)
+                self.fire_required(EventType.START_RUN, fl_ctx)
+            except Exception as exc:
+                self._fatal(f"{exc}", exc)
+            else:
+                self.aux.set_ready()
+                self._send_control(Kind.READY)
+                self.log.info("ready: executors for tasks %s", sorted(self.executors))
+            self._serve()
+        except Exception as exc:  # an error of the runtime itself: this site dies, the run must know
+            self._fatal(f"client runtime error: {exc!r}", exc)
+        finally:
+            self._finish()
+        return self.failure
+
+    def _join(self) -> None:
+        deadline = time.monotonic() + self.join_timeout
+        delay = 0.01
+        while True:
+            try:
+                self._send_control(Kind.HELLO)
+                break
+            except ConnectError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(delay)
+                delay = min(delay * 2, 0.5)
+        if not self._welcome.wait(max(0.0, deadline - time.monotonic())):
+            raise ConnectError(f"{self.name}: the server did not answer within {self.join_timeout}s")
+
+    def _build(self) -> None:
+        cfg = self.app_config
+        for i, entry in enumerate(cfg.get("executors", [])):
+            where = f"{self.name}: executors[{i}]"
+            executor = build_component(entry["executor"], where)
+            if not isinstance(executor, Executor):
+                raise TypeError(f"{where}: {entry['executor'].get('path')} is not an Executor")
+            cid = entry.get("id") or ("executor" if len(cfg["executors"]) == 1 else f"executor_{i}")
+            self.components[cid] = executor
+            for task_name in entry.get("tasks") or ["*"]:
+                if task_name in self.executors:
+                    raise ValueError(f"{where}: task {task_name!r} already has an executor")
+                self.executors[task_name] = executor
+        for entry in cfg.get("components", []):
+            cid = entry.get("id")
+            self.components[cid] = build_component(entry, f"{self.name}: component {cid!r}")
+
+    def _fatal(self, reason: str, exc: BaseException | None = None) -> None:
+        if self.record_failure(reason):
+            if exc is not None:
+                self.log.error("cannot go on: %s\n%s", reason, "".join(traceback.format_exception(exc)).rstrip())
+            else:
+                self.log.error("cannot go on: %s", reason)
+            self.abort_signal.trigger(reason)
+            try:
+                self._send_control(Kind.FATAL, topic=reason)
+            except TransportError as err:
+                self.log.error("could not tell the server: %s", err)
+
+    def _serve(self) -> None:
+        while True:
+            item = self._inbox.get()
+            if item is _END:
+                return
+            self._run_task(item)
+
+    def _finish(self) -> None:
+        current = self._current
+        if current is not None:
+            current[1].trigger("run ended")
+        self.aux.close(drain_timeout=self.drain_timeout)  # requests already received are still handled
+        fl_ctx = self.new_context()
+        if self.components:
+            self._fire(EventType.ABOUT_TO_END_RUN, fl_ctx)
+            self._fire(EventType.END_RUN, fl_ctx)
+            self._fire(EventType.SYSTEM_END, fl_ctx)
+        try:
+            self._send_control(Kind.BYE, topic=self.failure or "")
+        except TransportError:
+            pass
+        self.protocol.stop()
+        self.log.info("run ended%s", f" with failure: {self.failure}" if self.failure else "")
+
+    def abort_run(self, reason: str, fl_ctx: Any = None) -> None:
+        """End this site's run: the server is told and ends the run everywhere."""
+        self._fatal(f"aborted at {self.name}: {reason}")
+
+    def _send_control(self, kind: str, **headers: Any) -> None:
+        self.send_frame(SiteType.SERVER, Frame(kind=kind, **headers))
+
+    # frames from the server --------------------------------------------------------------------------
+    def on_control_frame(self, frame: Frame) -> None:
+        """Handle the server's control frames (welcome, start, task, abort_task, end)."""
+        if frame.sender != SiteType.SERVER:
+            self.log.warning("ignored %s frame from %s: only the server sends control frames", frame.kind, frame.sender)
+            return
+        kind = frame.kind
+        if kind == Kind.TASK:
+            self._inbox.put(frame)
+        elif kind == Kind.WELCOME or kind == Kind.START:
+            try:
+                sites = frame_payload(frame)
+            except CodecError as exc:
+                self.log.error("bad %s frame from the server: %s", kind, exc)
+                return
+            if isinstance(sites, list) and all(isinstance(s, str) for s in sites):
+                self.sites = list(sites)
+            self._welcome.set()
+        elif kind == Kind.ABORT_TASK:
+            self._abort_task(frame.ref_id)
+        elif kind == Kind.END:
+            if frame.topic:
+                self.record_failure(frame.topic)
+                self.abort_signal.trigger(frame.topic)
+            current = self._current
+            if current is not None:
+                current[1].trigger("run ended")
+            self._welcome.set()
+            self._inbox.put(_END)
+        else:
+            self.log.warning("ignored unknown frame kind %r from the server", kind)
+
+    def _abort_task(self, task_id: str) -> None:
+        with self._lock:
+            current = self._current
+            if current is None or current[0] != task_id:
+                self._aborted_tasks.add(task_id)
+                return
+        current[1].trigger("task aborted by the server")
+
+        def fire() -> None:
+            bind_thread(self.name)
+            ctx = self.new_context()
+            ctx.set_prop(FLContextKey.TASK_ID, task_id, private=False, sticky=False)
+            self.fire_event(EventType.ABORT_TASK, ctx)
+
+        threading.Thread(target=fire, name=f"{self.name}-abort", daemon=True).start()
+
+    # running a task ----------------------------------------------------------------------------------
+    def _executor_for(self, task_name: str) -> Executor | None:
+        return self.executors.get(task_name) or self.executors.get("*")
+
+    def _run_task(self, frame: Frame) -> None:
+        task_name, task_id = frame.topic, frame.msg_id
+        abort = Signal(parent=self.abort_signal)
+        with self._lock:
+            self._current = (task_id, abort)
+            if task_id in self._aborted_tasks:
+                self._aborted_tasks.discard(task_id)
+                abort.trigger("task aborted by the server")
+        try:
+            result = self._execute(frame, task_name, task_id, abort)
+        finally:
+            with self._lock:
+                self._current = None
+        self._send_result(frame, result)
+
+    def _execute(self, frame: Frame, task_name: str, task_id: str, abort: Signal) -> Shareable:
+        fl_ctx = self.new_context()
+        fl_ctx.set_prop(FLContextKey.TASK_NAME, task_name, private=True, sticky=False)
+        fl_ctx.set_prop(FLContextKey.TASK_ID, task_id, private=True, sticky=False)
+        if abort.triggered:
+            return make_reply(ReturnCode.TASK_ABORTED)
+        try:
+            data = frame_shareable(frame)
+        except CodecError as exc:
+            self.log.error("task %r (%s): cannot decode the task data: %s", task_name, task_id, exc)
+            return make_reply(ReturnCode.BAD_TASK_DATA, {ReservedHeaderKey.ERROR: str(exc)})
+        fl_ctx.set_peer_context(peer_context_from_props(data.get_peer_props()))
+        executor = self._executor_for(task_name)
+        if executor is None:
+            self.log.error(
+                "no executor for task %r; this site's executors handle %s", task_name, sorted(self.executors) or "none"
+            )
+            return make_reply(ReturnCode.TASK_UNKNOWN, {ReservedHeaderKey.ERROR: f"no executor for task {task_name!r}"})
+        fl_ctx.set_prop(FLContextKey.TASK_DATA, data, private=True, sticky=False)
+        self.fire_event(EventType.BEFORE_TASK_EXECUTION, fl_ctx)
+        try:
+            result = executor.execute(task_name, data, fl_ctx, abort)
+        except Exception as exc:
+            executor.log_exception(fl_ctx, f"{type(executor).__name__}.execute raised on task {task_name!r}: {exc!r}")
+            result = make_reply(ReturnCode.EXECUTION_EXCEPTION, {ReservedHeaderKey.ERROR: repr(exc)})
+        else:
+            if abort.triggered:
+                result = make_reply(ReturnCode.TASK_ABORTED)
+            elif not isinstance(result, Shareable):
+                executor.log_error(
+                    fl_ctx,
+                    f"{type(executor).__name__}.execute returned {type(result).__name__} for task {task_name!r}, "
+                    "not a Shareable; return make_reply(ReturnCode.OK) or a DXO's to_shareable()",
+                )
+                result = make_reply(
+                    ReturnCode.EXECUTION_RESULT_ERROR,
+                    {ReservedHeaderKey.ERROR: f"execute returned {type(result).__name__}, not a Shareable"},
+                )
+        jar = data.get_cookie_jar()
+        if jar and result.get_cookie_jar() is None:
+            result.set_cookie_jar(jar)
+        fl_ctx.set_prop(FLContextKey.TASK_RESULT, result, private=True, sticky=False)
+        self.fire_event(EventType.AFTER_TASK_EXECUTION, fl_ctx)
+        return result
+
+    def _send_result(self, task: Frame, result: Shareable) -> None:
+        result.set_header(ReservedHeaderKey.TASK_NAME, task.topic)
+        result.set_header(ReservedHeaderKey.TASK_ID, task.msg_id)
+        result.set_peer_props({ReservedKey.IDENTITY_NAME: self.name, ReservedKey.RUN_NUM: self.job_id})
+        try:
+            frame = make_frame(Kind.RESULT, result, ref_id=task.msg_id, topic=task.topic)
+        except CodecError as exc:
+            self.log.error("result of task %r cannot be sent: %s", task.topic, exc)
+            reply = make_reply(ReturnCode.EXECUTION_RESULT_ERROR, {ReservedHeaderKey.ERROR: str(exc)})
+            reply.set_header(ReservedHeaderKey.TASK_NAME, task.topic)
+            reply.set_header(ReservedHeaderKey.TASK_ID, task.msg_id)
+            reply.set_peer_props({ReservedKey.IDENTITY_NAME: self.name, ReservedKey.RUN_NUM: self.job_id})
+            frame = make_frame(Kind.RESULT, reply, ref_id=task.msg_id, topic=task.topic)
+        try:
+            self.send_frame(SiteType.SERVER, frame)
+        except TransportError as exc:
+            self.log.error("result of task %r not delivered to the server: %s", task.topic, exc)

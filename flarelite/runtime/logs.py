@@ -1,0 +1,114 @@
+"""Logging for sites: the console format, per-site log files, and which site a log record belongs to.
+
+A record belongs to the site named by its ``site`` attribute (set by FLComponent.log_* and the runtime's
+loggers) or, failing that, to the site whose thread wrote it (set with ``bind_thread``).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from typing import Any
+
+CONSOLE_FORMAT = "%(asctime)s - %(name)s - %(levelname)s - %(message)s"
+
+_thread_site = threading.local()
+
+
+def bind_thread(site: str) -> None:
+    """Attribute log records written by the current thread to ``site``."""
+    _thread_site.name = site
+
+
+def current_site() -> str | None:
+    """Return the site bound to the current thread, or None."""
+    return getattr(_thread_site, "name", None)
+
+
+class _SiteRouter(logging.Handler):
+    """Root handler that forwards each record to the file handler of the site it belongs to."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.NOTSET)
+        self._files: dict[str, logging.Handler] = {}
+        self._files_lock = threading.Lock()
+
+    def add(self, site: str, handler: logging.Handler) -> None:
+        with self._files_lock:
+            old = self._files.pop(site, None)
+            self._files[site] = handler
+        if old is not None:
+            old.close()
+
+    def remove(self, site: str) -> None:
+        with self._files_lock:
+            handler = self._files.pop(site, None)
+        if handler is not None:
+            handler.close()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        site = getattr(record, "site", None) or current_site()
+        if site is None:
+            return
+        handler = self._files.get(site)
+        if handler is not None:
+            handler.handle(record)
+
+
+_router = _SiteRouter()
+_install_lock = threading.Lock()
+_console: logging.Handler | None = None
+
+
+def setup_logging(console: bool = True, level: int = logging.INFO) -> int:
+    """Install the site router on the root logger (and a console handler if the root logger has none).
+
+    The root logger's level is lowered to ``level`` so the site log files get every record at that level;
+    the previous level is returned so the caller can restore it after the run.
+    """
+    global _console
+    with _install_lock:
+        root = logging.getLogger()
+        previous = root.level
+        if _router not in root.handlers:
+            root.addHandler(_router)
+        if console and _console is None and not any(h is not _router for h in root.handlers):
+            _console = logging.StreamHandler()
+            _console.setFormatter(logging.Formatter(CONSOLE_FORMAT))
+            root.addHandler(_console)
+        if root.level == logging.NOTSET or root.level > level:
+            root.setLevel(level)
+        return previous
+
+
+def restore_level(previous: int) -> None:
+    """Put back the root logger's level that ``setup_logging`` returned."""
+    logging.getLogger().setLevel(previous)
+
+
+def open_site_log(site: str, folder: str) -> str:
+    """Send the records of ``site`` to ``folder/log.txt`` (a new file for each run); return its path."""
+    os.makedirs(folder, exist_ok=True)
+    path = os.path.join(folder, "log.txt")
+    handler = logging.FileHandler(path, mode="w", encoding="utf-8")
+    handler.setFormatter(logging.Formatter(CONSOLE_FORMAT))
+    _router.add(site, handler)
+    return path
+
+
+def close_site_log(site: str) -> None:
+    """Close the log file of ``site``."""
+    _router.remove(site)
+
+
+class SiteLogger(logging.LoggerAdapter):
+    """The runtime's logger for one site: prefixes ``[identity=..., run=...]`` and tags records with the site."""
+
+    def __init__(self, name: str, site: str, job_id: str) -> None:
+        super().__init__(logging.getLogger(name), {"site": site})
+        self.prefix = f"[identity={site}, run={job_id}]"
+
+    def process(self, msg: Any, kwargs: Any) -> tuple[Any, Any]:
+        kwargs.setdefault("extra", {}).update(self.extra)
+        return f"{self.prefix} - {msg}", kwargs

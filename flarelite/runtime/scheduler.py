@@ -1,0 +1,482 @@
+"""TaskScheduler: the server's task table. Sends tasks to clients, matches results, ends tasks.
+
+API calls (broadcast, send, relay, cancel) run on the caller's thread; results, client departures and
+deadlines are handled on the scheduler's own thread. Both hold one re-entrant lock, and the task callbacks
+(before/after_task_sent_cb, result_received_cb, task_done_cb) run under it, one at a time.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from typing import TYPE_CHECKING, Any
+
+from ..apis.client import Client
+from ..apis.controller_spec import ClientTask, SendOrder, Task, TaskCompletionStatus
+from ..apis.event_type import EventType
+from ..apis.fl_constant import FLContextKey, ReservedKey, ReturnCode
+from ..apis.fl_context import FLContext, peer_context_from_props
+from ..apis.shareable import ReservedHeaderKey, make_copy, make_reply
+from ..apis.signal import Signal
+from ..apis.wf_comm_spec import WFCommSpec
+from ..communication.protocol import Frame
+from ..errors import CodecError, TransportError
+from .frames import Kind, frame_shareable, make_frame
+from .logs import bind_thread
+
+if TYPE_CHECKING:
+    from .server import ServerRuntime
+
+BCAST, SEND, RELAY = "bcast", "send", "relay"
+
+
+class _Op:
+    """A standing task and the state of its operator (broadcast, send or relay)."""
+
+    def __init__(self, task: Task, method: str, targets: list[str], **params: Any) -> None:
+        self.task = task
+        self.method = method
+        self.targets = targets
+        self.min_responses: int = params.get("min_responses", 0)
+        self.wait_after_min: float = params.get("wait_time_after_min_received", 0) or 0
+        self.send_order: SendOrder = params.get("send_order", SendOrder.SEQUENTIAL)
+        self.result_timeout: float = params.get("task_result_timeout", 0) or 0
+        self.outstanding: dict[str, ClientTask] = {}
+        self.responded: set[str] = set()
+        self.tried: set[str] = set()
+        self.next_index = 0
+        self.min_reached_at: float | None = None
+        self.done = threading.Event()
+
+    def deadline(self) -> float | None:
+        """Earliest moment a time rule may end or advance this task."""
+        times = []
+        if self.task.timeout and self.task.schedule_time is not None:
+            times.append(self.task.schedule_time + self.task.timeout)
+        if self.min_reached_at is not None:
+            times.append(self.min_reached_at + self.wait_after_min)
+        if self.method == RELAY and self.result_timeout:
+            for ct in self.outstanding.values():
+                if ct.task_sent_time is not None:
+                    times.append(ct.task_sent_time + self.result_timeout)
+        return min(times) if times else None
+
+
+class TaskScheduler(WFCommSpec):
+    """Runs the server's tasks on client sites (the controller's communicator)."""
+
+    def __init__(self, server: ServerRuntime) -> None:
+        self.server = server
+        self._lock = threading.RLock()
+        self._ops: dict[str, _Op] = {}
+        self._client_tasks: dict[str, tuple[_Op, ClientTask]] = {}
+        self._dead: dict[str, float] = {}
+        self._events: queue.Queue = queue.Queue()
+        self._thread = threading.Thread(target=self._loop, name=f"{server.name}-tasks", daemon=True)
+        self._stopped = False
+
+    def start(self) -> None:
+        """Start the scheduler thread."""
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Stop the scheduler thread."""
+        self._stopped = True
+        self._events.put(None)
+        if self._thread.is_alive() and threading.current_thread() is not self._thread:
+            self._thread.join(timeout=5)
+
+    # the WFCommSpec API ------------------------------------------------------------------------------
+    def broadcast(
+        self,
+        task: Task,
+        fl_ctx: FLContext,
+        targets: list | None = None,
+        min_responses: int = 1,
+        wait_time_after_min_received: float = 0,
+    ) -> None:
+        """Send ``task`` to every target now; see Controller.broadcast for when it completes."""
+        names = self._resolve(task, targets)
+        if not isinstance(min_responses, int) or isinstance(min_responses, bool):
+            raise TypeError(f"min_responses must be an int, got {type(min_responses).__name__}")
+        if min_responses > len(names):
+            raise ValueError(
+                f"task {task.name!r}: min_responses={min_responses} is more than the {len(names)} targets {names}"
+            )
+        if wait_time_after_min_received < 0:
+            raise ValueError(f"wait_time_after_min_received must be >= 0, got {wait_time_after_min_received}")
+        op = _Op(task, BCAST, names, min_responses=min_responses,
+                 wait_time_after_min_received=wait_time_after_min_received)
+        with self._lock:
+            self._schedule(op)
+            try:
+                for name in names:
+                    self._dispatch(op, name, fl_ctx)
+            except Exception:
+                self._finish(op, TaskCompletionStatus.ERROR)
+                raise
+            self._evaluate(op)
+        self._wake()
+
+    def send(
+        self,
+        task: Task,
+        fl_ctx: FLContext,
+        targets: list | None = None,
+        send_order: SendOrder = SendOrder.SEQUENTIAL,
+        task_assignment_timeout: float = 0,
+    ) -> None:
+        """Send ``task`` to one target: the first alive one in order (SEQUENTIAL) or the least busy (ANY)."""
+        names = self._resolve(task, targets)
+        self._check_send_args(task, send_order, task_assignment_timeout)
+        op = _Op(task, SEND, names, send_order=send_order)
+        with self._lock:
+            self._schedule(op)
+            self._advance(op, fl_ctx, raise_errors=True)
+        self._wake()
+
+    def relay(
+        self,
+        task: Task,
+        fl_ctx: FLContext,
+        targets: list | None = None,
+        send_order: SendOrder = SendOrder.SEQUENTIAL,
+        task_assignment_timeout: float = 0,
+        task_result_timeout: float = 0,
+        dynamic_targets: bool = True,
+    ) -> None:
+        """Send ``task`` to each target in turn; the next gets it once the previous answered."""
+        if targets is None and not dynamic_targets:
+            raise ValueError(f"task {task.name!r}: relay needs targets when dynamic_targets is False")
+        names = self._resolve(task, targets)
+        self._check_send_args(task, send_order, task_assignment_timeout)
+        if task_result_timeout < 0:
+            raise ValueError(f"task_result_timeout must be >= 0, got {task_result_timeout}")
+        if task.timeout and task_result_timeout > task.timeout:
+            raise ValueError(
+                f"task {task.name!r}: task_result_timeout ({task_result_timeout}) exceeds the task timeout ({task.timeout})"
+            )
+        op = _Op(task, RELAY, names, send_order=send_order, task_result_timeout=task_result_timeout)
+        with self._lock:
+            self._schedule(op)
+            self._advance(op, fl_ctx, raise_errors=True)
+        self._wake()
+
+    def wait_for_task(self, task: Task, abort_signal: Signal | None) -> None:
+        """Block until ``task`` completes; cancel it as ABORTED when ``abort_signal`` triggers."""
+        op = self._ops.get(task.id)
+        if op is None:
+            return
+        while not op.done.wait(0.05):
+            if abort_signal is not None and abort_signal.triggered:
+                self.cancel_task(task, TaskCompletionStatus.ABORTED)
+                return
+
+    def cancel_task(
+        self,
+        task: Task,
+        completion_status: TaskCompletionStatus = TaskCompletionStatus.CANCELLED,
+        fl_ctx: FLContext | None = None,
+    ) -> None:
+        """End ``task`` now with ``completion_status``; clients still on it are told to abort."""
+        with self._lock:
+            op = self._ops.get(task.id)
+            if op is not None:
+                self._finish(op, completion_status)
+
+    def cancel_all_tasks(
+        self, completion_status: TaskCompletionStatus = TaskCompletionStatus.CANCELLED, fl_ctx: FLContext | None = None
+    ) -> None:
+        """End every standing task."""
+        with self._lock:
+            for op in list(self._ops.values()):
+                self._finish(op, completion_status)
+
+    def get_num_standing_tasks(self) -> int:
+        """Return how many tasks are scheduled and not complete."""
+        with self._lock:
+            return len(self._ops)
+
+    def get_client_disconnect_time(self, client_name: str) -> float | None:
+        """Return when ``client_name`` left, or None if it is connected."""
+        return self._dead.get(client_name)
+
+    # inputs from the server runtime ------------------------------------------------------------------
+    def on_result(self, frame: Frame) -> None:
+        """A RESULT frame arrived (transport thread): queue it for the scheduler thread."""
+        self._events.put(("result", frame))
+
+    def client_down(self, name: str) -> None:
+        """``name`` left: tasks waiting on it move on or end."""
+        self._events.put(("down", name))
+
+    def client_up(self, name: str) -> None:
+        """``name`` is back."""
+        self._events.put(("up", name))
+
+    # scheduling --------------------------------------------------------------------------------------
+    def _resolve(self, task: Task, targets: list | None) -> list[str]:
+        if not isinstance(task, Task):
+            raise TypeError(f"expected a Task, got {type(task).__name__}")
+        if task.schedule_time is not None:
+            raise ValueError(f"Task {task.name!r} was already used; create a new Task for each scheduling")
+        clients = self.server.clients
+        if targets is None:
+            return list(clients)
+        if not isinstance(targets, list):
+            raise TypeError(f"targets must be None or a list of site names or Clients, got {type(targets).__name__}")
+        names = []
+        for t in targets:
+            if isinstance(t, Client):
+                t = t.name
+            if not isinstance(t, str):
+                raise TypeError(f"targets must hold site names or Clients, got {type(t).__name__}")
+            names.append(t)
+        unknown = [n for n in names if n not in clients]
+        if unknown:
+            raise ValueError(f"task {task.name!r}: unknown target(s) {unknown}; the job's clients are {list(clients)}")
+        if not names:
+            raise ValueError(f"task {task.name!r}: targets is an empty list")
+        return list(dict.fromkeys(names))
+
+    @staticmethod
+    def _check_send_args(task: Task, send_order: SendOrder, assignment_timeout: float) -> None:
+        if not isinstance(send_order, SendOrder):
+            raise TypeError(f"send_order must be a SendOrder, got {send_order!r}")
+        if assignment_timeout < 0:
+            raise ValueError(f"task_assignment_timeout must be >= 0, got {assignment_timeout}")
+        if task.timeout and assignment_timeout > task.timeout:
+            raise ValueError(
+                f"task {task.name!r}: task_assignment_timeout ({assignment_timeout}) exceeds the task timeout "
+                f"({task.timeout})"
+            )
+
+    def _schedule(self, op: _Op) -> None:
+        task = op.task
+        task.targets = list(op.targets)
+        task.schedule_time = time.time()
+        task.is_standing = True
+        task.completion_status = None
+        self._ops[task.id] = op
+
+    def _dispatch(self, op: _Op, name: str, fl_ctx: FLContext) -> bool:
+        """Send ``op.task`` to ``name``; return False if it could not be delivered."""
+        task = op.task
+        ct = ClientTask(client=self.server.clients[name], task=task)
+        task.client_tasks.append(ct)
+        task.last_client_task_map[name] = ct
+        op.tried.add(name)
+        if name in self._dead:
+            return False
+        self._callback(task.before_task_sent_cb, "before_task_sent_cb", client_task=ct, fl_ctx=fl_ctx)
+        data = make_copy(task.data)
+        data.set_header(ReservedHeaderKey.TASK_NAME, task.name)
+        data.set_header(ReservedHeaderKey.TASK_ID, ct.id)
+        data.set_peer_props({ReservedKey.IDENTITY_NAME: self.server.name, ReservedKey.RUN_NUM: self.server.job_id})
+        frame = make_frame(Kind.TASK, data, msg_id=ct.id, topic=task.name)
+        self._client_tasks[ct.id] = (op, ct)
+        op.outstanding[name] = ct
+        ct.task_sent_time = time.time()
+        ct.task_send_count += 1
+        try:
+            self.server.send_frame(name, frame)
+        except TransportError as exc:
+            self.server.log.error("task %r could not be sent to %s: %s", task.name, name, exc)
+            self._client_tasks.pop(ct.id, None)
+            op.outstanding.pop(name, None)
+            self._dead.setdefault(name, time.time())
+            return False
+        self._callback(task.after_task_sent_cb, "after_task_sent_cb", client_task=ct, fl_ctx=fl_ctx)
+        return True
+
+    def _advance(self, op: _Op, fl_ctx: FLContext | None = None, raise_errors: bool = False) -> None:
+        """send/relay: hand the task to the next target, or end it when none is left."""
+        if op.done.is_set():
+            return
+        fl_ctx = fl_ctx or self.server.new_context()
+        while not op.outstanding:
+            name = self._next_target(op)
+            if name is None:
+                if op.method == RELAY and op.responded:
+                    self._finish(op, TaskCompletionStatus.OK)
+                else:
+                    self._finish(op, TaskCompletionStatus.CLIENT_DEAD)
+                return
+            try:
+                self._dispatch(op, name, fl_ctx)
+            except Exception:
+                self._finish(op, TaskCompletionStatus.ERROR)
+                if raise_errors:
+                    raise
+                self.server.log.exception("task %r could not be sent to %s; the task ends with ERROR", op.task.name, name)
+                return
+
+    def _next_target(self, op: _Op) -> str | None:
+        if op.method == SEND and op.send_order == SendOrder.ANY:
+            load = {n: 0 for n in op.targets}
+            for other in self._ops.values():
+                for n in other.outstanding:
+                    if n in load:
+                        load[n] += 1
+            candidates = [n for n in op.targets if n not in op.tried and n not in self._dead]
+            return min(candidates, key=lambda n: load[n]) if candidates else None
+        while op.next_index < len(op.targets):
+            name = op.targets[op.next_index]
+            op.next_index += 1
+            if name not in self._dead:
+                return name
+        return None
+
+    def _evaluate(self, op: _Op, now: float | None = None) -> None:
+        """Apply the completion rules of ``op``."""
+        if op.done.is_set():
+            return
+        now = time.time() if now is None else now
+        task = op.task
+        if task.timeout and task.schedule_time is not None and now - task.schedule_time >= task.timeout:
+            self._finish(op, TaskCompletionStatus.TIMEOUT)
+            return
+        if op.method == BCAST:
+            got = len(op.responded)
+            if got >= len(op.targets):
+                self._finish(op, TaskCompletionStatus.OK)
+                return
+            if op.min_responses > 0 and got >= op.min_responses:
+                if op.min_reached_at is None:
+                    op.min_reached_at = now
+                if now - op.min_reached_at >= op.wait_after_min:
+                    self._finish(op, TaskCompletionStatus.OK)
+                    return
+            waiting = [n for n in op.targets if n not in op.responded and n not in self._dead]
+            if not waiting and op.min_responses >= 0:
+                self._finish(op, TaskCompletionStatus.CLIENT_DEAD)
+        elif op.method == RELAY and op.result_timeout:
+            for name, ct in list(op.outstanding.items()):
+                if ct.task_sent_time is not None and now - ct.task_sent_time >= op.result_timeout:
+                    self.server.log.warning("relay task %r: no result from %s within %ss; moving on",
+                                            task.name, name, op.result_timeout)
+                    self._drop_client_task(op, name, abort=True)
+            self._advance(op)
+
+    def _drop_client_task(self, op: _Op, name: str, abort: bool) -> None:
+        ct = op.outstanding.pop(name, None)
+        if ct is None:
+            return
+        self._client_tasks.pop(ct.id, None)
+        if abort:
+            self._send_abort(name, ct)
+
+    def _send_abort(self, name: str, ct: ClientTask) -> None:
+        if name in self._dead:
+            return
+        try:
+            self.server.send_frame(name, Frame(kind=Kind.ABORT_TASK, ref_id=ct.id, topic=ct.task.name))
+        except TransportError:
+            pass
+
+    def _finish(self, op: _Op, status: TaskCompletionStatus) -> None:
+        if op.done.is_set():
+            return
+        task = op.task
+        if task.completion_status is None:
+            task.completion_status = status
+        for name in list(op.outstanding):
+            self._drop_client_task(op, name, abort=True)
+        self._ops.pop(task.id, None)
+        task.is_standing = False
+        fl_ctx = self.server.new_context()
+        self._callback(task.task_done_cb, "task_done_cb", task=task, fl_ctx=fl_ctx)
+        op.done.set()
+        self._wake()
+
+    def _callback(self, cb: Any, what: str, **kwargs: Any) -> None:
+        if cb is None:
+            return
+        try:
+            cb(**kwargs)
+        except Exception:
+            self.server.log.exception("%s %r raised", what, getattr(cb, "__qualname__", cb))
+
+    # the scheduler thread ----------------------------------------------------------------------------
+    def _wake(self) -> None:
+        self._events.put(("wake", None))
+
+    def _loop(self) -> None:
+        bind_thread(self.server.name)
+        while not self._stopped:
+            timeout = None
+            with self._lock:
+                deadlines = [d for d in (op.deadline() for op in self._ops.values()) if d is not None]
+            if deadlines:
+                timeout = max(0.0, min(deadlines) - time.time()) + 0.001
+            try:
+                item = self._events.get(timeout=timeout)
+            except queue.Empty:
+                item = ("wake", None)
+            if item is None:
+                return
+            what, arg = item
+            try:
+                if what == "result":
+                    self._process_result(arg)
+                elif what == "down":
+                    self._process_down(arg)
+                elif what == "up":
+                    with self._lock:
+                        self._dead.pop(arg, None)
+                with self._lock:
+                    now = time.time()
+                    for op in list(self._ops.values()):
+                        self._evaluate(op, now)
+            except Exception:
+                self.server.log.exception("task scheduler error while handling %s", what)
+
+    def _process_down(self, name: str) -> None:
+        with self._lock:
+            self._dead.setdefault(name, time.time())
+            for op in list(self._ops.values()):
+                if name in op.outstanding:
+                    self._drop_client_task(op, name, abort=False)
+                    if op.method in (SEND, RELAY):
+                        self._advance(op)
+                self._evaluate(op)
+
+    def _process_result(self, frame: Frame) -> None:
+        name = frame.sender
+        try:
+            result = frame_shareable(frame)
+        except CodecError as exc:
+            self.server.log.error("result of task %r from %s cannot be decoded: %s", frame.topic, name, exc)
+            result = make_reply(ReturnCode.COMMUNICATION_ERROR, {ReservedHeaderKey.ERROR: str(exc)})
+        props = result.get_peer_props()
+        props = dict(props) if isinstance(props, dict) else {}
+        props[ReservedKey.IDENTITY_NAME] = name
+        result.set_peer_props(props)
+        fl_ctx = self.server.new_context()
+        fl_ctx.set_peer_context(peer_context_from_props(props))
+        fl_ctx.set_prop(FLContextKey.TASK_NAME, frame.topic, private=True, sticky=False)
+        fl_ctx.set_prop(FLContextKey.TASK_ID, frame.ref_id, private=True, sticky=False)
+        fl_ctx.set_prop(FLContextKey.TASK_RESULT, result, private=True, sticky=False)
+        with self._lock:
+            entry = self._client_tasks.get(frame.ref_id)
+            if entry is None or entry[1].client.name != name or entry[0].done.is_set():
+                self.server.result_of_unknown_task(name, frame.topic, frame.ref_id, result, fl_ctx)
+                return
+            op, ct = entry
+            self._client_tasks.pop(ct.id, None)
+            op.outstanding.pop(name, None)
+            op.responded.add(name)
+            ct.result = result
+            ct.result_received_time = time.time()
+            self.server.fire_event(EventType.BEFORE_PROCESS_SUBMISSION, fl_ctx)
+            self._callback(op.task.result_received_cb, "result_received_cb", client_task=ct, fl_ctx=fl_ctx)
+            self.server.fire_event(EventType.AFTER_PROCESS_SUBMISSION, fl_ctx)
+            if op.method == SEND:
+                self._finish(op, TaskCompletionStatus.OK)
+            elif op.method == RELAY:
+                self._advance(op, fl_ctx)
+            else:
+                self._evaluate(op)
+
+

@@ -1,0 +1,288 @@
+"""ServerRuntime: the server's engine. Waits for every site to be ready, runs the workflows, ends the run."""
+
+from __future__ import annotations
+
+import threading
+import time
+import traceback
+from typing import Any
+
+from ..apis.client import Client
+from ..apis.controller_spec import TaskCompletionStatus
+from ..apis.engine_spec import ServerEngineSpec
+from ..apis.event_type import EventType
+from ..apis.fl_constant import FLContextKey, SiteType
+from ..apis.fl_context import FLContext
+from ..apis.impl.controller import Controller
+from ..apis.shareable import Shareable
+from ..communication.protocol import CommunicationProtocol, Frame
+from ..errors import TransportError
+from .components import build_component
+from .frames import Kind, make_frame
+from .logs import bind_thread
+from .scheduler import TaskScheduler
+from .site import SiteRuntime
+
+
+class ServerRuntime(SiteRuntime, ServerEngineSpec):
+    """The engine of the server; ``run()`` drives the whole run on the calling thread."""
+
+    def __init__(
+        self,
+        *,
+        job_id: str,
+        protocol: CommunicationProtocol,
+        run_dir: str,
+        workspace_root: str,
+        app_config: dict,
+        clients: list[str],
+        ready_timeout: float = 120.0,
+        end_timeout: float = 30.0,
+        abort_grace: float = 10.0,
+        aux_workers: int = 16,
+    ) -> None:
+        super().__init__(
+            name=SiteType.SERVER, job_id=job_id, protocol=protocol, run_dir=run_dir, workspace_root=workspace_root,
+            aux_workers=aux_workers,
+        )
+        self.app_config = app_config
+        self.clients: dict[str, Client] = {name: Client(name) for name in clients}
+        self.sites = [SiteType.SERVER, *clients]
+        self.ready_timeout = ready_timeout
+        self.end_timeout = end_timeout
+        self.abort_grace = abort_grace
+        self.workflows: list[tuple[str, Controller]] = []
+        self.scheduler = TaskScheduler(self)
+        self._cv = threading.Condition()
+        self._joined: set[str] = set()
+        self._ready: set[str] = set()
+        self._gone: set[str] = set()
+        self._ending = False
+        self._opened = False
+
+    # ServerEngineSpec --------------------------------------------------------------------------------
+    def get_clients(self) -> list[Client]:
+        """Return the job's client sites."""
+        return list(self.clients.values())
+
+    def open(self) -> None:
+        """Start the server's transport endpoint."""
+        if not self._opened:
+            self.protocol.start(self.on_frame, self.on_peer)
+            self._opened = True
+
+    # the run -----------------------------------------------------------------------------------------
+    def run(self) -> str | None:
+        """Run the job to its end; return the failure reason, or None when it succeeded."""
+        bind_thread(self.name)
+        self.open()
+        self.scheduler.start()
+        fl_ctx = self.new_context()
+        started = False
+        try:
+            self._build()
+            self.fire_required(EventType.SYSTEM_START, fl_ctx)
+            self.fire_required(EventType.ABOUT_TO_START_RUN, fl_ctx)
+            self.fire_required(EventType.START_RUN, fl_ctx)
+            started = True
+            if self.workflows:
+                self.workflows[0][1].start_controller(fl_ctx)
+            self.aux.set_ready()
+            if self._wait_ready():
+                self._broadcast_control(Kind.START, payload=self.sites)
+                self.log.info("all %d sites ready; the run starts", len(self.clients))
+                self._run_workflows(fl_ctx)
+        except Exception as exc:
+            self.abort_run(f"{exc}", exc=exc)
+        finally:
+            self._end_run(fl_ctx, started)
+        return self.failure
+
+    def _build(self) -> None:
+        cfg = self.app_config
+        for i, entry in enumerate(cfg.get("workflows", [])):
+            wid = entry.get("id") or f"workflow_{i}"
+            comp = build_component(entry, f"server: workflow {wid!r}")
+            if not isinstance(comp, Controller):
+                raise TypeError(f"server: workflow {wid!r} ({entry.get('path')}) is not a Controller")
+            comp.set_communicator(self.scheduler)
+            self.components[wid] = comp
+            self.workflows.append((wid, comp))
+        for entry in cfg.get("components", []):
+            cid = entry.get("id")
+            self.components[cid] = build_component(entry, f"server: component {cid!r}")
+        if not self.workflows:
+            raise ValueError("the server app has no workflow: add a Controller with job.to_server(controller)")
+
+    def _wait_ready(self) -> bool:
+        deadline = time.monotonic() + self.ready_timeout
+        with self._cv:
+            while len(self._ready) < len(self.clients) and self.failure is None:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    missing = sorted(set(self.clients) - self._ready)
+                    joined = sorted(set(missing) & self._joined)
+                    self.abort_run(
+                        f"sites {missing} were not ready within {self.ready_timeout}s"
+                        + (f" ({joined} joined but did not finish START_RUN)" if joined else " (they never joined)")
+                    )
+                    return False
+                self._cv.wait(left)
+        return self.failure is None
+
+    def _run_workflows(self, fl_ctx: FLContext) -> None:
+        for i, (wid, controller) in enumerate(self.workflows):
+            if self.abort_signal.triggered:
+                return
+            if i > 0:
+                controller.start_controller(fl_ctx)
+            fl_ctx.set_prop(FLContextKey.WORKFLOW, wid, private=True, sticky=True)
+            self.fire_event(EventType.START_WORKFLOW, fl_ctx)
+            self._run_control_flow(wid, controller, fl_ctx)
+            try:
+                controller.stop_controller(fl_ctx)
+            finally:
+                self.fire_event(EventType.END_WORKFLOW, fl_ctx)
+
+    def _run_control_flow(self, wid: str, controller: Controller, fl_ctx: FLContext) -> None:
+        outcome: dict[str, BaseException] = {}
+
+        def body() -> None:
+            bind_thread(self.name)
+            try:
+                controller.control_flow(self.abort_signal, fl_ctx)
+            except BaseException as exc:  # reported to the caller of run()
+                outcome["error"] = exc
+
+        thread = threading.Thread(target=body, name=f"server-{wid}", daemon=True)
+        thread.start()
+        while thread.is_alive():
+            thread.join(0.1)
+            if self.abort_signal.triggered:
+                thread.join(self.abort_grace)
+                if thread.is_alive():
+                    self.log.error("workflow %r did not return within %ss of the abort; leaving it", wid, self.abort_grace)
+                return
+        if "error" in outcome:
+            exc = outcome["error"]
+            raise RuntimeError(f"workflow {wid!r} ({type(controller).__name__}.control_flow) raised {exc!r}") from exc
+
+    def abort_run(self, reason: str, fl_ctx: Any = None, exc: BaseException | None = None) -> None:
+        """End the run now because of ``reason``; the run is reported as failed."""
+        if self.record_failure(reason):
+            if exc is not None:
+                self.log.error("run aborted: %s\n%s", reason, "".join(traceback.format_exception(exc)).rstrip())
+            else:
+                self.log.error("run aborted: %s", reason)
+        self.abort_signal.trigger(reason)
+        self.scheduler.cancel_all_tasks(TaskCompletionStatus.ABORTED)
+        with self._cv:
+            self._cv.notify_all()
+
+    def _end_run(self, fl_ctx: FLContext, started: bool) -> None:
+        self.scheduler.cancel_all_tasks(
+            TaskCompletionStatus.ABORTED if self.failure else TaskCompletionStatus.CANCELLED
+        )
+        with self._cv:
+            self._ending = True
+            to_tell = sorted(self._joined - self._gone)
+        for name in to_tell:
+            try:
+                self.send_frame(name, Frame(kind=Kind.END, topic=self.failure or ""))
+            except TransportError:
+                pass
+        deadline = time.monotonic() + self.end_timeout
+        with self._cv:
+            while not (self._joined <= self._gone) and time.monotonic() < deadline:
+                self._cv.wait(deadline - time.monotonic())
+            missing = sorted(self._joined - self._gone)
+        if missing:
+            self.log.warning("sites %s did not confirm the end of the run within %ss", missing, self.end_timeout)
+        self.aux.close(drain_timeout=self.end_timeout)
+        if started:
+            self._fire(EventType.ABOUT_TO_END_RUN, fl_ctx)
+            self._fire(EventType.END_RUN, fl_ctx)
+            self._fire(EventType.SYSTEM_END, fl_ctx)
+        self.scheduler.stop()
+        self.protocol.stop()
+        self.log.info("run ended%s", f" with failure: {self.failure}" if self.failure else "")
+
+    # frames ------------------------------------------------------------------------------------------
+    def _broadcast_control(self, kind: str, payload: Any = None) -> None:
+        template = make_frame(kind, payload)
+        for name in self.clients:
+            try:
+                self.send_frame(name, Frame(kind=kind, meta=template.meta, buffers=template.buffers))
+            except TransportError as exc:
+                self.abort_run(f"cannot reach {name}: {exc}")
+
+    def on_control_frame(self, frame: Frame) -> None:
+        """Handle the clients' control frames (hello, ready, result, fatal, bye)."""
+        name, kind = frame.sender, frame.kind
+        if name not in self.clients:
+            self.log.warning("ignored %s frame from %r: not a site of this job (%s)", kind, name, list(self.clients))
+            return
+        if kind == Kind.RESULT:
+            self.scheduler.on_result(frame)
+        elif kind == Kind.HELLO:
+            self._on_hello(name)
+        elif kind == Kind.READY:
+            with self._cv:
+                self._ready.add(name)
+                self._cv.notify_all()
+        elif kind == Kind.FATAL:
+            self.abort_run(f"site {name} failed: {frame.topic}")
+        elif kind == Kind.BYE:
+            with self._cv:
+                self._gone.add(name)
+                self._cv.notify_all()
+            if frame.topic and not self._ending:
+                self.abort_run(f"site {name} failed: {frame.topic}")
+        else:
+            self.log.warning("ignored unknown frame kind %r from %s", kind, name)
+
+    def _on_hello(self, name: str) -> None:
+        with self._cv:
+            rejoined = name in self._joined
+            self._joined.add(name)
+            self._gone.discard(name)
+            ending = self._ending
+        try:
+            self.send_frame(name, make_frame(Kind.WELCOME, self.sites))
+            if ending:
+                self.send_frame(name, Frame(kind=Kind.END, topic=self.failure or ""))
+        except TransportError as exc:
+            self.log.error("cannot answer %s: %s", name, exc)
+        if rejoined:
+            self.scheduler.client_up(name)
+            ctx = self.new_context()
+            ctx.set_prop(FLContextKey.RECONNECTED_CLIENT_NAME, name, private=True, sticky=False)
+            self.fire_event(EventType.CLIENT_RECONNECTED, ctx)
+
+    def on_peer(self, name: str, connected: bool) -> None:
+        """A client left: fail its pending aux requests, end what waits on it, fire CLIENT_DISCONNECTED."""
+        super().on_peer(name, connected)
+        if connected or name not in self.clients:
+            return
+        with self._cv:
+            if name in self._gone or name not in self._joined:
+                return
+            self._gone.add(name)
+            ready = name in self._ready
+            self._cv.notify_all()
+        self.scheduler.client_down(name)
+        ctx = self.new_context()
+        ctx.set_prop(FLContextKey.DISCONNECTED_CLIENT_NAME, name, private=True, sticky=False)
+        self.fire_event(EventType.CLIENT_DISCONNECTED, ctx)
+        if not ready:
+            self.abort_run(f"site {name} left before it was ready")
+
+    def result_of_unknown_task(self, name: str, task_name: str, task_id: str, result: Shareable, fl_ctx: FLContext) -> None:
+        """Give a late or unknown result to the workflows' process_result_of_unknown_task."""
+        self.fire_event(EventType.BEFORE_PROCESS_RESULT_OF_UNKNOWN_TASK, fl_ctx)
+        for _, controller in self.workflows:
+            try:
+                controller.process_result_of_unknown_task(self.clients[name], task_name, task_id, result, fl_ctx)
+            except Exception:
+                self.log.exception("process_result_of_unknown_task of %s raised", type(controller).__name__)
+        self.fire_event(EventType.AFTER_PROCESS_RESULT_OF_UNKNOWN_TASK, fl_ctx)

@@ -1,0 +1,168 @@
+"""SiteRuntime: what the server and client engines share (contexts, events, components, aux, frames)."""
+
+from __future__ import annotations
+
+import threading
+from abc import abstractmethod
+from typing import Any
+
+from ..apis.engine_spec import EngineSpec
+from ..apis.fl_component import FLComponent
+from ..apis.fl_constant import ReservedKey, SiteType
+from ..apis.fl_context import FLContext, FLContextManager
+from ..apis.shareable import Shareable
+from ..apis.signal import Signal
+from ..communication.protocol import CommunicationProtocol, Frame
+from .aux import AuxRunner, resolve_targets
+from .frames import Kind
+from .logs import SiteLogger
+
+
+class SiteRuntime(EngineSpec):
+    """The engine of one site: its components, its contexts, its aux channel and its transport endpoint."""
+
+    def __init__(
+        self,
+        *,
+        name: str,
+        job_id: str,
+        protocol: CommunicationProtocol,
+        run_dir: str,
+        workspace_root: str,
+        aux_workers: int = 16,
+    ) -> None:
+        self.name = name
+        self.job_id = job_id
+        self.protocol = protocol
+        self.run_dir = run_dir
+        self.workspace_root = workspace_root
+        self.abort_signal = Signal()
+        self.components: dict[str, Any] = {}
+        self.sites: list[str] = [SiteType.SERVER]
+        self.failure: str | None = None
+        self._failure_lock = threading.Lock()
+        self.log = SiteLogger(f"flarelite.{type(self).__name__}", name, job_id)
+        self._ctx_manager = FLContextManager(
+            engine=self,
+            identity_name=name,
+            job_id=job_id,
+            private_stickers={
+                ReservedKey.RUN_ABORT_SIGNAL: self.abort_signal,
+                ReservedKey.WORKSPACE_OBJECT: workspace_root,
+                ReservedKey.WORKSPACE_ROOT: workspace_root,
+                ReservedKey.APP_ROOT: run_dir,
+            },
+        )
+        self.aux = AuxRunner(self, max_workers=aux_workers)
+
+    # contexts, events, components ---------------------------------------------------------------------
+    def new_context(self) -> FLContext:
+        """Return a new FLContext for this site."""
+        return self._ctx_manager.new_context()
+
+    def fire_event(self, event_type: str, fl_ctx: FLContext) -> None:
+        """Fire ``event_type`` to every component; a handler that raises is logged and the others still run."""
+        self._fire(event_type, fl_ctx)
+
+    def _fire(self, event_type: str, fl_ctx: FLContext) -> list[tuple[str, BaseException]]:
+        errors: list[tuple[str, BaseException]] = []
+        for cid, comp in list(self.components.items()):
+            if not isinstance(comp, FLComponent):
+                continue
+            try:
+                comp._dispatch_event(event_type, fl_ctx)
+            except Exception as exc:
+                self.log.exception("component %r (%s) raised while handling event %s", cid, type(comp).__name__, event_type)
+                errors.append((cid, exc))
+        return errors
+
+    def fire_required(self, event_type: str, fl_ctx: FLContext) -> None:
+        """Fire ``event_type``; raise RuntimeError naming the component if any handler raised."""
+        errors = self._fire(event_type, fl_ctx)
+        if errors:
+            cid, exc = errors[0]
+            raise RuntimeError(f"component {cid!r} failed while handling {event_type}: {exc!r}") from exc
+
+    def get_component(self, component_id: str) -> Any:
+        """Return the component with this id, or None."""
+        return self.components.get(component_id)
+
+    def get_all_components(self) -> dict:
+        """Return ``{id: component}``."""
+        return dict(self.components)
+
+    def get_workspace(self) -> str:
+        """Return the workspace root folder."""
+        return self.workspace_root
+
+    # aux ---------------------------------------------------------------------------------------------
+    def register_aux_message_handler(self, topic: str, message_handle_func: Any) -> None:
+        """Register ``message_handle_func(topic, request, fl_ctx) -> Shareable`` for ``topic``."""
+        self.aux.register(topic, message_handle_func)
+
+    def send_aux_request(
+        self,
+        targets: None | str | list[str],
+        topic: str,
+        request: Shareable,
+        timeout: float,
+        fl_ctx: FLContext,
+        optional: bool = False,
+        secure: bool = False,
+    ) -> dict[str, Shareable]:
+        """Send ``request`` to ``targets`` (None / "@ALL": every other party) and return ``{site: reply}``."""
+        names = resolve_targets(targets, self.name, self.sites)
+        return self.aux.send({n: request for n in names}, topic, timeout, fl_ctx, optional)
+
+    def multicast_aux_requests(
+        self,
+        topic: str,
+        target_requests: dict[str, Shareable],
+        timeout: float,
+        fl_ctx: FLContext,
+        optional: bool = False,
+        secure: bool = False,
+    ) -> dict[str, Shareable]:
+        """Send each target its own request; return ``{site: reply}``."""
+        if not isinstance(target_requests, dict):
+            raise TypeError(f"target_requests must be a dict of site name -> Shareable, got {type(target_requests).__name__}")
+        return self.aux.send(dict(target_requests), topic, timeout, fl_ctx, optional)
+
+    def check_target(self, target: str) -> str | None:
+        """Return why ``target`` cannot be sent to, or None if it is a site of this job."""
+        if target in self.sites:
+            return None
+        return f"unknown target {target!r}: the sites of this job are {', '.join(self.sites)}"
+
+    # frames ------------------------------------------------------------------------------------------
+    def send_frame(self, target: str, frame: Frame) -> None:
+        """Stamp ``frame`` with this job and send it to ``target``."""
+        frame.job_id = self.job_id
+        self.protocol.send(target, frame)
+
+    def on_frame(self, frame: Frame) -> None:
+        """Transport callback: route aux frames to the aux runner, the rest to the site's control logic."""
+        kind = frame.kind
+        if kind == Kind.AUX_REQUEST or kind == Kind.AUX_POST:
+            self.aux.on_request(frame)
+        elif kind == Kind.AUX_REPLY:
+            self.aux.on_reply(frame)
+        else:
+            self.on_control_frame(frame)
+
+    def on_peer(self, name: str, connected: bool) -> None:
+        """Transport callback: a peer joined or left."""
+        if not connected:
+            self.aux.peer_down(name)
+
+    @abstractmethod
+    def on_control_frame(self, frame: Frame) -> None:
+        """Handle a frame that is not aux traffic."""
+
+    def record_failure(self, reason: str) -> bool:
+        """Remember the first reason the run failed; return True if this was the first."""
+        with self._failure_lock:
+            if self.failure is not None:
+                return False
+            self.failure = reason
+            return True

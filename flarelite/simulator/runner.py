@@ -1,0 +1,146 @@
+"""Run a whole job in one process: the server and every client site on threads, over the in-memory transport."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import threading
+
+from ..apis.fl_constant import SiteType, WorkspaceConstants
+from ..communication.memory import InMemoryCommunicationProtocol, InMemoryHub
+from ..errors import ConfigError, RunFailedError
+from ..job_config.models import JobDefinition, load_job
+from ..runtime.client import ClientRuntime
+from ..runtime.logs import close_site_log, open_site_log, restore_level, setup_logging
+from ..runtime.server import ServerRuntime
+
+_log = logging.getLogger("flarelite.simulator")
+
+
+def resolve_clients(job: JobDefinition, n_clients: int | None, clients: list[str] | None) -> list[str]:
+    """Decide the client site names: ``clients``, else the deploy_map's names, else site-1..site-N."""
+    if n_clients is not None and (isinstance(n_clients, bool) or not isinstance(n_clients, int) or n_clients < 1):
+        raise ConfigError(f"n_clients must be a positive int, got {n_clients!r}")
+    named = job.named_clients()
+    if clients:
+        if isinstance(clients, str):
+            clients = [c.strip() for c in clients.split(",") if c.strip()]
+        bad = [c for c in clients if not isinstance(c, str) or not c or c in (SiteType.SERVER, SiteType.ALL)]
+        if bad:
+            raise ConfigError(f"invalid client names {bad}: names must be non-empty and not 'server' or '@ALL'")
+        if len(set(clients)) != len(clients):
+            raise ConfigError(f"client names must be unique, got {clients}")
+        if n_clients is not None and n_clients != len(clients):
+            raise ConfigError(f"n_clients={n_clients} does not match the {len(clients)} names in clients={clients}")
+        names = list(clients)
+    elif named and not job.deploys_to_all():
+        if n_clients is not None and n_clients != len(named):
+            raise ConfigError(
+                f"this job deploys apps to named sites {named}; n_clients={n_clients} cannot change that "
+                "(leave n_clients out, or build the job with to_clients)"
+            )
+        names = named
+    else:
+        count = n_clients if n_clients is not None else max(job.meta.min_clients, len(named), 1)
+        names = list(named) + [f"site-{i}" for i in range(1, count + 1) if f"site-{i}" not in named]
+        names = names[: max(count, len(named))]
+    if len(names) < job.meta.min_clients:
+        raise ConfigError(f"job {job.meta.name!r} needs at least {job.meta.min_clients} clients, got {len(names)}: {names}")
+    missing = [m for m in job.meta.mandatory_clients or [] if m not in names]
+    if missing:
+        raise ConfigError(f"job {job.meta.name!r}: mandatory clients {missing} are not among the sites {names}")
+    for name in names:
+        app = job.app_for(name)
+        if app.client is None:
+            raise ConfigError(f"app {app.name!r} deployed to {name!r} has no client config")
+    return names
+
+
+def run_simulation(
+    job_folder: str,
+    workspace: str,
+    n_clients: int | None = None,
+    clients: list[str] | None = None,
+    threads: int | None = None,
+    *,
+    job_id: str = WorkspaceConstants.SIMULATE_JOB_ID,
+    ready_timeout: float = 120.0,
+    end_timeout: float = 30.0,
+) -> int:
+    """Run the job in ``job_folder`` with its sites in this process; return 0 when the run succeeds.
+
+    Every site runs concurrently (synchronous peer-to-peer algorithms need all sites alive at once), so
+    ``threads`` is accepted for NVFlare compatibility only. Each site gets ``workspace/<site>/`` with its
+    ``log.txt``.
+
+    Raises:
+        ConfigError: the job folder or the arguments are invalid.
+        RunFailedError: the run failed (a component could not be built, a workflow raised, a site died...).
+    """
+    job = load_job(job_folder)
+    names = resolve_clients(job, n_clients, clients)
+    if threads is not None and threads < len(names):
+        _log.info("threads=%s ignored: flarelite runs all %d sites concurrently", threads, len(names))
+    workspace = os.path.abspath(workspace)
+    os.makedirs(workspace, exist_ok=True)
+    for app in job.apps.values():
+        if os.path.isdir(app.custom_dir) and app.custom_dir not in sys.path:
+            sys.path.insert(0, app.custom_dir)
+    previous_level = setup_logging()
+    hub = InMemoryHub()
+    server_app = job.app_for(SiteType.SERVER)
+    if server_app.server is None:
+        raise ConfigError(f"app {server_app.name!r} deployed to the server has no server config")
+    site_dirs = {name: os.path.join(workspace, name) for name in [SiteType.SERVER, *names]}
+    for name, folder in site_dirs.items():
+        open_site_log(name, folder)
+    try:
+        server = ServerRuntime(
+            job_id=job_id,
+            protocol=InMemoryCommunicationProtocol(SiteType.SERVER, hub=hub),
+            run_dir=site_dirs[SiteType.SERVER],
+            workspace_root=workspace,
+            app_config=server_app.server.model_dump(),
+            clients=names,
+            ready_timeout=ready_timeout,
+            end_timeout=end_timeout,
+        )
+        sites = [
+            ClientRuntime(
+                name=name,
+                job_id=job_id,
+                protocol=InMemoryCommunicationProtocol(name, hub=hub),
+                run_dir=site_dirs[name],
+                workspace_root=workspace,
+                app_config=job.app_for(name).client.model_dump(),  # type: ignore[union-attr]
+            )
+            for name in names
+        ]
+        server.open()
+        for site in sites:
+            site.open()
+        failures: dict[str, str | None] = {}
+        threads_ = [
+            threading.Thread(target=lambda s=site: failures.__setitem__(s.name, s.run()), name=f"{site.name}-main", daemon=True)
+            for site in sites
+        ]
+        for t in threads_:
+            t.start()
+        failure = server.run()
+        for t in threads_:
+            t.join(end_timeout)
+        stuck = [t.name for t in threads_ if t.is_alive()]
+        if stuck:
+            _log.error("sites still running after the end of the run: %s", stuck)
+    finally:
+        for name in site_dirs:
+            close_site_log(name)
+        restore_level(previous_level)
+    if failure is None:
+        failure = next((f"{n}: {f}" for n, f in failures.items() if f), None)
+    if failure is not None:
+        raise RunFailedError(failure)
+    if stuck:
+        raise RunFailedError(f"sites did not end: {stuck}")
+    return 0

@@ -1,0 +1,3 @@
+"""Imported by fixpkg.sub.leaf with a two-dot relative import."""
+
+VALUE = 3

@@ -1,0 +1,3 @@
+"""Imported relatively by fixpkg.sub."""
+
+SIBLING = 2

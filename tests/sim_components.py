@@ -1,0 +1,288 @@
+"""Components used by the runtime tests (importable by path, as a job's custom code would be)."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+from flarelite.apis.controller_spec import SendOrder, Task, TaskCompletionStatus
+from flarelite.apis.dxo import DXO, DataKind, from_shareable
+from flarelite.apis.event_type import EventType
+from flarelite.apis.executor import Executor
+from flarelite.apis.fl_constant import FLContextKey, ReservedKey, ReturnCode
+from flarelite.apis.fl_context import FLContext
+from flarelite.apis.impl.controller import Controller
+from flarelite.apis.shareable import ReservedHeaderKey, Shareable, make_reply
+from flarelite.apis.signal import Signal
+
+# What the components saw, for the tests to read (everything runs in the test's process).
+RESULTS: dict = {}
+EVENTS: list = []
+_lock = threading.Lock()
+
+
+def record(key, value):
+    with _lock:
+        RESULTS[key] = value
+
+
+def reset():
+    with _lock:
+        RESULTS.clear()
+        EVENTS.clear()
+
+
+class ProbeController(Controller):
+    """Runs each scenario as a send_and_wait "probe" task to one site and records the site's answer."""
+
+    def __init__(self, scenarios: list, server_handler: bool = False):
+        super().__init__()
+        self.scenarios = scenarios
+        self.server_handler = server_handler
+
+    def start_controller(self, fl_ctx: FLContext) -> None:
+        if self.server_handler:
+            fl_ctx.get_engine().register_aux_message_handler("ok", self._on_ok)
+
+    def _on_ok(self, topic, request, fl_ctx):
+        reply = DXO(DataKind.APP_DEFINED, {"echo": from_shareable(request).data, "at": "server"}).to_shareable()
+        return reply
+
+    def control_flow(self, abort_signal: Signal, fl_ctx: FLContext) -> None:
+        for sc in self.scenarios:
+            task = Task(name="probe", data=DXO(DataKind.APP_DEFINED, sc).to_shareable())
+            self.send_and_wait(task, fl_ctx, targets=[sc["site"]], abort_signal=abort_signal)
+            result = task.client_tasks[-1].result
+            record(sc["name"], from_shareable(result).data if result.get_return_code() == ReturnCode.OK else result.get_return_code())
+
+
+class ProbeExecutor(Executor):
+    """Sends the aux request a "probe" task describes and returns what came back; serves test topics."""
+
+    def handle_event(self, event_type: str, fl_ctx: FLContext) -> None:
+        with _lock:
+            EVENTS.append((fl_ctx.get_identity_name(), event_type))
+        if event_type == EventType.START_RUN:
+            engine = fl_ctx.get_engine()
+            engine.register_aux_message_handler("ok", self._ok)
+            engine.register_aux_message_handler("raise", self._raise)
+            engine.register_aux_message_handler("bad", self._bad)
+            engine.register_aux_message_handler("slow", self._slow)
+            engine.register_aux_message_handler("who", self._who)
+            engine.register_aux_message_handler("noted", self._noted)
+
+    def _ok(self, topic, request, fl_ctx):
+        return DXO(DataKind.APP_DEFINED, {"echo": from_shareable(request).data, "at": fl_ctx.get_identity_name()}).to_shareable()
+
+    def _raise(self, topic, request, fl_ctx):
+        raise RuntimeError("handler failed on purpose")
+
+    def _bad(self, topic, request, fl_ctx):
+        return 42
+
+    def _slow(self, topic, request, fl_ctx):
+        time.sleep(1.5)
+        return make_reply(ReturnCode.OK)
+
+    def _who(self, topic, request, fl_ctx):
+        peer = fl_ctx.get_peer_context()
+        return DXO(
+            DataKind.APP_DEFINED,
+            {
+                "sender": request.get_peer_prop(ReservedKey.IDENTITY_NAME, None),
+                "peer_identity": peer.get_identity_name() if peer else None,
+                "peer_job": peer.get_job_id() if peer else None,
+                "me": fl_ctx.get_identity_name(),
+                "thread": threading.current_thread().name,
+            },
+        ).to_shareable()
+
+    def _noted(self, topic, request, fl_ctx):
+        record(("noted", fl_ctx.get_identity_name()), from_shareable(request).data)
+        return make_reply(ReturnCode.OK)
+
+    def execute(self, task_name: str, shareable: Shareable, fl_ctx: FLContext, abort_signal: Signal) -> Shareable:
+        sc = from_shareable(shareable).data
+        engine = fl_ctx.get_engine()
+        request = DXO(DataKind.APP_DEFINED, {"hello": sc["name"]}).to_shareable()
+        if sc.get("multicast"):
+            replies = engine.multicast_aux_requests(
+                topic=sc["topic"],
+                target_requests={t: DXO(DataKind.APP_DEFINED, {"for": t}).to_shareable() for t in sc["targets"]},
+                timeout=sc.get("timeout", 5),
+                fl_ctx=fl_ctx,
+            )
+        else:
+            replies = engine.send_aux_request(
+                targets=sc.get("targets"), topic=sc["topic"], request=request, timeout=sc.get("timeout", 5), fl_ctx=fl_ctx
+            )
+        out = {}
+        for name, reply in replies.items():
+            entry = {"rc": reply.get_return_code()}
+            if reply.get_header(ReservedHeaderKey.CONTENT_TYPE) == "DXO":
+                entry["data"] = from_shareable(reply).data
+            out[name] = entry
+        out["__thread__"] = threading.current_thread().name
+        return DXO(DataKind.APP_DEFINED, out).to_shareable()
+
+
+class BroadcastController(Controller):
+    """Broadcasts one task with the given options and records completion status and per-site rcs."""
+
+    def __init__(self, task_name: str = "work", min_responses: int = 0, wait_time_after_min_received: float = 0,
+                 timeout: int = 0, targets: list | None = None, mode: str = "broadcast"):
+        super().__init__()
+        self.task_name = task_name
+        self.min_responses = min_responses
+        self.wait_time_after_min_received = wait_time_after_min_received
+        self.timeout = timeout
+        self.targets = targets
+        self.mode = mode
+
+    def control_flow(self, abort_signal: Signal, fl_ctx: FLContext) -> None:
+        received = []
+
+        def on_result(client_task, fl_ctx):
+            received.append((client_task.client.name, client_task.result.get_return_code()))
+
+        def on_done(task, fl_ctx):
+            record("done_cb", task.completion_status)
+
+        data = DXO(DataKind.APP_DEFINED, {"x": 1}).to_shareable()
+        task = Task(name=self.task_name, data=data, timeout=self.timeout, result_received_cb=on_result, task_done_cb=on_done)
+        start = time.monotonic()
+        if self.mode == "broadcast":
+            self.broadcast_and_wait(task, fl_ctx, targets=self.targets, min_responses=self.min_responses,
+                                    wait_time_after_min_received=self.wait_time_after_min_received,
+                                    abort_signal=abort_signal)
+        elif self.mode == "send":
+            self.send_and_wait(task, fl_ctx, targets=self.targets, abort_signal=abort_signal)
+        elif self.mode == "send_any":
+            self.send_and_wait(task, fl_ctx, targets=self.targets, send_order=SendOrder.ANY, abort_signal=abort_signal)
+        elif self.mode == "relay":
+            self.relay_and_wait(task, fl_ctx, targets=self.targets, abort_signal=abort_signal)
+        record("elapsed", time.monotonic() - start)
+        record("status", task.completion_status)
+        record("received", received)
+        record("client_tasks", [(ct.client.name, ct.result.get_return_code() if ct.result is not None else None)
+                                for ct in task.client_tasks])
+        record("standing", self.get_num_standing_tasks())
+
+
+class BehaviourExecutor(Executor):
+    """Behaves as the task name says: ok, raise, bad_result, slow, wait_abort, sleep:<s>."""
+
+    def execute(self, task_name: str, shareable: Shareable, fl_ctx: FLContext, abort_signal: Signal) -> Shareable:
+        if task_name == "raise":
+            raise ValueError("execute failed on purpose")
+        if task_name == "bad_result":
+            return {"not": "a shareable"}
+        if task_name == "wait_abort":
+            while not abort_signal.triggered:
+                time.sleep(0.01)
+            record(("aborted", fl_ctx.get_identity_name()), True)
+            return make_reply(ReturnCode.OK)
+        if task_name.startswith("sleep"):
+            delay = float(fl_ctx.get_identity_name().rsplit("-", 1)[-1]) * 0.4
+            time.sleep(delay)
+        x = from_shareable(shareable).data["x"]
+        return DXO(DataKind.APP_DEFINED, {"x": x + 1, "site": fl_ctx.get_identity_name()}).to_shareable()
+
+
+class ExchangeExecutor(Executor):
+    """Every site sends its value to all others and blocks in execute until it has every peer's value."""
+
+    def __init__(self, rounds: int = 3, fire_and_forget: bool = False):
+        super().__init__()
+        self.rounds = rounds
+        self.fire_and_forget = fire_and_forget
+        self._values: dict = {}
+        self._cv = threading.Condition()
+
+    def handle_event(self, event_type: str, fl_ctx: FLContext) -> None:
+        if event_type == EventType.START_RUN:
+            fl_ctx.get_engine().register_aux_message_handler("value", self._on_value)
+
+    def _on_value(self, topic, request, fl_ctx):
+        d = from_shareable(request).data
+        with self._cv:
+            self._values[(d["round"], request.get_peer_prop(ReservedKey.IDENTITY_NAME, None))] = d["value"]
+            self._cv.notify_all()
+        return make_reply(ReturnCode.OK)
+
+    def execute(self, task_name: str, shareable: Shareable, fl_ctx: FLContext, abort_signal: Signal) -> Shareable:
+        engine = fl_ctx.get_engine()
+        me = fl_ctx.get_identity_name()
+        peers = [c for c in from_shareable(shareable).data["sites"] if c != me]
+        value = float(me.rsplit("-", 1)[-1])
+        for rnd in range(self.rounds):
+            req = DXO(DataKind.APP_DEFINED, {"round": rnd, "value": value}).to_shareable()
+            replies = engine.send_aux_request(peers, "value", req, timeout=0 if self.fire_and_forget else 10, fl_ctx=fl_ctx)
+            if not self.fire_and_forget:
+                assert all(r.get_return_code() == ReturnCode.OK for r in replies.values()), replies
+            deadline = time.monotonic() + 10
+            with self._cv:
+                while not all((rnd, p) in self._values for p in peers):
+                    if abort_signal.triggered or time.monotonic() > deadline:
+                        return make_reply(ReturnCode.TASK_ABORTED)
+                    self._cv.wait(0.1)
+                value = (value + sum(self._values.pop((rnd, p)) for p in peers)) / (len(peers) + 1)
+        return DXO(DataKind.APP_DEFINED, {"value": value}).to_shareable()
+
+
+class ExchangeController(Controller):
+    def control_flow(self, abort_signal: Signal, fl_ctx: FLContext) -> None:
+        sites = [c.name for c in fl_ctx.get_engine().get_clients()]
+        task = Task(name="exchange", data=DXO(DataKind.APP_DEFINED, {"sites": sites}).to_shareable())
+        self.broadcast_and_wait(task, fl_ctx, min_responses=0, abort_signal=abort_signal)
+        record("exchange", {ct.client.name: from_shareable(ct.result).data["value"]
+                            if ct.result.get_return_code() == ReturnCode.OK else ct.result.get_return_code()
+                            for ct in task.client_tasks})
+        record("status", task.completion_status)
+
+
+class FailingController(Controller):
+    def control_flow(self, abort_signal: Signal, fl_ctx: FLContext) -> None:
+        raise ZeroDivisionError("control_flow failed on purpose")
+
+
+class BadArgController(Controller):
+    def __init__(self, value: int):
+        super().__init__()
+        if value < 0:
+            raise ValueError("value must be >= 0")
+        self.value = value
+
+    def control_flow(self, abort_signal: Signal, fl_ctx: FLContext) -> None:
+        pass
+
+
+class PanicExecutor(Executor):
+    def execute(self, task_name, shareable, fl_ctx, abort_signal):
+        self.system_panic("cannot continue on purpose", fl_ctx)
+        return make_reply(ReturnCode.OK)
+
+
+_ = (TaskCompletionStatus, FLContextKey)
+
+
+class EarlyBirdExecutor(Executor):
+    """site-1 sends aux requests from its START_RUN; the other sites are slow to register their handlers."""
+
+    def handle_event(self, event_type: str, fl_ctx: FLContext) -> None:
+        if event_type != EventType.START_RUN:
+            return
+        engine = fl_ctx.get_engine()
+        me = fl_ctx.get_identity_name()
+        if me == "site-1":
+            engine.register_aux_message_handler("noted", ProbeExecutor._noted.__get__(self))
+            req = DXO(DataKind.APP_DEFINED, {"early": True}).to_shareable()
+            engine.send_aux_request(["site-2"], "noted", req, timeout=0, fl_ctx=fl_ctx)
+            replies = engine.send_aux_request(["site-3"], "noted", req, timeout=10, fl_ctx=fl_ctx)
+            record("early_replies", {k: v.get_return_code() for k, v in replies.items()})
+        else:
+            time.sleep(0.8)
+            engine.register_aux_message_handler("noted", ProbeExecutor._noted.__get__(self))
+
+    def execute(self, task_name, shareable, fl_ctx, abort_signal):
+        return make_reply(ReturnCode.OK)
