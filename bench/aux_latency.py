@@ -59,7 +59,7 @@ def aux_round_trips(n: int) -> list[float]:
 
 
 def summarize(rtts: list[float]) -> tuple[float, float]:
-    rtts = sorted(rtts[len(rtts) // 10:])  # drop warm-up
+    rtts = sorted(rtts[len(rtts) // 10 :])  # drop warm-up
     med = statistics.median(rtts) * 1e6
     p99 = rtts[int(len(rtts) * 0.99) - 1] * 1e6
     return med, p99
@@ -75,7 +75,10 @@ def main() -> None:
     aux_med, aux_p99 = summarize(aux_round_trips(args.n))
     print(f"{'what':<44}{'median us':>12}{'p99 us':>12}{'x queue':>10}")
     print(f"{'queue.Queue thread round trip (baseline)':<44}{base_med:>12.1f}{base_p99:>12.1f}{1.0:>10.2f}")
-    print(f"{'aux round trip site-1 -> site-2 (in-process)':<44}{aux_med:>12.1f}{aux_p99:>12.1f}{aux_med / base_med:>10.2f}")
+    print(
+        f"{'aux round trip site-1 -> site-2 (in-process)':<44}"
+        f"{aux_med:>12.1f}{aux_p99:>12.1f}{aux_med / base_med:>10.2f}"
+    )
     print(f"target: aux median within 5x of the queue round trip -> {'met' if aux_med <= 5 * base_med else 'NOT met'}")
 
 

@@ -31,7 +31,9 @@ class PingController(Controller):
 class PingExecutor(Executor):
     def handle_event(self, event_type, fl_ctx):
         if event_type == EventType.START_RUN:
-            fl_ctx.get_engine().register_aux_message_handler("ping", lambda topic, request, fl_ctx: make_reply(ReturnCode.OK))
+            fl_ctx.get_engine().register_aux_message_handler(
+                "ping", lambda topic, request, fl_ctx: make_reply(ReturnCode.OK)
+            )
 
     def execute(self, task_name, shareable, fl_ctx, abort_signal):
         engine = fl_ctx.get_engine()
@@ -69,7 +71,9 @@ class RingController(Controller):
 class RingExecutor(Executor):
     def handle_event(self, event_type, fl_ctx):
         if event_type == EventType.START_RUN:
-            fl_ctx.get_engine().register_aux_message_handler("value", lambda topic, request, fl_ctx: make_reply(ReturnCode.OK))
+            fl_ctx.get_engine().register_aux_message_handler(
+                "value", lambda topic, request, fl_ctx: make_reply(ReturnCode.OK)
+            )
 
     def execute(self, task_name, shareable, fl_ctx, abort_signal):
         data = from_shareable(shareable).data

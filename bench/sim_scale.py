@@ -41,8 +41,14 @@ def one(n: int, rounds: int) -> dict:
         total = time.perf_counter() - t0
     times = bench_components.RESULTS["round_times"]
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    return {"n": n, "round_s": min(times), "round_max_s": max(times), "total_s": total, "peak_mib": peak,
-            "base_mib": base_rss}
+    return {
+        "n": n,
+        "round_s": min(times),
+        "round_max_s": max(times),
+        "total_s": total,
+        "peak_mib": peak,
+        "base_mib": base_rss,
+    }
 
 
 def main() -> None:
@@ -56,19 +62,29 @@ def main() -> None:
         return
     rows = []
     for n in [int(s) for s in args.sizes.split(",")]:
-        out = subprocess.run([sys.executable, __file__, "--one", str(n), "--rounds", str(args.rounds)],
-                             capture_output=True, text=True, check=True)
+        out = subprocess.run(
+            [sys.executable, __file__, "--one", str(n), "--rounds", str(args.rounds)],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
         rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
     base = rows[0]
-    print(f"{'sites':>6}{'round s (best)':>16}{'round s (worst)':>17}{'run s (total)':>15}{'peak MiB':>10}"
-          f"{'MiB/site':>10}{'round x 10 sites':>18}")
+    print(
+        f"{'sites':>6}{'round s (best)':>16}{'round s (worst)':>17}{'run s (total)':>15}{'peak MiB':>10}"
+        f"{'MiB/site':>10}{'round x 10 sites':>18}"
+    )
     for r in rows:
         per_site = (r["peak_mib"] - r["base_mib"]) / r["n"]
-        print(f"{r['n']:>6}{r['round_s']:>16.3f}{r['round_max_s']:>17.3f}{r['total_s']:>15.2f}{r['peak_mib']:>10.0f}"
-              f"{per_site:>10.2f}{r['round_s'] / base['round_s']:>18.1f}")
+        print(
+            f"{r['n']:>6}{r['round_s']:>16.3f}{r['round_max_s']:>17.3f}{r['total_s']:>15.2f}{r['peak_mib']:>10.0f}"
+            f"{per_site:>10.2f}{r['round_s'] / base['round_s']:>18.1f}"
+        )
     big = rows[-1]
-    print(f"target: {big['n']} sites under 2 s per round and under 2 GiB -> "
-          f"{'met' if big['round_max_s'] < 2 and big['peak_mib'] < 2048 else 'NOT met'}")
+    print(
+        f"target: {big['n']} sites under 2 s per round and under 2 GiB -> "
+        f"{'met' if big['round_max_s'] < 2 and big['peak_mib'] < 2048 else 'NOT met'}"
+    )
 
 
 if __name__ == "__main__":

@@ -53,7 +53,10 @@ class ProbeController(Controller):
             task = Task(name="probe", data=DXO(DataKind.APP_DEFINED, sc).to_shareable())
             self.send_and_wait(task, fl_ctx, targets=[sc["site"]], abort_signal=abort_signal)
             result = task.client_tasks[-1].result
-            record(sc["name"], from_shareable(result).data if result.get_return_code() == ReturnCode.OK else result.get_return_code())
+            record(
+                sc["name"],
+                from_shareable(result).data if result.get_return_code() == ReturnCode.OK else result.get_return_code(),
+            )
 
 
 class ProbeExecutor(Executor):
@@ -72,7 +75,9 @@ class ProbeExecutor(Executor):
             engine.register_aux_message_handler("noted", self._noted)
 
     def _ok(self, topic, request, fl_ctx):
-        return DXO(DataKind.APP_DEFINED, {"echo": from_shareable(request).data, "at": fl_ctx.get_identity_name()}).to_shareable()
+        return DXO(
+            DataKind.APP_DEFINED, {"echo": from_shareable(request).data, "at": fl_ctx.get_identity_name()}
+        ).to_shareable()
 
     def _raise(self, topic, request, fl_ctx):
         raise RuntimeError("handler failed on purpose")
@@ -114,7 +119,11 @@ class ProbeExecutor(Executor):
             )
         else:
             replies = engine.send_aux_request(
-                targets=sc.get("targets"), topic=sc["topic"], request=request, timeout=sc.get("timeout", 5), fl_ctx=fl_ctx
+                targets=sc.get("targets"),
+                topic=sc["topic"],
+                request=request,
+                timeout=sc.get("timeout", 5),
+                fl_ctx=fl_ctx,
             )
         out = {}
         for name, reply in replies.items():
@@ -129,8 +138,15 @@ class ProbeExecutor(Executor):
 class BroadcastController(Controller):
     """Broadcasts one task with the given options and records completion status and per-site rcs."""
 
-    def __init__(self, task_name: str = "work", min_responses: int = 0, wait_time_after_min_received: float = 0,
-                 timeout: int = 0, targets: list | None = None, mode: str = "broadcast"):
+    def __init__(
+        self,
+        task_name: str = "work",
+        min_responses: int = 0,
+        wait_time_after_min_received: float = 0,
+        timeout: int = 0,
+        targets: list | None = None,
+        mode: str = "broadcast",
+    ):
         super().__init__()
         self.task_name = task_name
         self.min_responses = min_responses
@@ -149,12 +165,19 @@ class BroadcastController(Controller):
             record("done_cb", task.completion_status)
 
         data = DXO(DataKind.APP_DEFINED, {"x": 1}).to_shareable()
-        task = Task(name=self.task_name, data=data, timeout=self.timeout, result_received_cb=on_result, task_done_cb=on_done)
+        task = Task(
+            name=self.task_name, data=data, timeout=self.timeout, result_received_cb=on_result, task_done_cb=on_done
+        )
         start = time.monotonic()
         if self.mode == "broadcast":
-            self.broadcast_and_wait(task, fl_ctx, targets=self.targets, min_responses=self.min_responses,
-                                    wait_time_after_min_received=self.wait_time_after_min_received,
-                                    abort_signal=abort_signal)
+            self.broadcast_and_wait(
+                task,
+                fl_ctx,
+                targets=self.targets,
+                min_responses=self.min_responses,
+                wait_time_after_min_received=self.wait_time_after_min_received,
+                abort_signal=abort_signal,
+            )
         elif self.mode == "send":
             self.send_and_wait(task, fl_ctx, targets=self.targets, abort_signal=abort_signal)
         elif self.mode == "send_any":
@@ -164,8 +187,13 @@ class BroadcastController(Controller):
         record("elapsed", time.monotonic() - start)
         record("status", task.completion_status)
         record("received", received)
-        record("client_tasks", [(ct.client.name, ct.result.get_return_code() if ct.result is not None else None)
-                                for ct in task.client_tasks])
+        record(
+            "client_tasks",
+            [
+                (ct.client.name, ct.result.get_return_code() if ct.result is not None else None)
+                for ct in task.client_tasks
+            ],
+        )
         record("standing", self.get_num_standing_tasks())
 
 
@@ -217,7 +245,9 @@ class ExchangeExecutor(Executor):
         value = float(me.rsplit("-", 1)[-1])
         for rnd in range(self.rounds):
             req = DXO(DataKind.APP_DEFINED, {"round": rnd, "value": value}).to_shareable()
-            replies = engine.send_aux_request(peers, "value", req, timeout=0 if self.fire_and_forget else 10, fl_ctx=fl_ctx)
+            replies = engine.send_aux_request(
+                peers, "value", req, timeout=0 if self.fire_and_forget else 10, fl_ctx=fl_ctx
+            )
             if not self.fire_and_forget:
                 assert all(r.get_return_code() == ReturnCode.OK for r in replies.values()), replies
             deadline = time.monotonic() + 10
@@ -235,9 +265,15 @@ class ExchangeController(Controller):
         sites = [c.name for c in fl_ctx.get_engine().get_clients()]
         task = Task(name="exchange", data=DXO(DataKind.APP_DEFINED, {"sites": sites}).to_shareable())
         self.broadcast_and_wait(task, fl_ctx, min_responses=0, abort_signal=abort_signal)
-        record("exchange", {ct.client.name: from_shareable(ct.result).data["value"]
-                            if ct.result.get_return_code() == ReturnCode.OK else ct.result.get_return_code()
-                            for ct in task.client_tasks})
+        record(
+            "exchange",
+            {
+                ct.client.name: from_shareable(ct.result).data["value"]
+                if ct.result.get_return_code() == ReturnCode.OK
+                else ct.result.get_return_code()
+                for ct in task.client_tasks
+            },
+        )
         record("status", task.completion_status)
 
 
@@ -285,4 +321,46 @@ class EarlyBirdExecutor(Executor):
             engine.register_aux_message_handler("noted", ProbeExecutor._noted.__get__(self))
 
     def execute(self, task_name, shareable, fl_ctx, abort_signal):
+        return make_reply(ReturnCode.OK)
+
+
+class IsolationExecutor(Executor):
+    """site-1 sends a numpy array to site-2, whose handler mutates what it received; site-1's copy must not change."""
+
+    def handle_event(self, event_type, fl_ctx):
+        if event_type == EventType.START_RUN:
+            engine = fl_ctx.get_engine()
+            engine.register_aux_message_handler("mutate", self._mutate)
+            try:
+                engine.register_aux_message_handler("mutate", self._mutate)
+            except ValueError as exc:
+                record(("twice", fl_ctx.get_identity_name()), str(exc))
+
+    def _mutate(self, topic, request, fl_ctx):
+        import numpy as np
+
+        arr = from_shareable(request).data["arr"]
+        record("received_writable", bool(arr.flags.writeable))
+        arr += 100
+        return DXO(DataKind.WEIGHTS, {"arr": arr, "scalar": np.float32(2.5)}).to_shareable()
+
+    def execute(self, task_name, shareable, fl_ctx, abort_signal):
+        import numpy as np
+
+        if fl_ctx.get_identity_name() != "site-1":
+            return make_reply(ReturnCode.OK)
+        mine = np.arange(6, dtype=np.float64).reshape(2, 3)
+        replies = fl_ctx.get_engine().send_aux_request(
+            ["site-2"], "mutate", DXO(DataKind.WEIGHTS, {"arr": mine}).to_shareable(), timeout=5, fl_ctx=fl_ctx
+        )
+        back = from_shareable(replies["site-2"]).data
+        record("mine_after", mine.tolist())
+        record("back", back["arr"].tolist())
+        record("back_types", (type(back["arr"]).__name__, str(back["arr"].dtype), type(back["scalar"]).__name__))
+        try:
+            fl_ctx.get_engine().send_aux_request(
+                ["site-2"], "mutate", DXO(DataKind.WEIGHTS, {"bad": {1, 2}}).to_shareable(), timeout=5, fl_ctx=fl_ctx
+            )
+        except TypeError as exc:
+            record("unsupported", str(exc))
         return make_reply(ReturnCode.OK)

@@ -17,8 +17,11 @@ def write_job(root, workflows: list[dict], executors: list[dict], name: str = "t
     folder = os.path.join(str(root), name)
     config = os.path.join(folder, "app", "config")
     os.makedirs(config, exist_ok=True)
-    server = {"format_version": 2, "workflows": [dict(w, id=w.get("id", f"wf{i}")) for i, w in enumerate(workflows)],
-              "components": []}
+    server = {
+        "format_version": 2,
+        "workflows": [dict(w, id=w.get("id", f"wf{i}")) for i, w in enumerate(workflows)],
+        "components": [],
+    }
     client = {"format_version": 2, "executors": executors, "components": []}
     with open(os.path.join(config, "config_fed_server.json"), "w") as f:
         json.dump(server, f)

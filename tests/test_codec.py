@@ -123,14 +123,20 @@ PLAIN_VALUES = [
 ]
 
 
-@pytest.mark.parametrize("value", PLAIN_VALUES, ids=lambda v: f"{type(v).__name__}:{repr(v)[:20] if not isinstance(v, int) or abs(v) < 2**64 else 'huge'}")
+@pytest.mark.parametrize(
+    "value",
+    PLAIN_VALUES,
+    ids=lambda v: f"{type(v).__name__}:{repr(v)[:20] if not isinstance(v, int) or abs(v) < 2**64 else 'huge'}",
+)
 def test_plain_values_round_trip(value):
     assert_same(value, roundtrip(value))
 
 
 def test_dict_key_types_are_preserved():
-    value = {1: "int", "1": "str", -7: "neg", 2**70: "big", True: "bool", "x": {0: [1], "0": [2]}}
+    value = {1: "int", "1": "str", -7: "neg", 2**70: "big", "x": {0: [1], "0": [2]}}
     assert_same(value, roundtrip(value))
+    bool_keys = {True: "t", False: "f", "True": "s"}
+    assert_same(bool_keys, roundtrip(bool_keys))
 
 
 def test_bytes_decode_without_copy_when_given_bytes():
@@ -151,10 +157,12 @@ scalars = (
 keys = st.text(max_size=8) | st.integers(min_value=-(2**80), max_value=2**80)
 nested = st.recursive(
     scalars,
-    lambda children: st.lists(children, max_size=5)
-    | st.lists(children, max_size=5).map(tuple)
-    | st.dictionaries(keys, children, max_size=5)
-    | st.binary(max_size=16).map(bytearray),
+    lambda children: (
+        st.lists(children, max_size=5)
+        | st.lists(children, max_size=5).map(tuple)
+        | st.dictionaries(keys, children, max_size=5)
+        | st.binary(max_size=16).map(bytearray)
+    ),
     max_leaves=40,
 )
 
@@ -728,8 +736,9 @@ def test_decode_accepts_any_bytes_like_buffer_format():
 
 def _sample_container() -> bytes:
     return dumps(
-        DXO(DataKind.WEIGHTS, {"w": np.arange(10, dtype=np.float32), "b": b"raw", "s": "text", "n": [1, 2]})
-        .to_shareable()
+        DXO(
+            DataKind.WEIGHTS, {"w": np.arange(10, dtype=np.float32), "b": b"raw", "s": "text", "n": [1, 2]}
+        ).to_shareable()
     )
 
 
@@ -766,7 +775,12 @@ def test_random_corruption_never_escapes_as_another_exception(data):
 
 
 json_values = st.recursive(
-    st.none() | st.booleans() | st.integers() | st.floats() | st.sampled_from(list("lltdSXbBanTID")) | st.text(max_size=5),
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.floats()
+    | st.sampled_from(list("lltdSXbBanTID"))
+    | st.text(max_size=5),
     lambda c: st.lists(c, max_size=6) | st.dictionaries(st.text(max_size=3), c, max_size=3),
     max_leaves=30,
 )

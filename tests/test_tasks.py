@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-
 import sim_components as sc
 from support import comp, read_log, run_job
 
@@ -134,6 +133,13 @@ def test_events_fire_in_order_at_each_site(tmp_path):
     from flarelite.apis.event_type import EventType as E
 
     site1 = [e for s, e in sc.EVENTS if s == "site-1"]
-    order = [E.SYSTEM_START, E.ABOUT_TO_START_RUN, E.START_RUN, E.BEFORE_TASK_EXECUTION, E.AFTER_TASK_EXECUTION,
-             E.ABOUT_TO_END_RUN, E.END_RUN]
+    order = [
+        E.SYSTEM_START,
+        E.ABOUT_TO_START_RUN,
+        E.START_RUN,
+        E.BEFORE_TASK_EXECUTION,
+        E.AFTER_TASK_EXECUTION,
+        E.ABOUT_TO_END_RUN,
+        E.END_RUN,
+    ]
     assert [e for e in site1 if e in order] == order

@@ -34,7 +34,11 @@ class Executor(FLComponent, ABC):
         """Executors are deployed to clients."""
         return SiteType.CLIENT
 
-    def add_to_fed_job(self, job: Any, ctx: Any, **kwargs: Any) -> None:
+    def add_to_fed_job(self, job: Any, ctx: Any, **kwargs: Any) -> Any:
         """Add this executor to ``job`` for the tasks in ``kwargs["tasks"]`` (default all tasks)."""
-        tasks = kwargs.get("tasks") or ["*"]
-        job.add_executor(self, tasks=tasks, ctx=ctx)
+        tasks = kwargs.pop("tasks", None) or ["*"]
+        if kwargs:
+            raise TypeError(
+                f"{self.name}: unexpected arguments for job.to(): {sorted(kwargs)} (only 'tasks' is accepted)"
+            )
+        return job.add_executor(self, tasks=tasks, ctx=ctx)

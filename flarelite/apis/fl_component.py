@@ -59,7 +59,9 @@ class FLComponent:
         if isinstance(event_types, str):
             event_types = [event_types]
         if not callable(handler):
-            raise ValueError(f"{self.name}.register_event_handler: handler must be callable, got {type(handler).__name__}")
+            raise ValueError(
+                f"{self.name}.register_event_handler: handler must be callable, got {type(handler).__name__}"
+            )
         for et in event_types:
             self._event_handlers.setdefault(et, []).append((handler, kwargs))
 
@@ -128,4 +130,3 @@ class FLComponent:
     def log_exception(self, fl_ctx: FLContext | None, msg: str, fire_event: bool = False) -> None:
         """Log at ERROR with the site context prefix and the current exception's traceback."""
         self._log(logging.ERROR, fl_ctx, msg, exc_info=True)
-

@@ -130,7 +130,7 @@ class FLContext:
         """Return the process type."""
         return self.get_prop(ReservedKey.PROCESS_TYPE, default)
 
-    def set_peer_context(self, ctx: FLContext) -> None:
+    def set_peer_context(self, ctx: FLContext | None) -> None:
         """Set the peer's context (the sender of the request being handled)."""
         self.set_prop(FLContextKey.PEER_CONTEXT, ctx, private=True, sticky=False)
 

@@ -8,11 +8,9 @@ from typing import TYPE_CHECKING
 from .controller_spec import SendOrder, TaskCompletionStatus
 
 if TYPE_CHECKING:
-    from .client import Client
     from .controller_spec import Task
     from .fl_context import FLContext
     from .signal import Signal
-
 
 
 class WFCommSpec(ABC):

@@ -171,8 +171,12 @@ def load_job(folder: str) -> JobDefinition:
         wants_server = SiteType.SERVER in sites or SiteType.ALL in sites
         wants_client = any(s != SiteType.SERVER for s in sites)
         if wants_server and app.server is None:
-            raise ConfigError(f"app {app_name!r} is deployed to the server but has no config/{JobConstants.SERVER_JOB_CONFIG}")
+            raise ConfigError(
+                f"app {app_name!r} is deployed to the server but has no config/{JobConstants.SERVER_JOB_CONFIG}"
+            )
         if wants_client and app.client is None:
-            raise ConfigError(f"app {app_name!r} is deployed to clients but has no config/{JobConstants.CLIENT_JOB_CONFIG}")
+            raise ConfigError(
+                f"app {app_name!r} is deployed to clients but has no config/{JobConstants.CLIENT_JOB_CONFIG}"
+            )
         apps[app_name] = app
     return JobDefinition(folder=folder, meta=meta, apps=apps)

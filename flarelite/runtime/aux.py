@@ -69,7 +69,9 @@ class AuxRunner:
     def register(self, topic: str, func: Callable[..., Shareable]) -> None:
         """Register ``func`` for ``topic``; a second registration of a topic is an error."""
         if not isinstance(topic, str) or not topic:
-            raise ValueError(f"register_aux_message_handler at {self.site.name}: topic must be a non-empty str, got {topic!r}")
+            raise ValueError(
+                f"register_aux_message_handler at {self.site.name}: topic must be a non-empty str, got {topic!r}"
+            )
         if not callable(func):
             raise ValueError(
                 f"register_aux_message_handler at {self.site.name}: handler for topic {topic!r} must be callable, "
@@ -139,7 +141,11 @@ class AuxRunner:
         for target, template in frames.items():
             msg_id = uuid.uuid4().hex
             frame = Frame(
-                kind=kind, msg_id=msg_id, topic=topic, job_id=self.site.job_id, meta=template.meta,
+                kind=kind,
+                msg_id=msg_id,
+                topic=topic,
+                job_id=self.site.job_id,
+                meta=template.meta,
                 buffers=template.buffers,
             )
             if wait:
@@ -231,7 +237,9 @@ class AuxRunner:
         topic = frame.topic
         site = self.site
         if frame.job_id != site.job_id:
-            site.log.error("aux request on topic %r from %s is for run %r, not this run", topic, frame.sender, frame.job_id)
+            site.log.error(
+                "aux request on topic %r from %s is for run %r, not this run", topic, frame.sender, frame.job_id
+            )
             return _error_reply(ReturnCode.RUN_MISMATCH, f"{site.name} runs {site.job_id!r}, not {frame.job_id!r}")
         try:
             request = frame_shareable(frame)
@@ -316,5 +324,3 @@ def resolve_targets(targets: Any, me: str, sites: list[str]) -> list[str]:
                 names.append(name)
         return list(dict.fromkeys(names))
     raise TypeError(f"aux targets must be None, a site name or a list of site names, got {type(targets).__name__}")
-
-

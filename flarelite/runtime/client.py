@@ -41,7 +41,11 @@ class ClientRuntime(SiteRuntime):
         aux_workers: int = 16,
     ) -> None:
         super().__init__(
-            name=name, job_id=job_id, protocol=protocol, run_dir=run_dir, workspace_root=workspace_root,
+            name=name,
+            job_id=job_id,
+            protocol=protocol,
+            run_dir=run_dir,
+            workspace_root=workspace_root,
             aux_workers=aux_workers,
         )
         self.app_config = app_config
@@ -158,6 +162,12 @@ class ClientRuntime(SiteRuntime):
     def abort_run(self, reason: str, fl_ctx: Any = None) -> None:
         """End this site's run: the server is told and ends the run everywhere."""
         self._fatal(f"aborted at {self.name}: {reason}")
+
+    def fire_and_forget_aux_request(
+        self, topic: str, request: Shareable, fl_ctx: Any, optional: bool = False, secure: bool = False
+    ) -> dict:
+        """Send ``request`` to the server without waiting for a reply; returns ``{}``."""
+        return self.send_aux_request(SiteType.SERVER, topic, request, 0, fl_ctx, optional=optional)
 
     def _send_control(self, kind: str, **headers: Any) -> None:
         self.send_frame(SiteType.SERVER, Frame(kind=kind, **headers))

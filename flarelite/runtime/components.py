@@ -32,7 +32,9 @@ def import_class(path: str, where: str) -> type:
         ) from exc
     cls = getattr(module, class_name, None)
     if cls is None:
-        raise ComponentBuildError(f"{where}: module {module_name!r} has no attribute {class_name!r} (component {path!r})")
+        raise ComponentBuildError(
+            f"{where}: module {module_name!r} has no attribute {class_name!r} (component {path!r})"
+        )
     if not isinstance(cls, type):
         raise ComponentBuildError(f"{where}: {path!r} is not a class")
     return cls

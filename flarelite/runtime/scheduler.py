@@ -106,8 +106,9 @@ class TaskScheduler(WFCommSpec):
             )
         if wait_time_after_min_received < 0:
             raise ValueError(f"wait_time_after_min_received must be >= 0, got {wait_time_after_min_received}")
-        op = _Op(task, BCAST, names, min_responses=min_responses,
-                 wait_time_after_min_received=wait_time_after_min_received)
+        op = _Op(
+            task, BCAST, names, min_responses=min_responses, wait_time_after_min_received=wait_time_after_min_received
+        )
         with self._lock:
             self._schedule(op)
             try:
@@ -155,7 +156,8 @@ class TaskScheduler(WFCommSpec):
             raise ValueError(f"task_result_timeout must be >= 0, got {task_result_timeout}")
         if task.timeout and task_result_timeout > task.timeout:
             raise ValueError(
-                f"task {task.name!r}: task_result_timeout ({task_result_timeout}) exceeds the task timeout ({task.timeout})"
+                f"task {task.name!r}: task_result_timeout ({task_result_timeout}) exceeds the task timeout "
+                f"({task.timeout})"
             )
         op = _Op(task, RELAY, names, send_order=send_order, task_result_timeout=task_result_timeout)
         with self._lock:
@@ -309,7 +311,9 @@ class TaskScheduler(WFCommSpec):
                 self._finish(op, TaskCompletionStatus.ERROR)
                 if raise_errors:
                     raise
-                self.server.log.exception("task %r could not be sent to %s; the task ends with ERROR", op.task.name, name)
+                self.server.log.exception(
+                    "task %r could not be sent to %s; the task ends with ERROR", op.task.name, name
+                )
                 return
 
     def _next_target(self, op: _Op) -> str | None:
@@ -354,8 +358,9 @@ class TaskScheduler(WFCommSpec):
         elif op.method == RELAY and op.result_timeout:
             for name, ct in list(op.outstanding.items()):
                 if ct.task_sent_time is not None and now - ct.task_sent_time >= op.result_timeout:
-                    self.server.log.warning("relay task %r: no result from %s within %ss; moving on",
-                                            task.name, name, op.result_timeout)
+                    self.server.log.warning(
+                        "relay task %r: no result from %s within %ss; moving on", task.name, name, op.result_timeout
+                    )
                     self._drop_client_task(op, name, abort=True)
             self._advance(op)
 
@@ -478,5 +483,3 @@ class TaskScheduler(WFCommSpec):
                 self._advance(op, fl_ctx)
             else:
                 self._evaluate(op)
-
-

@@ -42,7 +42,11 @@ class ServerRuntime(SiteRuntime, ServerEngineSpec):
         aux_workers: int = 16,
     ) -> None:
         super().__init__(
-            name=SiteType.SERVER, job_id=job_id, protocol=protocol, run_dir=run_dir, workspace_root=workspace_root,
+            name=SiteType.SERVER,
+            job_id=job_id,
+            protocol=protocol,
+            run_dir=run_dir,
+            workspace_root=workspace_root,
             aux_workers=aux_workers,
         )
         self.app_config = app_config
@@ -64,6 +68,18 @@ class ServerRuntime(SiteRuntime, ServerEngineSpec):
     def get_clients(self) -> list[Client]:
         """Return the job's client sites."""
         return list(self.clients.values())
+
+    def fire_and_forget_aux_request(
+        self,
+        targets: Any,
+        topic: str,
+        request: Shareable,
+        fl_ctx: FLContext,
+        optional: bool = False,
+        secure: bool = False,
+    ) -> dict:
+        """Send ``request`` to ``targets`` (None: every client) without waiting for replies; returns ``{}``."""
+        return self.send_aux_request(targets, topic, request, 0, fl_ctx, optional=optional)
 
     def open(self) -> None:
         """Start the server's transport endpoint."""
@@ -161,7 +177,9 @@ class ServerRuntime(SiteRuntime, ServerEngineSpec):
             if self.abort_signal.triggered:
                 thread.join(self.abort_grace)
                 if thread.is_alive():
-                    self.log.error("workflow %r did not return within %ss of the abort; leaving it", wid, self.abort_grace)
+                    self.log.error(
+                        "workflow %r did not return within %ss of the abort; leaving it", wid, self.abort_grace
+                    )
                 return
         if "error" in outcome:
             exc = outcome["error"]
@@ -277,7 +295,9 @@ class ServerRuntime(SiteRuntime, ServerEngineSpec):
         if not ready:
             self.abort_run(f"site {name} left before it was ready")
 
-    def result_of_unknown_task(self, name: str, task_name: str, task_id: str, result: Shareable, fl_ctx: FLContext) -> None:
+    def result_of_unknown_task(
+        self, name: str, task_name: str, task_id: str, result: Shareable, fl_ctx: FLContext
+    ) -> None:
         """Give a late or unknown result to the workflows' process_result_of_unknown_task."""
         self.fire_event(EventType.BEFORE_PROCESS_RESULT_OF_UNKNOWN_TASK, fl_ctx)
         for _, controller in self.workflows:

@@ -72,7 +72,9 @@ class SiteRuntime(EngineSpec):
             try:
                 comp._dispatch_event(event_type, fl_ctx)
             except Exception as exc:
-                self.log.exception("component %r (%s) raised while handling event %s", cid, type(comp).__name__, event_type)
+                self.log.exception(
+                    "component %r (%s) raised while handling event %s", cid, type(comp).__name__, event_type
+                )
                 errors.append((cid, exc))
         return errors
 
@@ -125,7 +127,9 @@ class SiteRuntime(EngineSpec):
     ) -> dict[str, Shareable]:
         """Send each target its own request; return ``{site: reply}``."""
         if not isinstance(target_requests, dict):
-            raise TypeError(f"target_requests must be a dict of site name -> Shareable, got {type(target_requests).__name__}")
+            raise TypeError(
+                f"target_requests must be a dict of site name -> Shareable, got {type(target_requests).__name__}"
+            )
         return self.aux.send(dict(target_requests), topic, timeout, fl_ctx, optional)
 
     def check_target(self, target: str) -> str | None:

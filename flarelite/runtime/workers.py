@@ -43,9 +43,7 @@ class WorkerPool:
                 return
             if len(self._threads) >= self.max_workers:
                 return
-            thread = threading.Thread(
-                target=self._work, name=f"{self.site}-aux_{len(self._threads)}", daemon=True
-            )
+            thread = threading.Thread(target=self._work, name=f"{self.site}-aux_{len(self._threads)}", daemon=True)
             self._threads.append(thread)
         thread.start()
 

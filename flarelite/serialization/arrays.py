@@ -80,7 +80,8 @@ def _count(shape: tuple[int, ...]) -> int:
 def _check_length(buf: memoryview, count: int, itemsize: int, what: str) -> None:
     if buf.nbytes != count * itemsize:
         raise DecodeError(
-            f"{what}: buffer holds {buf.nbytes} bytes but shape and dtype need {count} x {itemsize} = {count * itemsize}"
+            f"{what}: buffer holds {buf.nbytes} bytes but shape and dtype need "
+            f"{count} x {itemsize} = {count * itemsize}"
         )
 
 

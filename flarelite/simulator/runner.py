@@ -46,7 +46,9 @@ def resolve_clients(job: JobDefinition, n_clients: int | None, clients: list[str
         names = list(named) + [f"site-{i}" for i in range(1, count + 1) if f"site-{i}" not in named]
         names = names[: max(count, len(named))]
     if len(names) < job.meta.min_clients:
-        raise ConfigError(f"job {job.meta.name!r} needs at least {job.meta.min_clients} clients, got {len(names)}: {names}")
+        raise ConfigError(
+            f"job {job.meta.name!r} needs at least {job.meta.min_clients} clients, got {len(names)}: {names}"
+        )
     missing = [m for m in job.meta.mandatory_clients or [] if m not in names]
     if missing:
         raise ConfigError(f"job {job.meta.name!r}: mandatory clients {missing} are not among the sites {names}")
@@ -122,7 +124,9 @@ def run_simulation(
             site.open()
         failures: dict[str, str | None] = {}
         threads_ = [
-            threading.Thread(target=lambda s=site: failures.__setitem__(s.name, s.run()), name=f"{site.name}-main", daemon=True)
+            threading.Thread(
+                target=lambda s=site: failures.__setitem__(s.name, s.run()), name=f"{site.name}-main", daemon=True
+            )
             for site in sites
         ]
         for t in threads_:

@@ -29,7 +29,9 @@ class TasksController(Controller):
         if result.get_return_code() != ReturnCode.OK:
             self.log_error(fl_ctx, f"{client_task.client.name} failed: {result.get_return_code()}")
             return
-        self.log_info(fl_ctx, f"{client_task.task.name}: {client_task.client.name} answered {from_shareable(result).data}")
+        self.log_info(
+            fl_ctx, f"{client_task.task.name}: {client_task.client.name} answered {from_shareable(result).data}"
+        )
 
     def _relay_result(self, client_task: ClientTask, fl_ctx: FLContext) -> None:
         self._on_result(client_task, fl_ctx)
@@ -46,7 +48,9 @@ class TasksController(Controller):
 
         task = Task(name="whoami", data=Shareable(), result_received_cb=self._on_result)
         self.send_and_wait(task, fl_ctx, targets=[self.named_site], abort_signal=abort_signal)
-        self.log_info(fl_ctx, f"send done: {self.named_site} answered {from_shareable(task.client_tasks[0].result).data}")
+        self.log_info(
+            fl_ctx, f"send done: {self.named_site} answered {from_shareable(task.client_tasks[0].result).data}"
+        )
 
         data = DXO(DataKind.APP_DEFINED, {"value": 0}).to_shareable()
         task = Task(name="add_one", data=data, result_received_cb=self._relay_result)

@@ -163,6 +163,6 @@ class Controller(FLComponent, ControllerSpec, ABC):
     def stop_controller(self, fl_ctx: FLContext) -> None:
         """Called when the workflow ends; the default does nothing."""
 
-    def add_to_fed_job(self, job: Any, ctx: Any, **kwargs: Any) -> None:
-        """Add this controller to ``job`` as a server workflow."""
-        job.add_controller(self, ctx=ctx, **kwargs)
+    def add_to_fed_job(self, job: Any, ctx: Any, **kwargs: Any) -> Any:
+        """Add this controller to ``job`` as a server workflow; returns its id."""
+        return job.add_controller(self, ctx=ctx, **kwargs)
