@@ -364,3 +364,51 @@ class IsolationExecutor(Executor):
         except TypeError as exc:
             record("unsupported", str(exc))
         return make_reply(ReturnCode.OK)
+
+
+HOOKS: dict = {}
+
+
+class ReconnectController(Controller):
+    """Broadcast while site-3 is cut off, then heal the network and broadcast again once site-3 is back."""
+
+    def __init__(self):
+        super().__init__()
+        self._back = threading.Event()
+
+    def handle_event(self, event_type, fl_ctx):
+        if event_type == EventType.CLIENT_DISCONNECTED:
+            with _lock:
+                EVENTS.append(("server", "disconnected", fl_ctx.get_prop(FLContextKey.DISCONNECTED_CLIENT_NAME)))
+        elif event_type == EventType.CLIENT_RECONNECTED:
+            with _lock:
+                EVENTS.append(("server", "reconnected", fl_ctx.get_prop(FLContextKey.RECONNECTED_CLIENT_NAME)))
+            self._back.set()
+
+    def control_flow(self, abort_signal, fl_ctx):
+        first = Task(name="cut", data=DXO(DataKind.APP_DEFINED, {"x": 1}).to_shareable(), timeout=20)
+        self.broadcast_and_wait(first, fl_ctx, min_responses=0, abort_signal=abort_signal)
+        rcs = [(ct.client.name, ct.result.get_return_code() if ct.result else None) for ct in first.client_tasks]
+        record("first", (first.completion_status, sorted(rcs)))
+        record("disconnect_time", self.get_client_disconnect_time("site-3") is not None)
+        HOOKS["heal"]()
+        record("back", self._back.wait(10))
+        second = Task(name="work", data=DXO(DataKind.APP_DEFINED, {"x": 1}).to_shareable(), timeout=20)
+        self.broadcast_and_wait(second, fl_ctx, min_responses=0, abort_signal=abort_signal)
+        record(
+            "second",
+            (
+                second.completion_status,
+                sorted((ct.client.name, ct.result.get_return_code()) for ct in second.client_tasks),
+            ),
+        )
+
+
+class CutExecutor(BehaviourExecutor):
+    def execute(self, task_name, shareable, fl_ctx, abort_signal):
+        if task_name == "cut":
+            if fl_ctx.get_identity_name() == "site-3":
+                HOOKS["cut"]("site-3")
+                return make_reply(ReturnCode.OK)  # cannot be delivered: site-3 is cut off
+            task_name = "work"
+        return super().execute(task_name, shareable, fl_ctx, abort_signal)

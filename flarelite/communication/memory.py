@@ -14,6 +14,7 @@ class InMemoryHub:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._endpoints: dict[str, InMemoryCommunicationProtocol] = {}
+        self._cut: dict[str, InMemoryCommunicationProtocol] = {}
 
     def _join(self, endpoint: InMemoryCommunicationProtocol) -> None:
         with self._lock:
@@ -32,6 +33,30 @@ class InMemoryHub:
             others = list(self._endpoints.values())
         for other in others:
             other._peer_event(endpoint.address, False)
+
+    def disconnect(self, address: str) -> None:
+        """Cut ``address`` off, as a network failure would: it and every other endpoint see each other leave."""
+        with self._lock:
+            endpoint = self._endpoints.pop(address, None)
+            if endpoint is None:
+                raise ConnectError(f"no endpoint {address!r} on this hub to disconnect")
+            self._cut[address] = endpoint
+            others = list(self._endpoints.values())
+        for other in others:
+            other._peer_event(address, False)
+            endpoint._peer_event(other.address, False)
+
+    def reconnect(self, address: str) -> None:
+        """Undo ``disconnect``: the endpoint and the others see each other join again."""
+        with self._lock:
+            endpoint = self._cut.pop(address, None)
+            if endpoint is None:
+                raise ConnectError(f"{address!r} was not disconnected")
+            others = list(self._endpoints.values())
+            self._endpoints[address] = endpoint
+        for other in others:
+            other._peer_event(address, True)
+            endpoint._peer_event(other.address, True)
 
     def _lookup(self, address: str) -> InMemoryCommunicationProtocol | None:
         return self._endpoints.get(address)
@@ -68,6 +93,8 @@ class InMemoryCommunicationProtocol(CommunicationProtocol):
         """Copy ``frame``'s buffers and hand it to ``target``'s handler on the calling thread."""
         if not self._running:
             raise TransportClosed(f"{self!r} is stopped; cannot send {frame.kind} to {target!r}")
+        if self.hub._lookup(self.address) is not self:
+            raise ConnectError(f"{self.address!r} is cut off from the in-memory hub; cannot send to {target!r}")
         endpoint = self.hub._lookup(target)
         if endpoint is None or endpoint._on_frame is None:
             raise ConnectError(f"no endpoint {target!r} on the in-memory hub (is the site running?)")
@@ -90,6 +117,8 @@ class InMemoryCommunicationProtocol(CommunicationProtocol):
         if not self._running:
             return
         self._running = False
+        with self.hub._lock:
+            self.hub._cut.pop(self.address, None)
         self.hub._leave(self)
 
     def _peer_event(self, address: str, connected: bool) -> None:

@@ -38,6 +38,7 @@ class ClientRuntime(SiteRuntime):
         app_config: dict,
         join_timeout: float = 60.0,
         drain_timeout: float = 10.0,
+        server_lost_timeout: float = 60.0,
         aux_workers: int = 16,
     ) -> None:
         super().__init__(
@@ -51,6 +52,8 @@ class ClientRuntime(SiteRuntime):
         self.app_config = app_config
         self.join_timeout = join_timeout
         self.drain_timeout = drain_timeout
+        self.server_lost_timeout = server_lost_timeout
+        self._server_lost_at: float | None = None
         self.executors: dict[str, Executor] = {}
         self._inbox: queue.Queue = queue.Queue()
         self._welcome = threading.Event()
@@ -137,10 +140,33 @@ class ClientRuntime(SiteRuntime):
 
     def _serve(self) -> None:
         while True:
-            item = self._inbox.get()
+            try:
+                item = self._inbox.get(timeout=1.0)
+            except queue.Empty:
+                lost_at = self._server_lost_at
+                if lost_at is not None and time.monotonic() - lost_at > self.server_lost_timeout:
+                    self._fatal(f"lost the connection to the server for more than {self.server_lost_timeout}s")
+                    return
+                continue
             if item is _END:
                 return
             self._run_task(item)
+
+    def on_peer(self, name: str, connected: bool) -> None:
+        """A peer joined or left; when the server comes back after a loss, join it again."""
+        super().on_peer(name, connected)
+        if name != SiteType.SERVER:
+            return
+        if not connected:
+            self._server_lost_at = time.monotonic()
+            self.log.warning("lost the connection to the server; waiting up to %ss for it", self.server_lost_timeout)
+        elif self._server_lost_at is not None:
+            self._server_lost_at = None
+            self.log.info("the server is back; joining again")
+            try:
+                self._send_control(Kind.HELLO)
+            except TransportError as exc:
+                self.log.error("could not join the server again: %s", exc)
 
     def _finish(self) -> None:
         current = self._current

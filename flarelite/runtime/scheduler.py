@@ -210,11 +210,15 @@ class TaskScheduler(WFCommSpec):
         self._events.put(("result", frame))
 
     def client_down(self, name: str) -> None:
-        """``name`` left: tasks waiting on it move on or end."""
+        """``name`` left: it gets no new tasks; tasks waiting on it move on or end."""
+        with self._lock:
+            self._dead.setdefault(name, time.time())
         self._events.put(("down", name))
 
     def client_up(self, name: str) -> None:
-        """``name`` is back."""
+        """``name`` is back: it gets new tasks, and the standing broadcasts it missed."""
+        with self._lock:
+            self._dead.pop(name, None)
         self._events.put(("up", name))
 
     # scheduling --------------------------------------------------------------------------------------
@@ -428,8 +432,7 @@ class TaskScheduler(WFCommSpec):
                 elif what == "down":
                     self._process_down(arg)
                 elif what == "up":
-                    with self._lock:
-                        self._dead.pop(arg, None)
+                    self._process_up(arg)
                 with self._lock:
                     now = time.time()
                     for op in list(self._ops.values()):
@@ -446,6 +449,19 @@ class TaskScheduler(WFCommSpec):
                     if op.method in (SEND, RELAY):
                         self._advance(op)
                 self._evaluate(op)
+
+    def _process_up(self, name: str) -> None:
+        with self._lock:
+            if name in self._dead:
+                return
+            for op in list(self._ops.values()):
+                missed = name in op.targets and name not in op.responded and name not in op.outstanding
+                if op.method == BCAST and missed:
+                    self.server.log.info("%s is back: sending it task %r", name, op.task.name)
+                    try:
+                        self._dispatch(op, name, self.server.new_context())
+                    except Exception:
+                        self.server.log.exception("task %r could not be sent to %s", op.task.name, name)
 
     def _process_result(self, frame: Frame) -> None:
         name = frame.sender

@@ -69,12 +69,13 @@ def run_simulation(
     job_id: str = WorkspaceConstants.SIMULATE_JOB_ID,
     ready_timeout: float = 120.0,
     end_timeout: float = 30.0,
+    hub: InMemoryHub | None = None,
 ) -> int:
     """Run the job in ``job_folder`` with its sites in this process; return 0 when the run succeeds.
 
     Every site runs concurrently (synchronous peer-to-peer algorithms need all sites alive at once), so
     ``threads`` is accepted for NVFlare compatibility only. Each site gets ``workspace/<site>/`` with its
-    ``log.txt``.
+    ``log.txt``. ``hub`` lets a test reach the in-memory network (e.g. to cut a site off).
 
     Raises:
         ConfigError: the job folder or the arguments are invalid.
@@ -90,7 +91,7 @@ def run_simulation(
         if os.path.isdir(app.custom_dir) and app.custom_dir not in sys.path:
             sys.path.insert(0, app.custom_dir)
     previous_level = setup_logging()
-    hub = InMemoryHub()
+    hub = hub if hub is not None else InMemoryHub()
     server_app = job.app_for(SiteType.SERVER)
     if server_app.server is None:
         raise ConfigError(f"app {server_app.name!r} deployed to the server has no server config")
