@@ -56,11 +56,11 @@ class RingController(Controller):
         self.rounds = rounds
 
     def control_flow(self, abort_signal, fl_ctx):
-        sites = [c.name for c in fl_ctx.get_engine().get_clients()]
+        n = len(fl_ctx.get_engine().get_clients())
         times = []
         for r in range(self.rounds):
             t0 = time.perf_counter()
-            task = Task(name="ring", data=DXO(DataKind.APP_DEFINED, {"sites": sites, "round": r}).to_shareable())
+            task = Task(name="ring", data=DXO(DataKind.APP_DEFINED, {"n": n, "round": r}).to_shareable())
             self.broadcast_and_wait(task, fl_ctx, min_responses=0, abort_signal=abort_signal)
             times.append(time.perf_counter() - t0)
             bad = [ct.client.name for ct in task.client_tasks if ct.result.get_return_code() != ReturnCode.OK]
@@ -77,9 +77,9 @@ class RingExecutor(Executor):
 
     def execute(self, task_name, shareable, fl_ctx, abort_signal):
         data = from_shareable(shareable).data
-        sites, me = data["sites"], fl_ctx.get_identity_name()
-        i = sites.index(me)
-        neighbours = sorted({sites[(i - 1) % len(sites)], sites[(i + 1) % len(sites)]} - {me})
+        n, me = data["n"], fl_ctx.get_identity_name()
+        i = int(me.rsplit("-", 1)[1]) - 1  # the simulator names clients site-1..site-N
+        neighbours = sorted({f"site-{(i - 1) % n + 1}", f"site-{(i + 1) % n + 1}"} - {me})
         request = DXO(DataKind.APP_DEFINED, {"value": float(i), "round": data["round"]}).to_shareable()
         replies = fl_ctx.get_engine().send_aux_request(neighbours, "value", request, timeout=30, fl_ctx=fl_ctx)
         if any(r.get_return_code() != ReturnCode.OK for r in replies.values()):

@@ -70,14 +70,18 @@ class Task:
         operator: dict | None = None,
         secure: bool = False,
     ) -> None:
-        if not isinstance(name, str) or not name:
-            raise ValueError(f"Task name must be a non-empty str, got {name!r}")
+        if not isinstance(name, str):
+            raise TypeError(f"Task name must be a str, got {type(name).__name__}")
+        if not name:
+            raise ValueError("Task name must not be empty")
         if not isinstance(data, Shareable):
             raise TypeError(f"Task {name!r}: data must be a Shareable, got {type(data).__name__}")
         if props is not None and not isinstance(props, dict):
             raise TypeError(f"Task {name!r}: props must be a dict or None, got {type(props).__name__}")
-        if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout < 0:
-            raise ValueError(f"Task {name!r}: timeout must be a number >= 0 (0 = no timeout), got {timeout!r}")
+        if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
+            raise TypeError(f"Task {name!r}: timeout must be a number of seconds, got {type(timeout).__name__}")
+        if timeout < 0:
+            raise ValueError(f"Task {name!r}: timeout must be >= 0 (0 = no timeout), got {timeout!r}")
         for cb_name, cb in (
             ("before_task_sent_cb", before_task_sent_cb),
             ("after_task_sent_cb", after_task_sent_cb),
@@ -118,7 +122,8 @@ class Task:
         return self.props.get(key, default)
 
     def __repr__(self) -> str:
-        return f"Task(name={self.name!r}, id={self.id!r}, status={self.completion_status})"
+        name, tid = getattr(self, "name", "?"), getattr(self, "id", "?")  # safe on a half-built Task
+        return f"Task(name={name!r}, id={tid!r}, status={getattr(self, 'completion_status', None)})"
 
 
 class ClientTask:

@@ -82,6 +82,8 @@ class DXO:
 
     def add_filter_history(self, filter_name: str | list[str]) -> None:
         """Record the name(s) of filters applied to this DXO."""
+        if not filter_name:
+            return
         history = self.meta.setdefault(MetaKey.FILTER_HISTORY, [])
         if isinstance(filter_name, list):
             history.extend(filter_name)
@@ -179,11 +181,14 @@ def get_leaf_dxos(dxo: DXO, root_name: str = "") -> tuple[dict, list]:
     """Walk a COLLECTION tree; return ``({path: leaf DXO}, [errors])``."""
     leaves: dict[str, DXO] = {}
     errors: list[str] = []
-    _collect_leaves(dxo, root_name, leaves, errors)
+    _collect_leaves(dxo, root_name, leaves, errors, set())
     return leaves, errors
 
 
-def _collect_leaves(dxo: DXO, path: str, leaves: dict, errors: list) -> None:
+def _collect_leaves(dxo: DXO, path: str, leaves: dict, errors: list, seen: set[int]) -> None:
+    if id(dxo) in seen:  # a collection that contains itself: visit each DXO once
+        return
+    seen.add(id(dxo))
     if dxo.data_kind != DataKind.COLLECTION:
         leaves[path] = dxo
         return
@@ -193,6 +198,6 @@ def _collect_leaves(dxo: DXO, path: str, leaves: dict, errors: list) -> None:
     for name, child in dxo.data.items():
         child_path = f"{path}.{name}" if path else str(name)
         if isinstance(child, DXO):
-            _collect_leaves(child, child_path, leaves, errors)
+            _collect_leaves(child, child_path, leaves, errors, seen)
         else:
             errors.append(f"{child_path}: {type(child).__name__} is not a DXO")

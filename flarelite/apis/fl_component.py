@@ -3,22 +3,25 @@
 from __future__ import annotations
 
 import logging
+import threading
 from typing import Any, Callable
 
 from .event_type import EventType
 from .fl_constant import FLContextKey, ReservedKey
 from .fl_context import FLContext
 
+_log_event_guard = threading.local()
+
 
 def generate_log_prefix(fl_ctx: FLContext | None) -> str:
     """Return ``[identity=..., run=..., peer=..., peer_run=..., task_name=..., task_id=...]`` for ``fl_ctx``."""
     if fl_ctx is None:
         return ""
-    parts = [f"identity={fl_ctx.get_identity_name()}", f"run={fl_ctx.get_job_id('?')}"]
+    parts = [f"identity={fl_ctx.get_identity_name()}", f"run={fl_ctx.get_job_id() or '?'}"]
     peer = fl_ctx.get_peer_context()
     if peer is not None:
-        parts.append(f"peer={peer.get_identity_name()}")
-        parts.append(f"peer_run={peer.get_job_id('?')}")
+        parts.append(f"peer={peer.get_identity_name() or '?'}")
+        parts.append(f"peer_run={peer.get_job_id() or '?'}")
     task_name = fl_ctx.get_prop(FLContextKey.TASK_NAME)
     if task_name:
         parts.append(f"task_name={task_name}")
@@ -100,33 +103,49 @@ class FLComponent:
             engine.abort_run(f"{self.name}: {reason}", fl_ctx)
 
     # logging -----------------------------------------------------------------------------------------
-    def _log(self, level: int, fl_ctx: FLContext | None, msg: str, exc_info: bool = False) -> None:
+    def _log(
+        self, level: int, fl_ctx: FLContext | None, msg: str, event: str | None = None, exc_info: bool = False
+    ) -> None:
         self._ensure_base()
         prefix = generate_log_prefix(fl_ctx)
         site = fl_ctx.get_identity_name() if fl_ctx is not None else None
         text = f"{prefix} - {msg}" if prefix else msg
         self.logger.log(level, text, exc_info=exc_info, extra={"site": site} if site else None, stacklevel=3)
+        if event is not None and fl_ctx is not None and fl_ctx.get_engine() is not None:
+            self._fire_log_event(event, text, fl_ctx)
+
+    def _fire_log_event(self, event: str, text: str, fl_ctx: FLContext) -> None:
+        if getattr(_log_event_guard, "active", False):  # a log call made while handling a log event
+            return
+        from .dxo import DXO, DataKind
+
+        _log_event_guard.active = True
+        try:
+            data = DXO(DataKind.ANALYTIC, {"message": text, "component": self.name}).to_shareable()
+            self.fire_event_with_data(event, fl_ctx, FLContextKey.EVENT_DATA, data)
+        finally:
+            _log_event_guard.active = False
 
     def log_debug(self, fl_ctx: FLContext | None, msg: str, fire_event: bool = False) -> None:
-        """Log at DEBUG with the site context prefix."""
-        self._log(logging.DEBUG, fl_ctx, msg)
+        """Log at DEBUG with the site context prefix; ``fire_event`` also fires DEBUG_LOG_AVAILABLE."""
+        self._log(logging.DEBUG, fl_ctx, msg, EventType.DEBUG_LOG_AVAILABLE if fire_event else None)
 
     def log_info(self, fl_ctx: FLContext | None, msg: str, fire_event: bool = False) -> None:
-        """Log at INFO with the site context prefix."""
-        self._log(logging.INFO, fl_ctx, msg)
+        """Log at INFO with the site context prefix; ``fire_event`` also fires INFO_LOG_AVAILABLE."""
+        self._log(logging.INFO, fl_ctx, msg, EventType.INFO_LOG_AVAILABLE if fire_event else None)
 
     def log_warning(self, fl_ctx: FLContext | None, msg: str, fire_event: bool = True) -> None:
-        """Log at WARNING with the site context prefix."""
-        self._log(logging.WARNING, fl_ctx, msg)
+        """Log at WARNING with the site context prefix; ``fire_event`` also fires WARNING_LOG_AVAILABLE."""
+        self._log(logging.WARNING, fl_ctx, msg, EventType.WARNING_LOG_AVAILABLE if fire_event else None)
 
     def log_error(self, fl_ctx: FLContext | None, msg: str, fire_event: bool = True) -> None:
-        """Log at ERROR with the site context prefix."""
-        self._log(logging.ERROR, fl_ctx, msg)
+        """Log at ERROR with the site context prefix; ``fire_event`` also fires ERROR_LOG_AVAILABLE."""
+        self._log(logging.ERROR, fl_ctx, msg, EventType.ERROR_LOG_AVAILABLE if fire_event else None)
 
     def log_critical(self, fl_ctx: FLContext | None, msg: str, fire_event: bool = True) -> None:
-        """Log at CRITICAL with the site context prefix."""
-        self._log(logging.CRITICAL, fl_ctx, msg)
+        """Log at CRITICAL with the site context prefix; ``fire_event`` also fires CRITICAL_LOG_AVAILABLE."""
+        self._log(logging.CRITICAL, fl_ctx, msg, EventType.CRITICAL_LOG_AVAILABLE if fire_event else None)
 
     def log_exception(self, fl_ctx: FLContext | None, msg: str, fire_event: bool = False) -> None:
-        """Log at ERROR with the site context prefix and the current exception's traceback."""
-        self._log(logging.ERROR, fl_ctx, msg, exc_info=True)
+        """Log at ERROR with the traceback; ``fire_event`` also fires EXCEPTION_LOG_AVAILABLE."""
+        self._log(logging.ERROR, fl_ctx, msg, EventType.EXCEPTION_LOG_AVAILABLE if fire_event else None, True)

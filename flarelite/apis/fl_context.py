@@ -33,6 +33,8 @@ class FLContext:
         """Set a prop; returns False (and logs a warning) if ``key`` exists with a different private/sticky mask."""
         mask = _mask(private, sticky)
         existing = self._props.get(key)
+        if existing is None and self._manager is not None:
+            existing = self._manager._sticky.get(key)
         if existing is not None and existing[1] != mask:
             _logger.warning(
                 "prop %r already exists with a different mask (private=%s, sticky=%s); not changed",

@@ -6,8 +6,8 @@ arrive before the site finished START_RUN are held until it has (``set_ready``).
 
 from __future__ import annotations
 
+import itertools
 import threading
-import uuid
 from typing import TYPE_CHECKING, Any, Callable
 
 from ..apis.fl_constant import ReservedKey, ReturnCode, SiteType
@@ -63,6 +63,7 @@ class AuxRunner:
         self._lock = threading.Lock()
         self._ready = False
         self._held: list[Frame] = []
+        self._ids = itertools.count(1)  # message ids only need to be unique among this site's requests
         self._pool = WorkerPool(site.name, max_workers)
 
     # handlers ----------------------------------------------------------------------------------------
@@ -139,7 +140,7 @@ class AuxRunner:
             frames[target] = template
         waiter = _Waiter(list(frames) if wait else [])
         for target, template in frames.items():
-            msg_id = uuid.uuid4().hex
+            msg_id = f"{next(self._ids)}"
             frame = Frame(
                 kind=kind,
                 msg_id=msg_id,
@@ -221,6 +222,8 @@ class AuxRunner:
 
     def peer_down(self, name: str) -> None:
         """Fail the pending requests to ``name`` at once (it left)."""
+        if not self._pending:
+            return
         with self._lock:
             gone = [(m, w) for m, (w, t) in self._pending.items() if t == name]
             for m, _ in gone:

@@ -22,6 +22,7 @@ from .logs import bind_thread
 from .site import SiteRuntime
 
 _END = object()
+_CHECK_SERVER = object()
 
 
 class ClientRuntime(SiteRuntime):
@@ -140,16 +141,15 @@ class ClientRuntime(SiteRuntime):
 
     def _serve(self) -> None:
         while True:
-            try:
-                item = self._inbox.get(timeout=1.0)
-            except queue.Empty:
+            item = self._inbox.get()
+            if item is _END:
+                return
+            if item is _CHECK_SERVER:
                 lost_at = self._server_lost_at
-                if lost_at is not None and time.monotonic() - lost_at > self.server_lost_timeout:
+                if lost_at is not None and time.monotonic() - lost_at >= self.server_lost_timeout:
                     self._fatal(f"lost the connection to the server for more than {self.server_lost_timeout}s")
                     return
                 continue
-            if item is _END:
-                return
             self._run_task(item)
 
     def on_peer(self, name: str, connected: bool) -> None:
@@ -160,6 +160,9 @@ class ClientRuntime(SiteRuntime):
         if not connected:
             self._server_lost_at = time.monotonic()
             self.log.warning("lost the connection to the server; waiting up to %ss for it", self.server_lost_timeout)
+            timer = threading.Timer(self.server_lost_timeout, self._inbox.put, args=(_CHECK_SERVER,))
+            timer.daemon = True
+            timer.start()
         elif self._server_lost_at is not None:
             self._server_lost_at = None
             self.log.info("the server is back; joining again")

@@ -356,9 +356,9 @@ class TaskScheduler(WFCommSpec):
                 if now - op.min_reached_at >= op.wait_after_min:
                     self._finish(op, TaskCompletionStatus.OK)
                     return
-            waiting = [n for n in op.targets if n not in op.responded and n not in self._dead]
-            if not waiting and op.min_responses >= 0:
-                self._finish(op, TaskCompletionStatus.CLIENT_DEAD)
+            if self._dead and op.min_responses >= 0:
+                if not any(n not in op.responded and n not in self._dead for n in op.targets):
+                    self._finish(op, TaskCompletionStatus.CLIENT_DEAD)
         elif op.method == RELAY and op.result_timeout:
             for name, ct in list(op.outstanding.items()):
                 if ct.task_sent_time is not None and now - ct.task_sent_time >= op.result_timeout:

@@ -123,6 +123,9 @@ class _Decoder:
 
 
 _LEAVES = frozenset((str, int, float, bool, type(None)))
+_PLAIN = _LEAVES
+_PLAIN_NO_INT = frozenset((str, float, bool, type(None)))
+_KEY_LEAVES = frozenset((str, int, bool))
 
 
 def _unsupported(value: Any, reason: str | None = None) -> UnsupportedTypeError:
@@ -206,7 +209,11 @@ def _enc_dict(e: _Encoder, v: dict[Any, Any], depth: int, tag: str = "d") -> Nod
     try:
         for k, x in v.items():
             out.append(k if type(k) is str else _enc_key(k))
-            fn = get(type(x))
+            tx = type(x)
+            if tx in _PLAIN_NO_INT:  # leaves travel as they are: no call
+                out.append(x)
+                continue
+            fn = get(tx)
             out.append(fn(e, x, sub) if fn is not None else _enc_other(e, x, sub))
     except CodecError as exc:
         if not exc.__dict__.pop("_fl_key", False):
@@ -220,7 +227,13 @@ def _dec_dict(d: _Decoder, node: Node, depth: int) -> dict[Any, Any]:
     n = len(node)
     if n % 2 != 1:
         raise DecodeError("dict node must hold key/value pairs")
-    out: dict[Any, Any] = {}
+    items = node[1:]  # a big flat dict of leaves (e.g. metrics) is rebuilt in one C-level pass
+    if n > 33 and set(map(type, items)) <= _LEAVES and set(map(type, items[::2])) <= _KEY_LEAVES:
+        out: dict[Any, Any] = dict(zip(items[::2], items[1::2]))
+        if len(out) != n // 2:
+            raise DecodeError("dict node has duplicate keys")
+        return out
+    out = {}
     dec = d.dec
     sub = depth + 1
     k: Any = None
@@ -249,6 +262,11 @@ def _dec_shareable(d: _Decoder, node: Node, depth: int) -> Shareable:
 
 def _enc_list(e: _Encoder, v: list[Any] | tuple[Any, ...], depth: int, tag: str = "l") -> Node:
     _check_depth_enc(depth)
+    types = set(map(type, v))
+    if types <= _PLAIN_NO_INT or (
+        types <= _PLAIN and all(-_INT_LIMIT < x < _INT_LIMIT for x in v if type(x) is int)
+    ):  # a flat list of JSON leaves (numbers, names, flags): one C-level pass
+        return [tag, *v]
     out: Node = [tag]
     get = _ENCODERS.get
     sub = depth + 1
@@ -264,6 +282,9 @@ def _enc_list(e: _Encoder, v: list[Any] | tuple[Any, ...], depth: int, tag: str 
 
 def _dec_list(d: _Decoder, node: Node, depth: int) -> list[Any]:
     _check_depth_dec(depth)
+    rest = node[1:]
+    if set(map(type, rest)) <= _LEAVES:  # a flat list of JSON leaves needs no walk
+        return rest
     dec = d.dec
     sub = depth + 1
     out: list[Any] = []
