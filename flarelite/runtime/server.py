@@ -112,7 +112,7 @@ class ServerRuntime(SiteRuntime, ServerEngineSpec):
             self.abort_run(f"{exc}", exc=exc)
         finally:
             self._end_run(fl_ctx, started)
-        return self.failure
+        return self.failure_summary()
 
     def _build(self) -> None:
         cfg = self.app_config
@@ -187,7 +187,7 @@ class ServerRuntime(SiteRuntime, ServerEngineSpec):
 
     def abort_run(self, reason: str, fl_ctx: Any = None, exc: BaseException | None = None) -> None:
         """End the run now because of ``reason``; the run is reported as failed."""
-        if self.record_failure(reason):
+        if self.record_failure(reason) or exc is not None:
             if exc is not None:
                 self.log.error("run aborted: %s\n%s", reason, "".join(traceback.format_exception(exc)).rstrip())
             else:

@@ -40,6 +40,7 @@ class SiteRuntime(EngineSpec):
         self.components: dict[str, Any] = {}
         self.sites: list[str] = [SiteType.SERVER]
         self.failure: str | None = None
+        self._failures: list[str] = []
         self._failure_lock = threading.Lock()
         self.log = SiteLogger(f"flarelite.{type(self).__name__}", name, job_id)
         self._ctx_manager = FLContextManager(
@@ -164,9 +165,20 @@ class SiteRuntime(EngineSpec):
         """Handle a frame that is not aux traffic."""
 
     def record_failure(self, reason: str) -> bool:
-        """Remember the first reason the run failed; return True if this was the first."""
+        """Remember why the run failed; return True if this is the first reason (later ones are kept too)."""
         with self._failure_lock:
+            if reason not in self._failures:
+                self._failures.append(reason)
             if self.failure is not None:
                 return False
             self.failure = reason
             return True
+
+    def failure_summary(self, most: int = 3) -> str | None:
+        """Return the failure reasons joined (the first ``most`` of them), or None when the run did not fail."""
+        with self._failure_lock:
+            reasons = list(self._failures)
+        if not reasons:
+            return None
+        text = "; ".join(reasons[:most])
+        return text + (f" (and {len(reasons) - most} more)" if len(reasons) > most else "")

@@ -1,0 +1,57 @@
+"""The ``flarelite`` command: run an exported job folder, exit 0 on success and non-zero on failure."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+from support import comp, write_job
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def flarelite(*args, cwd=None):
+    return subprocess.run(
+        [sys.executable, "-m", "flarelite.cli", *args], capture_output=True, text=True, timeout=120, cwd=cwd
+    )
+
+
+def test_exported_hello_p2p_runs_from_the_cli(tmp_path):
+    export = subprocess.run(
+        [sys.executable, os.path.join(REPO, "jobs", "hello-p2p", "job.py"), "--export", str(tmp_path / "jobs")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert export.returncode == 0, export.stderr
+    job_folder = export.stdout.strip().splitlines()[-1]
+    assert os.path.exists(os.path.join(job_folder, "meta.json"))
+    assert os.path.exists(os.path.join(job_folder, "app_site-1", "custom", "modules.py"))
+    proc = flarelite("simulator", job_folder, "-w", str(tmp_path / "ws"))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stderr.count("Received message from") == 6
+    for site in ("site-1", "site-2", "site-3"):
+        assert (tmp_path / "ws" / site / "log.txt").read_text().count("Received message from") == 2
+
+
+def test_a_run_that_fails_exits_non_zero_with_the_reason(tmp_path):
+    folder = write_job(tmp_path / "jobs", [comp("no_such_module.Controller")], [{"executor": comp("x.Executor")}])
+    proc = flarelite("simulator", folder, "-w", str(tmp_path / "ws"), "-n", "2")
+    assert proc.returncode == 1
+    assert "flarelite: error: run failed" in proc.stderr
+    assert "cannot import module 'no_such_module'" in proc.stderr
+
+
+def test_a_bad_job_folder_exits_non_zero(tmp_path):
+    proc = flarelite("simulator", str(tmp_path / "missing"), "-w", str(tmp_path / "ws"))
+    assert proc.returncode == 1
+    assert "does not exist" in proc.stderr
+
+
+@pytest.mark.skipif(shutil.which("flarelite") is None, reason="console script not installed (pip install -e .)")
+def test_console_script_is_installed():
+    proc = subprocess.run(["flarelite", "--help"], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0 and "simulator" in proc.stdout
