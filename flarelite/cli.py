@@ -39,6 +39,9 @@ def build_parser() -> argparse.ArgumentParser:
     check = sub.add_parser("check", help="validate a job folder and print its apps")
     check.add_argument("job_folder")
     check.set_defaults(func=_export)
+    from .certs import add_cert_commands
+
+    add_cert_commands(sub)
     return parser
 
 

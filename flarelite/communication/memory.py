@@ -109,6 +109,7 @@ class InMemoryCommunicationProtocol(CommunicationProtocol):
             rc=frame.rc,
             meta=bytes(frame.meta),
             buffers=[bytearray(b) for b in frame.buffers],
+            error=frame.error,
         )
         endpoint._on_frame(delivered)
 

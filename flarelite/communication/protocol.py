@@ -13,7 +13,9 @@ Contract (every implementation keeps it; the in-memory one is the reference):
   ``TransportClosed``. Calling it twice is harmless.
 
 A ``Frame`` is the unit moved: a few small header fields (the runtime gives them meaning; the transport only
-routes on ``target``) plus the codec's ``meta`` bytes and zero or more out-of-band ``buffers``.
+routes on ``target``) plus the codec's ``meta`` bytes and zero or more out-of-band ``buffers``. A transport
+that refuses a frame's body (too large) still delivers its header with ``error`` saying why and no body, so
+the receiver can answer with a clear error instead of leaving the sender to time out.
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ class Frame:
     rc: str = ""
     meta: bytes = b""
     buffers: list = field(default_factory=list)
+    error: str = ""  # set by a transport that could not deliver the body (e.g. over the size limit)
 
     @property
     def nbytes(self) -> int:

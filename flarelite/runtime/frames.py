@@ -45,6 +45,10 @@ def frame_payload(frame: Frame) -> Any:
     Raises:
         DecodeError: the body is malformed.
     """
+    if frame.error:
+        from ..errors import DecodeError
+
+        raise DecodeError(f"{frame.kind} frame from {frame.sender!r} was not delivered whole: {frame.error}")
     if not frame.meta:
         return None
     return decode(frame.meta, frame.buffers)

@@ -1,0 +1,5 @@
+"""The gRPC transport: TCP (clear, TLS, mutual TLS) and Unix sockets."""
+
+from .endpoint import GrpcCommunicationProtocol
+
+__all__ = ["GrpcCommunicationProtocol"]
