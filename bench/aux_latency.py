@@ -54,7 +54,7 @@ def aux_round_trips(n: int) -> list[float]:
             {"path": "bench_components.PingExecutor", "args": {}},
             "aux_latency",
         )
-        run_simulation(job, os.path.join(tmp, "ws"), n_clients=2)
+        run_simulation(job, os.path.join(tmp, "ws"), n_clients=2, protocol="memory")
     return bench_components.RESULTS["rtts"]
 
 

@@ -12,7 +12,15 @@ def _simulator(args: argparse.Namespace) -> int:
     from .simulator.runner import run_simulation
 
     clients = [c.strip() for c in args.clients.split(",") if c.strip()] if args.clients else None
-    run_simulation(args.job_folder, args.workspace, n_clients=args.n_clients, clients=clients, threads=args.threads)
+    run_simulation(
+        args.job_folder,
+        args.workspace,
+        n_clients=args.n_clients,
+        clients=clients,
+        threads=args.threads,
+        protocol=args.protocol,
+        tls=args.tls,
+    )
     print(f"flarelite: run of {args.job_folder} succeeded; logs in {args.workspace}/<site>/log.txt")
     return 0
 
@@ -35,6 +43,14 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("-n", "--n_clients", type=int, default=None, help="number of clients (site-1..site-N)")
     sim.add_argument("-c", "--clients", default=None, help="comma-separated client names")
     sim.add_argument("-t", "--threads", type=int, default=None, help="accepted for NVFlare compatibility")
+    sim.add_argument(
+        "-p",
+        "--protocol",
+        choices=["unix", "grpc", "memory"],
+        default="unix",
+        help="unix: a process per site over a Unix socket (default); grpc: over TCP loopback; memory: one process",
+    )
+    sim.add_argument("--tls", choices=["clear", "tls", "mtls"], default="clear", help="secure the gRPC connections")
     sim.set_defaults(func=_simulator)
     check = sub.add_parser("check", help="validate a job folder and print its apps")
     check.add_argument("job_folder")

@@ -34,6 +34,7 @@ def write_job(root, workflows: list[dict], executors: list[dict], name: str = "t
 
 def run_job(tmp_path, workflows, executors, n_clients=3, **kwargs) -> int:
     folder = write_job(tmp_path / "jobs", workflows, executors)
+    kwargs.setdefault("protocol", "memory")  # the components report to the test through module state
     kwargs.setdefault("ready_timeout", 20)
     kwargs.setdefault("end_timeout", 10)
     return run_simulation(folder, str(tmp_path / "ws"), n_clients=n_clients, **kwargs)

@@ -20,7 +20,12 @@ def test_disconnected_site_ends_its_tasks_and_is_taken_back(tmp_path):
         [comp("sim_components.ReconnectController")],
         [{"tasks": ["*"], "executor": comp("sim_components.CutExecutor")}],
     )
-    assert run_simulation(folder, str(tmp_path / "ws"), n_clients=3, hub=hub, ready_timeout=10, end_timeout=10) == 0
+    assert (
+        run_simulation(
+            folder, str(tmp_path / "ws"), n_clients=3, hub=hub, protocol="memory", ready_timeout=10, end_timeout=10
+        )
+        == 0
+    )
     status, rcs = sc.RESULTS["first"]
     assert status == TaskCompletionStatus.CLIENT_DEAD
     assert rcs == [("site-1", "OK"), ("site-2", "OK"), ("site-3", None)]

@@ -118,12 +118,15 @@ LINE = re.compile(
 )
 
 
-def run_seed(tmp_path, timeout=10, targets_none=False, server_handler=False):
+def run_seed(tmp_path, timeout=10, targets_none=False, server_handler=False, run_args=""):
     tmp_path.mkdir(parents=True, exist_ok=True)
     (tmp_path / "modules.py").write_text(
         SEED_MODULES.format(timeout=timeout, targets_none=targets_none, server_handler=server_handler)
     )
-    (tmp_path / "job.py").write_text(textwrap.dedent(SEED_SCRIPT))
+    script = textwrap.dedent(SEED_SCRIPT)
+    if run_args:
+        script = script.replace('job.simulator_run("./tmp/")', f'job.simulator_run("./tmp/", {run_args})')
+    (tmp_path / "job.py").write_text(script)
     proc = subprocess.run([sys.executable, "job.py"], cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-3000:]
     logs = {s: (tmp_path / "tmp" / s / "log.txt").read_text() for s in ("server", "site-0", "site-1", "site-2")}
@@ -153,6 +156,25 @@ def test_exactly_six_messages_every_run(tmp_path, timeout):
             assert "replies: [('site-1', 'OK'), ('site-2', 'OK')]" in logs["site-0"]
         else:
             assert "replies: []" in logs["site-0"]
+
+
+@pytest.mark.parametrize(
+    "run_args",
+    [
+        'protocol="memory"',
+        'protocol="unix"',
+        'protocol="grpc"',
+        'protocol="grpc", tls="tls"',
+        'protocol="grpc", tls="mtls"',
+        'protocol="unix", tls="mtls"',
+    ],
+)
+def test_six_messages_over_every_protocol(tmp_path, run_args):
+    proc, logs = run_seed(tmp_path, run_args=run_args)
+    assert len(received_lines(proc.stderr)) == 6, proc.stderr[-3000:]
+    for site in ("site-0", "site-1", "site-2"):
+        assert len(received_lines(logs[site])) == 2
+    assert "replies: [('site-1', 'OK'), ('site-2', 'OK')]" in logs["site-0"]
 
 
 def test_exercise_targets_none_reaches_the_server_without_a_handler(tmp_path):

@@ -601,12 +601,17 @@ class FedJob:
         threads: int | None = None,
         gpu: str | None = None,
         log_config: str | None = None,
+        *,
+        protocol: str = "unix",
+        tls: str = "clear",
     ) -> int:
         """Export the job to a temporary folder and run it in the simulator; return 0 when the run succeeds.
 
         ``n_clients`` names the sites ``site-1..site-N`` for a job built with ``to_clients``; it cannot be used
         with per-site ``to()`` targets. ``threads`` and ``gpu`` are accepted for NVFlare compatibility (every
-        site runs concurrently). ``log_config`` is the path of a JSON logging dict config.
+        site runs concurrently). ``log_config`` is the path of a JSON logging dict config. ``protocol``:
+        ``"unix"`` (default: one process per site, gRPC over a Unix socket), ``"grpc"`` (processes, gRPC over
+        TCP loopback) or ``"memory"`` (every site in this process); ``tls``: ``"clear"``, ``"tls"`` or ``"mtls"``.
 
         Raises:
             ValueError: invalid arguments, or ``n_clients`` given for a job with per-site targets.
@@ -641,7 +646,13 @@ class FedJob:
             job_dir = self.export_job(tmp)
             try:
                 return run_simulation(
-                    job_dir, os.fspath(workspace), n_clients=n_clients, clients=clients, threads=threads
+                    job_dir,
+                    os.fspath(workspace),
+                    n_clients=n_clients,
+                    clients=clients,
+                    threads=threads,
+                    protocol=protocol,
+                    tls=tls,
                 )
             finally:
                 _forget_folder(os.path.realpath(tmp))

@@ -66,27 +66,50 @@ def run_simulation(
     clients: list[str] | None = None,
     threads: int | None = None,
     *,
+    protocol: str = "unix",
+    tls: str = "clear",
     job_id: str = WorkspaceConstants.SIMULATE_JOB_ID,
     ready_timeout: float = 120.0,
     end_timeout: float = 30.0,
     hub: InMemoryHub | None = None,
 ) -> int:
-    """Run the job in ``job_folder`` with its sites in this process; return 0 when the run succeeds.
+    """Run the job in ``job_folder`` on this machine; return 0 when the run succeeds.
 
+    ``protocol``: ``"unix"`` (default) runs the server and each site as separate processes talking gRPC over
+    a Unix socket in the workspace; ``"grpc"`` does the same over TCP on 127.0.0.1; ``"memory"`` runs every
+    site on threads of this process over the in-memory transport. ``tls`` (``"clear"``, ``"tls"``,
+    ``"mtls"``; gRPC protocols only) secures the connections with certificates made in ``workspace/certs``.
     Every site runs concurrently (synchronous peer-to-peer algorithms need all sites alive at once), so
-    ``threads`` is accepted for NVFlare compatibility only. Each site gets ``workspace/<site>/`` with its
-    ``log.txt``. ``hub`` lets a test reach the in-memory network (e.g. to cut a site off).
+    ``threads`` is accepted for NVFlare compatibility only. Each site gets ``workspace/<site>/`` (its working
+    directory in the processes modes) with its ``log.txt``. ``hub`` lets a test reach the in-memory network.
 
     Raises:
         ConfigError: the job folder or the arguments are invalid.
         RunFailedError: the run failed (a component could not be built, a workflow raised, a site died...).
     """
+    if protocol not in ("unix", "grpc", "memory"):
+        raise ConfigError(f"protocol must be 'unix', 'grpc' or 'memory', got {protocol!r}")
+    if protocol == "memory" and tls != "clear":
+        raise ConfigError(f"tls={tls!r} needs a gRPC protocol ('unix' or 'grpc'); the in-memory one has no wire")
     job = load_job(job_folder)
     names = resolve_clients(job, n_clients, clients)
     if threads is not None and threads < len(names):
         _log.info("threads=%s ignored: flarelite runs all %d sites concurrently", threads, len(names))
     workspace = os.path.abspath(workspace)
     os.makedirs(workspace, exist_ok=True)
+    if protocol != "memory":
+        from .processes import run_processes
+
+        return run_processes(
+            job.folder,
+            workspace,
+            names,
+            protocol=protocol,
+            tls=tls,
+            job_id=job_id,
+            ready_timeout=ready_timeout,
+            end_timeout=end_timeout,
+        )
     for app in job.apps.values():
         if os.path.isdir(app.custom_dir) and app.custom_dir not in sys.path:
             sys.path.insert(0, app.custom_dir)

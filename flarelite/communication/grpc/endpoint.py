@@ -420,14 +420,15 @@ class GrpcCommunicationProtocol(CommunicationProtocol):
         if old is not None:
             old.close(f"{name} connected again")
         conn = Connection(name, context.write, self.heartbeat_interval)
+        # no await between listing the peers and joining them: every site learns of every other exactly once
         peers = [self.address, *[n for n, c in self._conns.items() if not c.closed and n != name]]
+        self._conns[name] = conn
+        self._broadcast_peer(name, True)
         await context.write(
             pb.Envelope(welcome=pb.Welcome(name=name, peers=peers, max_message_size=self.max_message_size))
         )
-        self._conns[name] = conn
-        self._broadcast_peer(name, True)
         self._peer_event(name, True)
-        writer = self._spawn(conn.run_writer())
+        writer = self._spawn(conn.run_writer())  # what was queued for this site meanwhile goes after the welcome
         beat = self._spawn(conn.run_heartbeat(self.heartbeat_timeout))
         try:
             await self._read_frames(conn, context.read)
@@ -466,7 +467,7 @@ class GrpcCommunicationProtocol(CommunicationProtocol):
         delay = 0.05
         while True:
             try:
-                await self._connect_once()
+                await self._connect_once(max(0.2, min(5.0, deadline - time.monotonic())))
                 break
             except ConnectError:
                 raise
@@ -479,7 +480,7 @@ class GrpcCommunicationProtocol(CommunicationProtocol):
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 1.0)
 
-    async def _connect_once(self) -> None:
+    async def _connect_once(self, timeout: float = 5.0) -> None:
         assert self.server_address is not None
         creds = channel_credentials(self.tls)
         options = self._grpc_options() + channel_options(self.tls)
@@ -488,7 +489,7 @@ class GrpcCommunicationProtocol(CommunicationProtocol):
         else:
             channel = grpc.aio.insecure_channel(self.server_address, options=options)
         try:
-            await asyncio.wait_for(channel.channel_ready(), timeout=5)
+            await asyncio.wait_for(channel.channel_ready(), timeout=timeout)
             call = pb_grpc.TransportStub(channel).Connect()
             await call.write(pb.Envelope(hello=pb.Hello(name=self.address, version=WIRE_VERSION)))
             first = await asyncio.wait_for(call.read(), timeout=10)
@@ -523,11 +524,12 @@ class GrpcCommunicationProtocol(CommunicationProtocol):
             beat.cancel()
             call.cancel()
             await channel.close()
-            lost = sorted(self._peers)
+            lost = sorted(self._peers - {self._server_name})
             self._peers = set()
-            for name in lost:
-                self._peer_event(name, False)
-            self._peer_event(self._server_name, False)
+            if self._running:  # a goodbye of our own is no news to the runtime
+                for name in lost:
+                    self._peer_event(name, False)
+                self._peer_event(self._server_name, False)
         if self._running and self._stopping is not None and not self._stopping.is_set():
             self._spawn(self._reconnect())
 
