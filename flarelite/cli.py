@@ -33,6 +33,44 @@ def _export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _server(args: argparse.Namespace) -> int:
+    from .launch import run_site
+
+    return run_site(args, "server")
+
+
+def _client(args: argparse.Namespace) -> int:
+    from .launch import run_site
+
+    return run_site(args, "client")
+
+
+def _poc(args: argparse.Namespace) -> int:
+    import os
+
+    from .job_config.models import load_job
+    from .simulator.processes import run_processes
+    from .simulator.runner import resolve_clients
+
+    job = load_job(args.job_folder)
+    names = resolve_clients(job, args.n_clients, None)
+    workspace = os.path.abspath(args.workspace)
+    os.makedirs(workspace, exist_ok=True)
+    run_processes(
+        job.folder,
+        workspace,
+        names,
+        protocol=args.protocol,
+        tls=args.mode,
+        job_id=job.meta.name,
+        ready_timeout=120.0,
+        end_timeout=30.0,
+        ship_apps=True,
+    )
+    print(f"flarelite: poc run of {job.meta.name} succeeded; logs in {workspace}/<site>/log.txt")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Return the argument parser of the ``flarelite`` command."""
     parser = argparse.ArgumentParser(prog="flarelite", description="flarelite: run federated jobs")
@@ -55,6 +93,21 @@ def build_parser() -> argparse.ArgumentParser:
     check = sub.add_parser("check", help="validate a job folder and print its apps")
     check.add_argument("job_folder")
     check.set_defaults(func=_export)
+    from .launch import add_site_arguments
+
+    srv = sub.add_parser("server", help="run a job's server and wait for its sites to join")
+    add_site_arguments(srv, "server", deploy=True)
+    srv.set_defaults(func=_server)
+    cli = sub.add_parser("client", help="join a server as a site; the server ships the site's app")
+    add_site_arguments(cli, "client", deploy=True)
+    cli.set_defaults(func=_client)
+    poc = sub.add_parser("poc", help="start a server and N client processes on this machine, as a deployment")
+    poc.add_argument("job_folder")
+    poc.add_argument("-n", "--n_clients", type=int, default=None, help="number of sites (site-1..site-N)")
+    poc.add_argument("-w", "--workspace", default="/tmp/flarelite/poc")
+    poc.add_argument("-p", "--protocol", choices=["unix", "grpc"], default="grpc", help="grpc: TCP on 127.0.0.1")
+    poc.add_argument("--mode", "--security", dest="mode", choices=["clear", "tls", "mtls"], default="clear")
+    poc.set_defaults(func=_poc)
     from .certs import add_cert_commands
 
     add_cert_commands(sub)

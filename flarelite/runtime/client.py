@@ -16,6 +16,7 @@ from ..apis.shareable import ReservedHeaderKey, Shareable, make_reply
 from ..apis.signal import Signal
 from ..communication.protocol import CommunicationProtocol, Frame
 from ..errors import CodecError, ConnectError, TransportError
+from .apps import install_app
 from .components import build_component
 from .frames import Kind, frame_payload, frame_shareable, make_frame
 from .logs import bind_thread
@@ -36,7 +37,7 @@ class ClientRuntime(SiteRuntime):
         protocol: CommunicationProtocol,
         run_dir: str,
         workspace_root: str,
-        app_config: dict,
+        app_config: dict | None,
         join_timeout: float = 60.0,
         drain_timeout: float = 10.0,
         server_lost_timeout: float = 60.0,
@@ -62,6 +63,7 @@ class ClientRuntime(SiteRuntime):
         self._aborted_tasks: set[str] = set()
         self._lock = threading.Lock()
         self._opened = False
+        self._shipped: dict | None = None
 
     # lifecycle ---------------------------------------------------------------------------------------
     def open(self) -> None:
@@ -98,9 +100,10 @@ class ClientRuntime(SiteRuntime):
     def _join(self) -> None:
         deadline = time.monotonic() + self.join_timeout
         delay = 0.01
+        hello = make_frame(Kind.HELLO, {"want_app": self.app_config is None})
         while True:
             try:
-                self._send_control(Kind.HELLO)
+                self.send_frame(SiteType.SERVER, hello)
                 break
             except ConnectError:
                 if time.monotonic() > deadline:
@@ -109,9 +112,17 @@ class ClientRuntime(SiteRuntime):
                 delay = min(delay * 2, 0.5)
         if not self._welcome.wait(max(0.0, deadline - time.monotonic())):
             raise ConnectError(f"{self.name}: the server did not answer within {self.join_timeout}s")
+        if self.failure is not None:  # the server turned this site away
+            raise ConnectError(f"{self.name} was not admitted: {self.failure}")
+        if self.app_config is None:
+            if self._shipped is None:
+                raise ConnectError(f"{self.name}: the server sent no app")
+            self.app_config = install_app(self._shipped, self.run_dir, self.name)
 
     def _build(self) -> None:
         cfg = self.app_config
+        if cfg is None:
+            raise RuntimeError(f"{self.name}: no app to build (it neither had a job nor got one from the server)")
         for i, entry in enumerate(cfg.get("executors", [])):
             where = f"{self.name}: executors[{i}]"
             executor = build_component(entry["executor"], where)
@@ -212,12 +223,18 @@ class ClientRuntime(SiteRuntime):
             self._inbox.put(frame)
         elif kind == Kind.WELCOME or kind == Kind.START:
             try:
-                sites = frame_payload(frame)
+                body = frame_payload(frame)
             except CodecError as exc:
                 self.log.error("bad %s frame from the server: %s", kind, exc)
                 return
-            if isinstance(sites, list) and all(isinstance(s, str) for s in sites):
-                self.sites = list(sites)
+            if isinstance(body, dict):
+                sites = body.get("sites")
+                if isinstance(sites, list) and set(map(type, sites)) <= {str}:
+                    self.sites = list(sites)
+                if kind == Kind.WELCOME and isinstance(body.get("app"), dict):
+                    self._shipped = body["app"]
+                    if isinstance(body.get("job_id"), str) and body["job_id"]:
+                        self.adopt_job_id(body["job_id"])
             self._welcome.set()
         elif kind == Kind.ABORT_TASK:
             self._abort_task(frame.ref_id)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 import time
 import traceback
-from typing import Any
+from typing import Any, Callable
 
 from ..apis.client import Client
 from ..apis.controller_spec import TaskCompletionStatus
@@ -16,9 +16,9 @@ from ..apis.fl_context import FLContext
 from ..apis.impl.controller import Controller
 from ..apis.shareable import Shareable
 from ..communication.protocol import CommunicationProtocol, Frame
-from ..errors import TransportError
+from ..errors import CodecError, TransportError
 from .components import build_component
-from .frames import Kind, make_frame
+from .frames import Kind, frame_payload, make_frame
 from .logs import bind_thread
 from .scheduler import TaskScheduler
 from .site import SiteRuntime
@@ -35,7 +35,10 @@ class ServerRuntime(SiteRuntime, ServerEngineSpec):
         run_dir: str,
         workspace_root: str,
         app_config: dict,
-        clients: list[str],
+        clients: list[str] | None,
+        min_clients: int = 1,
+        mandatory_clients: list[str] | None = None,
+        app_for_client: Callable[[str], dict | None] | None = None,
         ready_timeout: float = 120.0,
         end_timeout: float = 30.0,
         abort_grace: float = 10.0,
@@ -50,8 +53,13 @@ class ServerRuntime(SiteRuntime, ServerEngineSpec):
             aux_workers=aux_workers,
         )
         self.app_config = app_config
-        self.clients: dict[str, Client] = {name: Client(name) for name in clients}
-        self.sites = [SiteType.SERVER, *clients]
+        self.expected = list(clients) if clients is not None else None  # None: whoever joins (min_clients)
+        self.min_clients = len(clients) if clients is not None else max(1, min_clients)
+        self.mandatory = list(mandatory_clients or [])
+        self.app_for_client = app_for_client
+        self.clients: dict[str, Client] = {name: Client(name) for name in clients or []}
+        self.sites = [SiteType.SERVER, *self.clients]
+        self._started = False
         self.ready_timeout = ready_timeout
         self.end_timeout = end_timeout
         self.abort_grace = abort_grace
@@ -105,7 +113,7 @@ class ServerRuntime(SiteRuntime, ServerEngineSpec):
                 self.workflows[0][1].start_controller(fl_ctx)
             self.aux.set_ready()
             if self._wait_ready():
-                self._broadcast_control(Kind.START, payload=self.sites)
+                self._broadcast_control(Kind.START, payload={"sites": self.sites})
                 self.log.info("all %d sites ready; the run starts", len(self.clients))
                 self._run_workflows(fl_ctx)
         except Exception as exc:
@@ -130,21 +138,52 @@ class ServerRuntime(SiteRuntime, ServerEngineSpec):
         if not self.workflows:
             raise ValueError("the server app has no workflow: add a Controller with job.to_server(controller)")
 
+    def _can_start(self) -> bool:
+        if self.expected is not None:
+            return len(self._ready) >= len(self.expected)
+        return len(self._ready) >= self.min_clients and set(self.mandatory) <= self._ready
+
     def _wait_ready(self) -> bool:
         deadline = time.monotonic() + self.ready_timeout
         with self._cv:
-            while len(self._ready) < len(self.clients) and self.failure is None:
+            while not self._can_start() and self.failure is None:
                 left = deadline - time.monotonic()
                 if left <= 0:
-                    missing = sorted(set(self.clients) - self._ready)
-                    joined = sorted(set(missing) & self._joined)
-                    self.abort_run(
-                        f"sites {missing} were not ready within {self.ready_timeout}s"
-                        + (f" ({joined} joined but did not finish START_RUN)" if joined else " (they never joined)")
-                    )
+                    self.abort_run(self._not_ready_reason())
                     return False
                 self._cv.wait(left)
-        return self.failure is None
+            if self.failure is not None:
+                return False
+            late = sorted(set(self.clients) - self._ready)  # joined but not ready: not part of this run
+            for name in late:
+                del self.clients[name]
+            self.sites = [SiteType.SERVER, *self.clients]
+            self._started = True
+        for name in late:
+            self.log.warning("%s was not ready when the run started; it is not part of the run", name)
+            self._tell_end(name, "the run started without this site (it was not ready in time)")
+        return True
+
+    def _not_ready_reason(self) -> str:
+        if self.expected is not None:
+            missing = sorted(set(self.expected) - self._ready)
+            joined = sorted(set(missing) & self._joined)
+            return f"sites {missing} were not ready within {self.ready_timeout}s" + (
+                f" ({joined} joined but did not finish START_RUN)" if joined else " (they never joined)"
+            )
+        mandatory = sorted(set(self.mandatory) - self._ready)
+        return (
+            f"only {len(self._ready)} of min_clients={self.min_clients} sites were ready within "
+            f"{self.ready_timeout}s (ready: {sorted(self._ready)}"
+            + (f"; mandatory sites missing: {mandatory}" if mandatory else "")
+            + ")"
+        )
+
+    def _tell_end(self, name: str, reason: str) -> None:
+        try:
+            self.send_frame(name, Frame(kind=Kind.END, topic=reason))
+        except TransportError:
+            pass
 
     def _run_workflows(self, fl_ctx: FLContext) -> None:
         for i, (wid, controller) in enumerate(self.workflows):
@@ -237,13 +276,14 @@ class ServerRuntime(SiteRuntime, ServerEngineSpec):
     def on_control_frame(self, frame: Frame) -> None:
         """Handle the clients' control frames (hello, ready, result, fatal, bye)."""
         name, kind = frame.sender, frame.kind
+        if kind == Kind.HELLO:
+            self._on_hello(name, frame)
+            return
         if name not in self.clients:
-            self.log.warning("ignored %s frame from %r: not a site of this job (%s)", kind, name, list(self.clients))
+            self.log.warning("ignored %s frame from %r: not a site of this run (%s)", kind, name, list(self.clients))
             return
         if kind == Kind.RESULT:
             self.scheduler.on_result(frame)
-        elif kind == Kind.HELLO:
-            self._on_hello(name)
         elif kind == Kind.READY:
             with self._cv:
                 self._ready.add(name)
@@ -259,14 +299,31 @@ class ServerRuntime(SiteRuntime, ServerEngineSpec):
         else:
             self.log.warning("ignored unknown frame kind %r from %s", kind, name)
 
-    def _on_hello(self, name: str) -> None:
+    def _on_hello(self, name: str, frame: Frame) -> None:
+        refusal = self._admit(name)
+        if refusal:
+            self.log.warning("refused %s: %s", name, refusal)
+            self._tell_end(name, refusal)
+            return
+        try:
+            hello = frame_payload(frame)
+        except CodecError as exc:
+            self._tell_end(name, f"bad hello: {exc}")
+            return
+        welcome: dict[str, Any] = {"sites": self.sites, "job_id": self.job_id}
+        if isinstance(hello, dict) and hello.get("want_app"):
+            app = self.app_for_client(name) if self.app_for_client is not None else None
+            if app is None:
+                self._tell_end(name, f"the server has no app for {name!r} to ship")
+                return
+            welcome["app"] = app
         with self._cv:
             rejoined = name in self._joined
             self._joined.add(name)
             self._gone.discard(name)
             ending = self._ending
         try:
-            self.send_frame(name, make_frame(Kind.WELCOME, self.sites))
+            self.send_frame(name, make_frame(Kind.WELCOME, welcome))
             if ending:
                 self.send_frame(name, Frame(kind=Kind.END, topic=self.failure or ""))
         except TransportError as exc:
@@ -276,6 +333,19 @@ class ServerRuntime(SiteRuntime, ServerEngineSpec):
             ctx = self.new_context()
             ctx.set_prop(FLContextKey.RECONNECTED_CLIENT_NAME, name, private=True, sticky=False)
             self.fire_event(EventType.CLIENT_RECONNECTED, ctx)
+
+    def _admit(self, name: str) -> str:
+        """Why ``name`` may not join (empty when it may); new sites join until the run starts."""
+        with self._cv:
+            if name in self.clients:
+                return ""
+            if self.expected is not None:
+                return f"{name!r} is not a site of this job (its sites are {self.expected})"
+            if self._started or self._ending:
+                return f"the run has already started without {name!r}"
+            self.clients[name] = Client(name)
+            self.sites = [SiteType.SERVER, *self.clients]
+            return ""
 
     def on_peer(self, name: str, connected: bool) -> None:
         """A client left: fail its pending aux requests, end what waits on it, fire CLIENT_DISCONNECTED."""
@@ -287,6 +357,13 @@ class ServerRuntime(SiteRuntime, ServerEngineSpec):
                 return
             self._gone.add(name)
             ready = name in self._ready
+            if self.expected is None and not self._started and not ready:
+                # an optional site that left while the run was gathering: it is simply not part of the run
+                self._joined.discard(name)
+                del self.clients[name]
+                self.sites = [SiteType.SERVER, *self.clients]
+                self._cv.notify_all()
+                return
             self._cv.notify_all()
         self.scheduler.client_down(name)
         ctx = self.new_context()

@@ -56,6 +56,12 @@ class SiteRuntime(EngineSpec):
         )
         self.aux = AuxRunner(self, max_workers=aux_workers)
 
+    def adopt_job_id(self, job_id: str) -> None:
+        """Take the job id the server runs (a site that joined without a job of its own learns it on welcome)."""
+        self.job_id = job_id
+        self._ctx_manager._set_sticky(ReservedKey.RUN_NUM, job_id, 0b10)  # public, sticky
+        self.log.prefix = f"[identity={self.name}, run={job_id}]"
+
     # contexts, events, components ---------------------------------------------------------------------
     def new_context(self) -> FLContext:
         """Return a new FLContext for this site."""

@@ -1,0 +1,110 @@
+"""Large aux payloads site-1 -> site-2 (a numpy float32 array, relayed by the server) over a Unix socket and TCP,
+next to raw grpcio client streaming of the same bytes in 1 MiB chunks between two processes, in the same run.
+
+Targets (from the issue):
+  - throughput: "relayed at least 50% of raw grpc throughput (direct 70%)". flarelite has no direct
+    site-to-site mode yet, so the direct rows print n/a;
+  - memory: "peak RSS of sender and receiver each at most payload + 300 MiB above idle, the relay under
+    300 MiB above idle".
+The transfer is timed inside the sending executor, from send_aux_request until the reply arrived; the receiver's
+handler checks sums of a few slices of the array before it replies OK. Each process reports its peak RSS
+(ru_maxrss) and its idle RSS (the same, just before the transfer) through a file in its site folder.
+
+Run: python bench/aux_throughput.py [--sizes 256,1024]
+Prints one table: GB/s (1e9 bytes/s), the ratio to raw grpcio on the same transport, and peak/idle RSS in MiB.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import tempfile
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+
+from _jobs import write_job  # noqa: E402
+from _raw_grpc import RawServer  # noqa: E402
+
+from flarelite.simulator.runner import run_simulation  # noqa: E402
+
+TRANSPORTS = {"unix": "Unix", "grpc": "TCP"}  # run_simulation's protocol -> its name here
+ROLES = ("sender", "receiver", "relay")
+
+
+def relayed(mib: int, protocol: str) -> dict:
+    """One run: site-1 sends ``mib`` MiB to site-2; seconds and each process's rss {role: (idle, peak)}."""
+    with tempfile.TemporaryDirectory() as tmp:
+        job = write_job(
+            tmp,
+            {"path": "bench_components.BlobController", "args": {"size_mib": mib}},
+            {"path": "bench_components.BlobExecutor", "args": {}},
+            "aux_throughput",
+        )
+        ws = os.path.join(tmp, "ws")
+        run_simulation(job, ws, n_clients=2, protocol=protocol)
+        reports = {}
+        for role, site in zip(ROLES, ("site-1", "site-2", "server")):
+            with open(os.path.join(ws, site, "bench.json")) as f:
+                reports[role] = json.load(f)
+    rss = {role: (r["idle_mib"], r["peak_mib"]) for role, r in reports.items()}
+    return {"seconds": reports["sender"]["seconds"], "rss": rss}
+
+
+def raw(mib: int, protocol: str) -> dict:
+    """Raw grpcio: a client process streams ``mib`` MiB to a server process in 1 MiB messages."""
+    with tempfile.TemporaryDirectory() as tmp:
+        address = f"unix://{tmp}/raw.sock" if protocol == "unix" else "127.0.0.1:0"
+        with RawServer(address) as server:
+            sent: dict = server.client("send", mib)  # type: ignore[assignment]
+    rss = {"sender": (sent["idle_mib"], sent["peak_mib"]), "receiver": (server.rss["idle_mib"], server.rss["peak_mib"])}
+    return {"seconds": sent["seconds"], "rss": rss}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", default="256,1024", help="payload sizes in MiB, comma-separated")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+    logging.getLogger().handlers[0].setLevel(logging.WARNING)
+    rows, verdicts = [], []
+    for mib in [int(s) for s in args.sizes.split(",")]:
+        for protocol, name in TRANSPORTS.items():
+            base, aux = raw(mib, protocol), relayed(mib, protocol)
+            rows += [
+                (f"raw grpcio streaming, {name} (baseline)", mib, base, base),
+                (f"aux relayed via server, {name}", mib, aux, base),
+                (f"aux direct, {name}", mib, None, base),
+            ]
+            ratio = base["seconds"] / aux["seconds"]
+            (s_idle, s_peak), (r_idle, r_peak), (l_idle, l_peak) = (aux["rss"][role] for role in ROLES)
+            verdicts += [
+                (f"{mib} MiB {name}: relayed >= 50% of raw ({ratio:.0%})", ratio >= 0.5),
+                (f"{mib} MiB {name}: direct >= 70% of raw", None),
+                (
+                    f"{mib} MiB {name}: sender, receiver <= payload + 300 MiB above idle "
+                    f"(+{s_peak - s_idle:.0f}, +{r_peak - r_idle:.0f}), relay < 300 MiB (+{l_peak - l_idle:.0f})",
+                    max(s_peak - s_idle, r_peak - r_idle) <= mib + 300 and l_peak - l_idle < 300,
+                ),
+            ]
+    rss_head = "".join(f"{role + ' peak/idle':>20}" for role in ROLES)
+    print(f"{'site-1 -> site-2':<38}{'MiB':>6}{'GB/s':>8}{'x raw':>7}{rss_head}")
+    for what, mib, result, base in rows:
+        if result is None:
+            print(f"{what:<38}{mib:>6}{'n/a (direct_p2p not implemented)':>35}")
+            continue
+        rate = (mib << 20) / result["seconds"] / 1e9
+        rss = "".join(
+            f"{'%.0f/%.0f' % result['rss'][role][::-1]:>20}" if role in result["rss"] else f"{'-':>20}"
+            for role in ROLES
+        )
+        print(f"{what:<38}{mib:>6}{rate:>8.3f}{base['seconds'] / result['seconds']:>7.2f}{rss}")
+    for target, met in verdicts:
+        print(f"target: {target} -> {'n/a' if met is None else 'met' if met else 'NOT met'}")
+
+
+if __name__ == "__main__":
+    main()

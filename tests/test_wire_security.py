@@ -1,0 +1,228 @@
+"""TLS and mutual TLS through the gRPC transport itself: who may connect, and who the frames say they are from.
+
+Real endpoints (GrpcCommunicationProtocol) on 127.0.0.1 (port 0) or a Unix socket in a short temp folder,
+certificates made with ``flarelite.certs`` in temp folders. test_tls.py covers the TLS helper with plain gRPC
+calls; this file covers what the transport does with it (hello, refusal, identity stamping, relay).
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+import time
+
+import pytest
+from wire_fixtures.inbox import Inbox
+
+from flarelite import certs
+from flarelite.communication.grpc import GrpcCommunicationProtocol
+from flarelite.communication.grpc.tls import TLSConfig
+from flarelite.communication.protocol import Frame
+from flarelite.errors import ConnectError
+
+CONNECT_TIMEOUT = 2.0  # for the clients that must fail: start() gives up after this
+SLACK = 8.0  # start() may take a little longer than connect_timeout (one last attempt, thread start, teardown)
+
+
+# ----------------------------------------------------------------------------------------------- fixtures
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory):
+    """Two projects, each with its own CA: ``main`` (server, site-1, site-2) and ``other`` (server, site-1)."""
+    root = tmp_path_factory.mktemp("wire-pki")
+    for project in ("main", "other"):
+        certs.init_ca(root / project, project)
+        certs.issue(root / project, "server", "server")
+        certs.issue(root / project, "site-1")
+        if project == "main":
+            certs.issue(root / project, "site-2")
+    return root
+
+
+@pytest.fixture
+def short_dir():
+    """A short folder for Unix sockets (sun_path holds about 100 bytes; tmp_path can be longer)."""
+    folder = tempfile.mkdtemp(prefix="fl")
+    yield folder
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.fixture
+def net():
+    """Start endpoints: ``net.server(tls, listen)`` then ``net.client(name, tls)``; all stopped at the end."""
+
+    class Net:
+        def __init__(self) -> None:
+            self.started: list[GrpcCommunicationProtocol] = []
+            self.bound: str | None = None
+
+        def server(self, tls: TLSConfig, listen: str = "127.0.0.1:0"):
+            inbox = Inbox()
+            ep = GrpcCommunicationProtocol("server", listen=listen, tls=tls, heartbeat_interval=0.5)
+            ep.start(inbox.on_frame, inbox.on_peer)
+            self.started.append(ep)
+            self.bound = ep.bound
+            return ep, inbox
+
+        def client(self, name: str, tls: TLSConfig, connect_timeout: float = 10.0):
+            inbox = Inbox()
+            assert self.bound is not None, "start the server first"
+            ep = GrpcCommunicationProtocol(name, server=self.bound, tls=tls, connect_timeout=connect_timeout)
+            ep.start(inbox.on_frame, inbox.on_peer)  # raises on failure: then there is nothing to stop
+            self.started.append(ep)
+            return ep, inbox
+
+        def refused_client(self, name: str, tls: TLSConfig) -> tuple[ConnectError, float]:
+            """A client whose start() must fail: return the ConnectError and how long start() took."""
+            ep = GrpcCommunicationProtocol(name, server=self.bound, tls=tls, connect_timeout=CONNECT_TIMEOUT)
+            began = time.monotonic()
+            try:
+                with pytest.raises(ConnectError) as info:
+                    ep.start(lambda frame: None)
+            finally:
+                ep.stop()  # harmless when start failed; stops it if it wrongly succeeded
+            return info.value, time.monotonic() - began
+
+    n = Net()
+    yield n
+    for ep in reversed(n.started):
+        ep.stop()
+
+
+def mtls(pki, name: str, project: str = "main") -> TLSConfig:
+    return TLSConfig.from_dir("mtls", pki / project, name)
+
+
+def mixed(pki, cert_of: str, project: str = "main", ca_of: str = "main") -> TLSConfig:
+    """An mtls config trusting ``ca_of``'s CA and presenting ``cert_of``'s certificate from ``project``."""
+    return TLSConfig(
+        "mtls",
+        ca_cert=pki / ca_of / "ca.crt",
+        cert=pki / project / f"{cert_of}.crt",
+        key=pki / project / f"{cert_of}.key",
+    )
+
+
+def tls_client(pki, project: str = "main") -> TLSConfig:
+    return TLSConfig.from_dir("tls", pki / project, None)
+
+
+def assert_frames_flow(server, s_in: Inbox, client, c_in: Inbox, name: str) -> None:
+    client.send("server", Frame(kind="up", msg_id="1", meta=b"to the server", buffers=[b"\x00\x01"]))
+    got = s_in.get()
+    assert (got.kind, got.sender, got.meta, bytes(got.buffers[0])) == ("up", name, b"to the server", b"\x00\x01")
+    server.send(name, Frame(kind="down", meta=b"to the site"))
+    got = c_in.get()
+    assert (got.kind, got.sender, got.meta) == ("down", "server", b"to the site")
+
+
+# ----------------------------------------------------------------------------------------------- mutual TLS
+
+
+@pytest.mark.parametrize("where", ["tcp", "unix"])
+def test_mtls_site_with_its_own_certificate_connects_and_frames_flow(pki, net, short_dir, where):
+    listen = "127.0.0.1:0" if where == "tcp" else f"unix://{short_dir}/s.sock"
+    server, s_in = net.server(mtls(pki, "server"), listen)
+    c1, in1 = net.client("site-1", mtls(pki, "site-1"))
+    c2, in2 = net.client("site-2", mtls(pki, "site-2"))
+    s_in.wait_peer("site-1", True)
+    s_in.wait_peer("site-2", True)
+    in1.wait_peer("site-2", True)
+    assert_frames_flow(server, s_in, c1, in1, "site-1")
+    assert_frames_flow(server, s_in, c2, in2, "site-2")
+    c1.send("site-2", Frame(kind="relayed", meta=b"m", buffers=[bytes(range(256)) * 8000]))  # > one chunk
+    got = in2.get()
+    assert (got.kind, got.sender, got.meta) == ("relayed", "site-1", b"m")
+    assert bytes(got.buffers[0]) == bytes(range(256)) * 8000
+
+
+def test_mtls_certificate_of_another_site_is_refused(pki, net):
+    server, s_in = net.server(mtls(pki, "server"))
+    c1, in1 = net.client("site-1", mtls(pki, "site-1"))
+    s_in.wait_peer("site-1", True)
+    impostor = mixed(pki, cert_of="site-1")  # site-1's (valid) certificate, claiming to be site-2
+    exc, took = net.refused_client("site-2", impostor)
+    assert "certificate" in str(exc) and "site-1" in str(exc) and "site-2" in str(exc), str(exc)
+    assert took < CONNECT_TIMEOUT + SLACK
+    # the server never let site-2 in: no peer event anywhere, nothing to send to
+    assert ("site-2", True) not in s_in.peer_events()
+    assert ("site-2", True) not in in1.peer_events()
+    with pytest.raises(ConnectError):
+        server.send("site-2", Frame(kind="x"))
+    with pytest.raises(ConnectError):
+        c1.send("site-2", Frame(kind="x"))
+    # and the real site-1 is still connected and served
+    assert_frames_flow(server, s_in, c1, in1, "site-1")
+
+
+@pytest.mark.parametrize(
+    "case",
+    [
+        "client cert from another CA",  # trusts the right CA, but presents a certificate the server cannot verify
+        "everything from another CA",  # the client cannot verify the server either
+        "no client certificate",  # a tls-mode client presents none
+        "clear client",  # no TLS at all
+    ],
+)
+def test_mtls_server_turns_away_clients_it_cannot_verify(pki, net, case):
+    server, s_in = net.server(mtls(pki, "server"))
+    cfg = {
+        "client cert from another CA": mixed(pki, cert_of="site-1", project="other", ca_of="main"),
+        "everything from another CA": mtls(pki, "site-1", project="other"),
+        "no client certificate": tls_client(pki),
+        "clear client": TLSConfig("clear"),
+    }[case]
+    exc, took = net.refused_client("site-1", cfg)
+    assert took < CONNECT_TIMEOUT + SLACK, f"start() took {took:.1f}s with connect_timeout={CONNECT_TIMEOUT}"
+    assert "site-1" in str(exc)
+    assert s_in.peer_events() == []
+    with pytest.raises(ConnectError):
+        server.send("site-1", Frame(kind="x"))
+
+
+def test_mtls_client_refuses_a_server_from_another_ca(pki, net):
+    net.server(mixed(pki, cert_of="server", project="other", ca_of="main"))  # trusts our CA, but is not ours
+    exc, took = net.refused_client("site-1", mtls(pki, "site-1"))
+    assert took < CONNECT_TIMEOUT + SLACK
+
+
+def test_sender_is_the_certificate_identity_not_the_claim(pki, net):
+    """A connected site that writes another name into its frames is still known by its certificate's name."""
+    server, s_in = net.server(mtls(pki, "server"))
+    c1, in1 = net.client("site-1", mtls(pki, "site-1"))
+    c2, in2 = net.client("site-2", mtls(pki, "site-2"))
+    in1.wait_peer("site-2", True)
+    c1.address = "site-9"  # what site-1's endpoint now writes as the sender of its frames (a forged claim)
+    c1.send("server", Frame(kind="to-server", msg_id="a"))
+    c1.send("site-2", Frame(kind="to-site-2", msg_id="b", buffers=[bytes(3 << 20)]))  # chunked: relayed piecewise
+    c1.send("site-2", Frame(kind="small-to-site-2", msg_id="c", meta=b"m"))
+    got = s_in.get()
+    assert (got.kind, got.sender) == ("to-server", "site-1")
+    got = sorted([in2.get(timeout=30), in2.get(timeout=30)], key=lambda f: f.msg_id)
+    assert [(f.kind, f.sender) for f in got] == [("to-site-2", "site-1"), ("small-to-site-2", "site-1")]
+    assert len(got[0].buffers[0]) == 3 << 20
+
+
+# ----------------------------------------------------------------------------------------------- server-only TLS
+
+
+def test_tls_client_connects_to_a_tls_server(pki, net):
+    server, s_in = net.server(TLSConfig.from_dir("tls", pki / "main", "server"))
+    c1, in1 = net.client("site-1", tls_client(pki))
+    c2, in2 = net.client("site-2", tls_client(pki))
+    in1.wait_peer("site-2", True)
+    assert_frames_flow(server, s_in, c1, in1, "site-1")
+    c2.send("site-1", Frame(kind="relayed", meta=b"over tls"))
+    got = in1.get()
+    assert (got.kind, got.sender, got.meta) == ("relayed", "site-2", b"over tls")
+
+
+@pytest.mark.parametrize("case", ["server from another CA", "clear client"])
+def test_tls_client_cannot_connect(pki, net, case):
+    project = "other" if case == "server from another CA" else "main"
+    server, s_in = net.server(TLSConfig.from_dir("tls", pki / project, "server"))
+    cfg = tls_client(pki) if case == "server from another CA" else TLSConfig("clear")
+    exc, took = net.refused_client("site-1", cfg)
+    assert took < CONNECT_TIMEOUT + SLACK
+    assert s_in.peer_events() == []
