@@ -59,7 +59,7 @@ def main() -> None:
     best = {what: min(ts) for what, ts in times.items()}
     print(f"{'what':<50}{'best s':>8}{'x import':>10}  all runs s")
     for what, ts in times.items():
-        print(f"{what:<50}{best[what]:>8.2f}{best[what] / best[base]:>10.1f}  {' '.join(f'{t:.2f}' for t in ts)}")
+        print(f"{what:<50}{best[what]:>8.2f}{best[what] / best[base]:>10.2f}  {' '.join(f'{t:.2f}' for t in ts)}")
     print(f"target: processes mode under 3 s (NVFlare: 15 s) -> {'met' if best[processes] < 3 else 'NOT met'}")
 
 

@@ -63,6 +63,7 @@ class Connection:
         self._active: collections.deque[Outgoing] = collections.deque()
         self._waiting: set[Outgoing] = set()  # relayed frames with nothing ready
         self._wake = asyncio.Event()
+        self.closed_event = asyncio.Event()
         self._next_stream = 1
         self.closed = False
         self.close_reason = ""
@@ -131,6 +132,21 @@ class Connection:
             self.closed = True
             self.close_reason = reason
             self._wake.set()
+            self.closed_event.set()
+
+    async def until_closed(self, reader: Awaitable[None]) -> None:
+        """Run ``reader`` until it ends or the connection is closed (e.g. by the heartbeat watchdog)."""
+        read = asyncio.ensure_future(reader)
+        closed = asyncio.ensure_future(self.closed_event.wait())
+        try:
+            await asyncio.wait({read, closed}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            closed.cancel()
+            if not read.done():
+                read.cancel()
+                await asyncio.gather(read, return_exceptions=True)
+        if read.done() and not read.cancelled() and read.exception() is not None:
+            raise read.exception()  # type: ignore[misc]
 
     def fail_all(self, reason: str) -> None:
         for out in list(self._active) + list(self._waiting):

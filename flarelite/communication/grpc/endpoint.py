@@ -431,7 +431,7 @@ class GrpcCommunicationProtocol(CommunicationProtocol):
         writer = self._spawn(conn.run_writer())  # what was queued for this site meanwhile goes after the welcome
         beat = self._spawn(conn.run_heartbeat(self.heartbeat_timeout))
         try:
-            await self._read_frames(conn, context.read)
+            await conn.until_closed(self._read_frames(conn, context.read))
         except (ProtocolError, asyncio.CancelledError, grpc.aio.AioRpcError) as exc:
             conn.close(f"{name}: {exc!r}")
             if isinstance(exc, ProtocolError):
@@ -514,7 +514,7 @@ class GrpcCommunicationProtocol(CommunicationProtocol):
         writer = self._spawn(conn.run_writer())
         beat = self._spawn(conn.run_heartbeat(self.heartbeat_timeout))
         try:
-            await self._read_frames(conn, call.read)
+            await conn.until_closed(self._read_frames(conn, call.read))
         except (ProtocolError, grpc.aio.AioRpcError) as exc:
             conn.close(repr(exc))
         except asyncio.CancelledError:
