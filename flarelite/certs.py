@@ -229,7 +229,8 @@ def issue(
     Parameters:
         out_dir: the folder holding ``ca.crt`` and ``ca.key`` (made by ``init_ca``); the new files go there too.
         name: the site (or server) name; the certificate's CN, and the identity the server sees under mTLS.
-        kind: ``"client"`` (SAN DNS:name, ExtendedKeyUsage clientAuth) or ``"server"`` (SAN DNS:name,
+        kind: ``"client"`` (SAN DNS:name, ExtendedKeyUsage clientAuth and serverAuth, so that the site can also
+            accept direct connections from its peers) or ``"server"`` (SAN DNS:name,
             DNS:localhost, IP:127.0.0.1, IP:::1 and ``hosts``; ExtendedKeyUsage serverAuth).
         hosts: extra DNS names or IP addresses clients dial the server by (servers only).
         days: how long the certificate is valid (never past the CA's own expiry).
@@ -263,7 +264,12 @@ def issue(
     subject = [x509.NameAttribute(NameOID.COMMON_NAME, name)]
     if org:
         subject.append(x509.NameAttribute(NameOID.ORGANIZATION_NAME, str(org[0].value)))
-    usage = ExtendedKeyUsageOID.SERVER_AUTH if kind == "server" else ExtendedKeyUsageOID.CLIENT_AUTH
+    # a site's certificate also serves its listener when peers connect to it directly (direct_p2p)
+    usages = (
+        [ExtendedKeyUsageOID.SERVER_AUTH]
+        if kind == "server"
+        else [ExtendedKeyUsageOID.CLIENT_AUTH, ExtendedKeyUsageOID.SERVER_AUTH]
+    )
 
     key = ec.generate_private_key(ec.SECP256R1())
     now = datetime.datetime.now(datetime.timezone.utc)
@@ -292,7 +298,7 @@ def issue(
             ),
             critical=True,
         )
-        .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
+        .add_extension(x509.ExtendedKeyUsage(usages), critical=False)
         .add_extension(x509.SubjectAlternativeName(san), critical=False)
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
         .add_extension(x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ca_ski), critical=False)

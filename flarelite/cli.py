@@ -20,6 +20,7 @@ def _simulator(args: argparse.Namespace) -> int:
         threads=args.threads,
         protocol=args.protocol,
         tls=args.tls,
+        direct_p2p=args.direct_p2p,
     )
     print(f"flarelite: run of {args.job_folder} succeeded; logs in {args.workspace}/<site>/log.txt")
     return 0
@@ -89,6 +90,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="unix: a process per site over a Unix socket (default); grpc: over TCP loopback; memory: one process",
     )
     sim.add_argument("--tls", choices=["clear", "tls", "mtls"], default="clear", help="secure the gRPC connections")
+    sim.add_argument("--direct-p2p", action="store_true", help="sites talk to each other directly, not via the server")
     sim.set_defaults(func=_simulator)
     check = sub.add_parser("check", help="validate a job folder and print its apps")
     check.add_argument("job_folder")

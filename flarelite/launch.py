@@ -118,8 +118,15 @@ def run_client(
     tls: Any,
     job_id: str = WorkspaceConstants.SIMULATE_JOB_ID,
     connect_timeout: float = 60.0,
+    direct_p2p: bool = False,
+    p2p_listen: str | None = None,
+    p2p_advertise: str | None = None,
 ) -> int:
-    """Run client site ``name``; with no ``job_folder`` its app comes from the server. Return 0 on success."""
+    """Run client site ``name``; with no ``job_folder`` its app comes from the server. Return 0 on success.
+
+    ``direct_p2p``: the site also listens (``p2p_listen``) and exchanges frames with peers directly, falling
+    back to the server's relay when a direct connection fails.
+    """
     from .runtime.client import ClientRuntime
     from .runtime.logs import open_site_log, setup_logging
 
@@ -139,7 +146,15 @@ def run_client(
     client = ClientRuntime(
         name=name,
         job_id=job_id,
-        protocol=grpc_protocol(name, server=server, tls=tls, connect_timeout=connect_timeout),
+        protocol=grpc_protocol(
+            name,
+            server=server,
+            tls=tls,
+            connect_timeout=connect_timeout,
+            direct_p2p=direct_p2p,
+            p2p_listen=p2p_listen,
+            p2p_advertise=p2p_advertise,
+        ),
         run_dir=folder,
         workspace_root=os.path.abspath(workspace),
         app_config=app_config,
@@ -189,6 +204,9 @@ def add_site_arguments(p: argparse.ArgumentParser, role: str, *, deploy: bool) -
             p.add_argument("job_folder", nargs="?", default=None)
         p.add_argument("--name", required=True, help="this site's name (its certificate's name under mTLS)")
         p.add_argument("--server", required=True, help="the server's address: host:port or unix:///path.sock")
+        p.add_argument("--direct-p2p", action="store_true", help="talk to peers directly, not through the server")
+        p.add_argument("--p2p-listen", default=None, help="where to accept peers (default 127.0.0.1:0)")
+        p.add_argument("--p2p-advertise", default=None, help="the address peers dial (default: the bound one)")
 
 
 def run_site(args: argparse.Namespace, role: str) -> int:
@@ -214,6 +232,9 @@ def run_site(args: argparse.Namespace, role: str) -> int:
         server=args.server,
         tls=tls_config(args.mode, args.certs, args.name),
         job_id=args.job_id or WorkspaceConstants.SIMULATE_JOB_ID,
+        direct_p2p=args.direct_p2p,
+        p2p_listen=args.p2p_listen,
+        p2p_advertise=args.p2p_advertise,
     )
 
 

@@ -77,7 +77,7 @@ def test_client_certificate_names_and_usage(project):
     cert.verify_directly_issued_by(load(project / "ca.crt"))
     assert cn(cert) == "site-1"
     assert san(cert) == ({"site-1"}, set())
-    assert eku(cert) == [ExtendedKeyUsageOID.CLIENT_AUTH]
+    assert eku(cert) == [ExtendedKeyUsageOID.CLIENT_AUTH, ExtendedKeyUsageOID.SERVER_AUTH]  # + direct peers
     assert mode(paths.key) == 0o600
 
 
@@ -164,7 +164,7 @@ def test_provision_makes_the_whole_project(tmp_path):
     assert ipaddress.ip_address("10.0.0.5") in load(made["server"].cert).extensions.get_extension_for_class(
         x509.SubjectAlternativeName
     ).value.get_values_for_type(x509.IPAddress)
-    assert eku(load(made["site-2"].cert)) == [ExtendedKeyUsageOID.CLIENT_AUTH]
+    assert eku(load(made["site-2"].cert)) == [ExtendedKeyUsageOID.CLIENT_AUTH, ExtendedKeyUsageOID.SERVER_AUTH]
     with pytest.raises(ConfigError, match="already exists"):
         certs.provision(spec, tmp_path / "out")
     certs.provision(spec, tmp_path / "out", force=True)
@@ -220,7 +220,7 @@ def test_commands(tmp_path, capsys):
     assert str(out / "site-1.key") in capsys.readouterr().out
     server = load(out / "server.crt")
     assert {"fl.lan"} <= san(server)[0] and "10.9.8.7" in san(server)[1]
-    assert eku(load(out / "site-1.crt")) == [ExtendedKeyUsageOID.CLIENT_AUTH]
+    assert eku(load(out / "site-1.crt")) == [ExtendedKeyUsageOID.CLIENT_AUTH, ExtendedKeyUsageOID.SERVER_AUTH]
     with pytest.raises(ConfigError, match="already exists"):
         run("cert", "init", "-o", out)
     assert run("cert", "init", "-o", out, "--force") == 0

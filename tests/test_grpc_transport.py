@@ -36,9 +36,14 @@ def listen(request, tmp_path):
     return "127.0.0.1:0" if request.param == "tcp" else f"unix://{tmp_path}/server.sock"
 
 
+@pytest.fixture(params=["relayed", "direct"])
+def mode(request):
+    return request.param
+
+
 @pytest.fixture
-def net(listen):
-    """A server and two clients, connected; stopped at the end."""
+def net(listen, mode):
+    """A server and clients (relayed through the server, or direct_p2p), connected; stopped at the end."""
     endpoints = []
 
     def make(name, **kwargs):
@@ -46,7 +51,9 @@ def net(listen):
         if name == "server":
             ep = GrpcCommunicationProtocol("server", listen=listen, heartbeat_interval=0.5, **kwargs)
         else:
-            ep = GrpcCommunicationProtocol(name, server=endpoints[0][0].bound, connect_timeout=10, **kwargs)
+            ep = GrpcCommunicationProtocol(
+                name, server=endpoints[0][0].bound, connect_timeout=10, direct_p2p=mode == "direct", **kwargs
+            )
         ep.start(inbox.on_frame, inbox.on_peer)
         endpoints.append((ep, inbox))
         return ep, inbox
@@ -80,6 +87,24 @@ def test_small_frames_both_ways_and_relayed(net):
     c1.send("site-2", Frame(kind="aux_req", meta=b"m", buffers=[b"12345"]))
     got = in2.get()
     assert got.sender == "site-1" and got.meta == b"m" and bytes(got.buffers[0]) == b"12345"
+    c2.send("site-1", Frame(kind="aux_reply", meta=b"r"))
+    assert in1.get().sender == "site-2"
+
+
+def test_direct_mode_connects_peers_directly(net, mode):
+    if mode != "direct":
+        pytest.skip("direct_p2p only")
+    net("server")
+    c1, in1 = net("site-1")
+    c2, in2 = net("site-2")
+    wait_peer(in1, "site-2", True)
+    deadline = time.monotonic() + 10
+    while "site-2" not in c1._conns and time.monotonic() < deadline:  # the dialer is site-1 (sorts first)
+        time.sleep(0.02)
+    assert "site-2" in c1._conns and "site-1" in c2._conns
+    c2.send("site-1", Frame(kind="direct", meta=b"d"))
+    got = in1.get()
+    assert (got.kind, got.sender) == ("direct", "site-2")
 
 
 def test_large_numpy_payload_relayed_bit_exact(net):

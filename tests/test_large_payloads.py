@@ -197,12 +197,6 @@ def test_relay_refuses_a_frame_over_its_limit_from_a_client_that_ignores_it(net)
 # ----------------------------------------------------------------------------------------------- framing edge cases
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="endpoint.py:300-317 (and the relay, :366): a frame whose buffers are all empty announces buffer_sizes "
-    "but sends no chunk, and the receiver waits for a chunk that never comes: the frame is never delivered "
-    "(e.g. a DXO holding only an empty array)",
-)
 @pytest.mark.parametrize("to", ["server", "site-2"])
 def test_a_frame_whose_buffers_are_all_empty_is_delivered(net, to):
     server, s_in = net("server")

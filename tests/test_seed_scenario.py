@@ -167,6 +167,8 @@ def test_exactly_six_messages_every_run(tmp_path, timeout):
         'protocol="grpc", tls="tls"',
         'protocol="grpc", tls="mtls"',
         'protocol="unix", tls="mtls"',
+        'protocol="unix", direct_p2p=True',
+        'protocol="grpc", tls="mtls", direct_p2p=True',
     ],
 )
 def test_six_messages_over_every_protocol(tmp_path, run_args):

@@ -7,15 +7,21 @@ calls; this file covers what the transport does with it (hello, refusal, identit
 
 from __future__ import annotations
 
+import queue
 import shutil
 import tempfile
+import threading
 import time
 
+import grpc
 import pytest
 from wire_fixtures.inbox import Inbox
 
 from flarelite import certs
 from flarelite.communication.grpc import GrpcCommunicationProtocol
+from flarelite.communication.grpc import flarelite_pb2 as pb
+from flarelite.communication.grpc import flarelite_pb2_grpc as pb_grpc
+from flarelite.communication.grpc import tls as tls_helper
 from flarelite.communication.grpc.tls import TLSConfig
 from flarelite.communication.protocol import Frame
 from flarelite.errors import ConnectError
@@ -187,21 +193,94 @@ def test_mtls_client_refuses_a_server_from_another_ca(pki, net):
     assert took < CONNECT_TIMEOUT + SLACK
 
 
-def test_sender_is_the_certificate_identity_not_the_claim(pki, net):
+class RawClient:
+    """A hand-driven client speaking the wire protocol with the generated stubs: it can say what it likes."""
+
+    def __init__(self, target: str, cfg: TLSConfig) -> None:
+        creds = tls_helper.channel_credentials(cfg)
+        self.channel = grpc.secure_channel(target, creds, options=tls_helper.channel_options(cfg))
+        self.outbox: queue.Queue = queue.Queue()
+        self.inbox: queue.Queue = queue.Queue()
+        self.call = pb_grpc.TransportStub(self.channel).Connect(iter(self.outbox.get, None), timeout=30)
+        self.reader = threading.Thread(target=self._read, daemon=True)
+        self.reader.start()
+
+    def _read(self) -> None:
+        try:
+            for env in self.call:
+                self.inbox.put(env)
+        except grpc.RpcError:
+            pass
+        self.inbox.put(None)
+
+    def send(self, **body) -> None:
+        self.outbox.put(pb.Envelope(**body))
+
+    def receive(self, body: str, timeout: float = 10) -> pb.Envelope:
+        """The next envelope of kind ``body`` (heartbeats and peer events are skipped unless asked for)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            env = self.inbox.get(timeout=max(0.01, deadline - time.monotonic()))
+            assert env is not None, f"the stream ended before a {body!r} envelope came"
+            if env.WhichOneof("body") == body:
+                return env
+
+    def close(self) -> None:
+        self.outbox.put(None)
+        self.call.cancel()
+        self.channel.close()
+        self.reader.join(5)
+
+
+@pytest.fixture
+def raw_site_1(pki, net):
+    """site-1 (its own certificate), connected by hand once the server is up; closed at the end."""
+    clients = []
+
+    def connect() -> RawClient:
+        client = RawClient(net.bound, mtls(pki, "site-1"))
+        clients.append(client)
+        client.send(hello=pb.Hello(name="site-1", version=1))
+        welcome = client.receive("welcome")
+        assert welcome.welcome.name == "site-1"
+        return client
+
+    yield connect
+    for client in clients:
+        client.close()
+
+
+def test_sender_is_the_certificate_identity_not_the_claim(pki, net, raw_site_1):
     """A connected site that writes another name into its frames is still known by its certificate's name."""
     server, s_in = net.server(mtls(pki, "server"))
-    c1, in1 = net.client("site-1", mtls(pki, "site-1"))
     c2, in2 = net.client("site-2", mtls(pki, "site-2"))
-    in1.wait_peer("site-2", True)
-    c1.address = "site-9"  # what site-1's endpoint now writes as the sender of its frames (a forged claim)
-    c1.send("server", Frame(kind="to-server", msg_id="a"))
-    c1.send("site-2", Frame(kind="to-site-2", msg_id="b", buffers=[bytes(3 << 20)]))  # chunked: relayed piecewise
-    c1.send("site-2", Frame(kind="small-to-site-2", msg_id="c", meta=b"m"))
+    raw = raw_site_1()
+    s_in.wait_peer("site-1", True)
+    forged = dict(sender="site-2", job_id="j", rc="OK")
+    raw.send(header=pb.Header(stream=1, kind="to-server", target="server", msg_id="a", meta=b"m", **forged))
+    raw.send(header=pb.Header(stream=2, kind="to-site-2", target="site-2", msg_id="b", meta=b"m", **forged))
+    raw.send(header=pb.Header(stream=3, kind="chunked", target="site-2", msg_id="c", buffer_sizes=[5], **forged))
+    raw.send(chunk=pb.Chunk(stream=3, buffer=0, data=b"12345"))
     got = s_in.get()
-    assert (got.kind, got.sender) == ("to-server", "site-1")
-    got = sorted([in2.get(timeout=30), in2.get(timeout=30)], key=lambda f: f.msg_id)
-    assert [(f.kind, f.sender) for f in got] == [("to-site-2", "site-1"), ("small-to-site-2", "site-1")]
-    assert len(got[0].buffers[0]) == 3 << 20
+    assert (got.kind, got.sender, got.meta) == ("to-server", "site-1", b"m")
+    got = sorted([in2.get(), in2.get()], key=lambda f: f.msg_id)
+    assert [(f.kind, f.sender) for f in got] == [("to-site-2", "site-1"), ("chunked", "site-1")]
+    assert bytes(got[1].buffers[0]) == b"12345"
+
+
+def test_a_site_cannot_tell_the_server_that_another_site_left(pki, net, raw_site_1):
+    server, s_in = net.server(mtls(pki, "server"))
+    c2, in2 = net.client("site-2", mtls(pki, "site-2"))
+    s_in.wait_peer("site-2", True)
+    raw = raw_site_1()
+    s_in.wait_peer("site-1", True)
+    raw.send(peer=pb.PeerEvent(name="site-2", connected=False))
+    raw.send(peer=pb.PeerEvent(name="site-9", connected=True))
+    raw.send(header=pb.Header(stream=1, kind="marker", target="server"))  # after the forged events, in order
+    assert s_in.get().kind == "marker"
+    assert s_in.peer_events() == []
+    server.send("site-2", Frame(kind="still here"))
+    assert in2.get().kind == "still here"
 
 
 # ----------------------------------------------------------------------------------------------- server-only TLS

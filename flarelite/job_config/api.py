@@ -604,6 +604,7 @@ class FedJob:
         *,
         protocol: str = "unix",
         tls: str = "clear",
+        direct_p2p: bool = False,
     ) -> int:
         """Export the job to a temporary folder and run it in the simulator; return 0 when the run succeeds.
 
@@ -611,7 +612,8 @@ class FedJob:
         with per-site ``to()`` targets. ``threads`` and ``gpu`` are accepted for NVFlare compatibility (every
         site runs concurrently). ``log_config`` is the path of a JSON logging dict config. ``protocol``:
         ``"unix"`` (default: one process per site, gRPC over a Unix socket), ``"grpc"`` (processes, gRPC over
-        TCP loopback) or ``"memory"`` (every site in this process); ``tls``: ``"clear"``, ``"tls"`` or ``"mtls"``.
+        TCP loopback) or ``"memory"`` (every site in this process); ``tls``: ``"clear"``, ``"tls"`` or ``"mtls"``;
+        ``direct_p2p``: sites talk to each other directly instead of through the server (gRPC protocols).
 
         Raises:
             ValueError: invalid arguments, or ``n_clients`` given for a job with per-site targets.
@@ -653,6 +655,7 @@ class FedJob:
                     threads=threads,
                     protocol=protocol,
                     tls=tls,
+                    direct_p2p=direct_p2p,
                 )
             finally:
                 _forget_folder(os.path.realpath(tmp))

@@ -66,6 +66,7 @@ def run_processes(
     ready_timeout: float,
     end_timeout: float,
     ship_apps: bool = False,
+    direct_p2p: bool = False,
 ) -> int:
     """Start the server and one process per client, stream their console output, and wait for the run's end.
 
@@ -90,6 +91,8 @@ def run_processes(
     commands = {SiteType.SERVER: [*server_cmd, "--ready-timeout", str(ready_timeout)]}
     for name in names:
         commands[name] = ["client", *client_job, *common, "--name", name, "--server", address]
+        if direct_p2p:
+            commands[name].append("--direct-p2p")
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     procs: dict[str, subprocess.Popen] = {}
     pumps = []

@@ -68,6 +68,7 @@ def run_simulation(
     *,
     protocol: str = "unix",
     tls: str = "clear",
+    direct_p2p: bool = False,
     job_id: str = WorkspaceConstants.SIMULATE_JOB_ID,
     ready_timeout: float = 120.0,
     end_timeout: float = 30.0,
@@ -78,7 +79,8 @@ def run_simulation(
     ``protocol``: ``"unix"`` (default) runs the server and each site as separate processes talking gRPC over
     a Unix socket in the workspace; ``"grpc"`` does the same over TCP on 127.0.0.1; ``"memory"`` runs every
     site on threads of this process over the in-memory transport. ``tls`` (``"clear"``, ``"tls"``,
-    ``"mtls"``; gRPC protocols only) secures the connections with certificates made in ``workspace/certs``.
+    ``"mtls"``; gRPC protocols only) secures the connections with certificates made in ``workspace/certs``;
+    ``direct_p2p`` (gRPC protocols only) lets sites talk to each other directly instead of through the server.
     Every site runs concurrently (synchronous peer-to-peer algorithms need all sites alive at once), so
     ``threads`` is accepted for NVFlare compatibility only. Each site gets ``workspace/<site>/`` (its working
     directory in the processes modes) with its ``log.txt``. ``hub`` lets a test reach the in-memory network.
@@ -89,6 +91,8 @@ def run_simulation(
     """
     if protocol not in ("unix", "grpc", "memory"):
         raise ConfigError(f"protocol must be 'unix', 'grpc' or 'memory', got {protocol!r}")
+    if protocol == "memory" and direct_p2p:
+        raise ConfigError("direct_p2p needs a gRPC protocol ('unix' or 'grpc'); in memory every site is direct")
     if protocol == "memory" and tls != "clear":
         raise ConfigError(f"tls={tls!r} needs a gRPC protocol ('unix' or 'grpc'); the in-memory one has no wire")
     job = load_job(job_folder)
@@ -109,6 +113,7 @@ def run_simulation(
             job_id=job_id,
             ready_timeout=ready_timeout,
             end_timeout=end_timeout,
+            direct_p2p=direct_p2p,
         )
     for app in job.apps.values():
         if os.path.isdir(app.custom_dir) and app.custom_dir not in sys.path:

@@ -26,6 +26,7 @@ class Outgoing:
         self.pushed: collections.deque[pb.Envelope] = collections.deque()
         self.open_for_push = gen is None  # relayed frames are pushed until ``end_push``
         self.done = done
+        self.started = False  # an envelope of it has been written
         self.error: str | None = None
         self.space = asyncio.Event()
         self.space.set()
@@ -57,8 +58,13 @@ class Connection:
         name: str,
         write: Callable[[pb.Envelope], Awaitable[None]],
         heartbeat_interval: float,
+        *,
+        stamp_sender: bool = True,
+        reroute: Callable[[Outgoing], bool] | None = None,
     ) -> None:
         self.name = name
+        self.stamp_sender = stamp_sender  # frames read here come from ``name`` (not relayed by a server)
+        self.reroute = reroute  # takes a frame that was never started when this connection fails
         self._write = write
         self._active: collections.deque[Outgoing] = collections.deque()
         self._waiting: set[Outgoing] = set()  # relayed frames with nothing ready
@@ -109,6 +115,7 @@ class Connection:
                 if env is None:
                     self._waiting.add(out)
                     continue
+                out.started = True
                 await self._write(env)
                 self.last_sent = time.monotonic()
                 self._active.append(out)
@@ -150,6 +157,8 @@ class Connection:
 
     def fail_all(self, reason: str) -> None:
         for out in list(self._active) + list(self._waiting):
+            if not out.started and self.reroute is not None and self.reroute(out):
+                continue  # sent another way (a direct peer connection fell back to the relay)
             out.finish(reason)
             out.space.set()
         self._active.clear()

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable
@@ -59,6 +60,10 @@ class GrpcCommunicationProtocol(CommunicationProtocol):
         chunk_size: size of the pieces large buffers travel in (1-4 MiB).
         heartbeat_interval, heartbeat_timeout: liveness; a silent peer is dropped after ``heartbeat_timeout``.
         connect_timeout: how long a client's ``start`` keeps trying to reach the server.
+        direct_p2p: a client also listens (``p2p_listen``) and talks to peers over direct connections,
+            falling back to the server's relay when a direct connection cannot be made or breaks.
+        p2p_listen: where such a client listens (default: next to the server's Unix socket, or 127.0.0.1:0).
+        p2p_advertise: the address peers should dial (default: the bound ``p2p_listen`` address).
     """
 
     def __init__(
@@ -73,6 +78,9 @@ class GrpcCommunicationProtocol(CommunicationProtocol):
         heartbeat_interval: float = 2.0,
         heartbeat_timeout: float = 10.0,
         connect_timeout: float = 60.0,
+        direct_p2p: bool = False,
+        p2p_listen: str | None = None,
+        p2p_advertise: str | None = None,
     ) -> None:
         super().__init__(address)
         if (listen is None) == (server is None):
@@ -81,7 +89,18 @@ class GrpcCommunicationProtocol(CommunicationProtocol):
             raise ConfigError(f"chunk_size must be between 64 KiB and 4 MiB, got {chunk_size}")
         if max_message_size < 1:
             raise ConfigError(f"max_message_size must be positive, got {max_message_size}")
-        self.listen = listen
+        if direct_p2p and listen is not None:
+            raise ConfigError(f"{self!r}: direct_p2p is for client sites (server=...), not the server")
+        self.direct_p2p = direct_p2p
+        if direct_p2p and p2p_listen is None:
+            assert server is not None
+            p2p_listen = (
+                f"unix://{os.path.dirname(server[len('unix://') :])}/{address}.sock"
+                if server.startswith("unix://")
+                else "127.0.0.1:0"
+            )
+        self.p2p_advertise = p2p_advertise
+        self.listen = listen if listen is not None else p2p_listen
         self.server_address = server
         self.tls = tls or TLSConfig("clear")
         self.max_message_size = max_message_size
@@ -97,6 +116,8 @@ class GrpcCommunicationProtocol(CommunicationProtocol):
         self._running = False
         self._conns: dict[str, Connection] = {}  # server: clients by name; client: {server name: connection}
         self._peers: set[str] = set()  # client: the sites connected to the server, as the server told us
+        self._addresses: dict[str, str] = {}  # direct addresses of sites (server: all; client: its peers)
+        self._dialing: set[str] = set()
         self._server_name = "server"
         self._remote_max = max_message_size
         self._streams = itertools.count(1)
@@ -107,8 +128,8 @@ class GrpcCommunicationProtocol(CommunicationProtocol):
     # lifecycle ---------------------------------------------------------------------------------------
     @property
     def is_server(self) -> bool:
-        """True for the listening endpoint."""
-        return self.listen is not None
+        """True for the server endpoint (the one that relays)."""
+        return self.server_address is None
 
     def start(self, on_frame: FrameHandler, on_peer: PeerHandler | None = None) -> None:
         """Listen (server) or connect to the server (client; retries up to ``connect_timeout``)."""
@@ -125,7 +146,7 @@ class GrpcCommunicationProtocol(CommunicationProtocol):
         self._thread.start()
         ready.wait()
         self._running = True
-        coro = self._serve() if self.is_server else self._connect_first()
+        coro = self._serve() if self.is_server else self._start_client()
         try:
             asyncio.run_coroutine_threadsafe(coro, self._loop).result(self.connect_timeout + 5)
         except BaseException:
@@ -251,7 +272,8 @@ class GrpcCommunicationProtocol(CommunicationProtocol):
             raise ConnectError(f"{self.address} is not connected to the server; cannot send to {target!r}")
         if target != self._server_name and target not in self._peers:
             raise ConnectError(f"{target!r} is not connected (sites connected now: {sorted(self._peers)})")
-        return conn
+        direct = self._conns.get(target) if target != self._server_name else None
+        return direct if direct is not None and not direct.closed else conn
 
     # receiving (both roles) --------------------------------------------------------------------------
     def _deliver(self, frame: Frame) -> None:
@@ -286,6 +308,11 @@ class GrpcCommunicationProtocol(CommunicationProtocol):
             elif body == "heartbeat":
                 continue
             elif body == "peer":
+                if conn.stamp_sender:  # only the server's connection to a client announces peers
+                    _log.warning(
+                        "%s: ignored a peer event from %s (only the server announces sites)", self.address, conn.name
+                    )
+                    continue
                 self._on_peer_envelope(env.peer)
             elif body == "close":
                 conn.close(f"{conn.name} closed the connection: {env.close.reason}")
@@ -298,10 +325,12 @@ class GrpcCommunicationProtocol(CommunicationProtocol):
             raise ProtocolError(f"{conn.name} reused stream id {h.stream} before finishing it")
         size = body_size(h)
         chunked = bool(h.buffer_sizes) or h.meta_size > 0
-        if self.is_server and h.target != self.address:
-            await self._relay_header(conn, h, size, chunked, pending)
-            return
-        if self.is_server:
+        if h.target != self.address:
+            if self.is_server:
+                await self._relay_header(conn, h, size, chunked, pending)
+                return
+            raise ProtocolError(f"{conn.name} sent {self.address} a frame for {h.target!r}")
+        if conn.stamp_sender:
             h.sender = conn.name  # the authenticated identity, not the claim
         if size > self.max_message_size:
             frame = header_from_proto(h)
@@ -311,10 +340,11 @@ class GrpcCommunicationProtocol(CommunicationProtocol):
             if chunked:
                 pending[h.stream] = _DISCARD
             return
-        if not chunked:
-            self._deliver(header_from_proto(h))
+        assembly = Assembly(h)
+        if assembly.complete:  # nothing to wait for (no buffers, or only empty ones)
+            self._deliver(assembly.finish())
             return
-        pending[h.stream] = Assembly(h)
+        pending[h.stream] = assembly
 
     async def _on_chunk(self, conn: Connection, env: pb.Envelope, pending: dict[int, Any]) -> None:
         chunk = env.chunk
@@ -358,7 +388,7 @@ class GrpcCommunicationProtocol(CommunicationProtocol):
             if chunked:
                 pending[source_stream] = _DISCARD
             return
-        if not chunked:
+        if size - len(h.meta) == 0:  # no chunk will follow (no buffers, or only empty ones)
             dest.enqueue(Outgoing(iter([pb.Envelope(header=h)])))
             return
         out = Outgoing()
@@ -404,6 +434,11 @@ class GrpcCommunicationProtocol(CommunicationProtocol):
         self._grpc_server = server
         _log.info("%s listening on %s (%s)", self.address, self.bound, self.tls.mode)
 
+    async def _start_client(self) -> None:
+        if self.direct_p2p:
+            await self._serve()  # accept peers' direct connections first, then tell the server where
+        await self._connect_first()
+
     async def _accept(self, context: Any) -> None:
         first = await asyncio.wait_for(context.read(), timeout=30)
         if first is grpc.aio.EOF or first.WhichOneof("body") != "hello":
@@ -419,13 +454,26 @@ class GrpcCommunicationProtocol(CommunicationProtocol):
         old = self._conns.get(name)
         if old is not None:
             old.close(f"{name} connected again")
+        if not self.is_server:  # a peer's direct connection to this site
+            conn = Connection(name, context.write, self.heartbeat_interval, reroute=self._via_server(name))
+            self._conns[name] = conn
+            await context.write(pb.Envelope(welcome=pb.Welcome(name=name, max_message_size=self.max_message_size)))
+            await self._run_direct(conn, context.read)
+            return
         conn = Connection(name, context.write, self.heartbeat_interval)
         # no await between listing the peers and joining them: every site learns of every other exactly once
         peers = [self.address, *[n for n, c in self._conns.items() if not c.closed and n != name]]
+        if first.hello.p2p_address:
+            self._addresses[name] = first.hello.p2p_address
+        else:
+            self._addresses.pop(name, None)
+        addresses = {n: a for n, a in self._addresses.items() if n in peers}
         self._conns[name] = conn
         self._broadcast_peer(name, True)
         await context.write(
-            pb.Envelope(welcome=pb.Welcome(name=name, peers=peers, max_message_size=self.max_message_size))
+            pb.Envelope(
+                welcome=pb.Welcome(name=name, peers=peers, max_message_size=self.max_message_size, addresses=addresses)
+            )
         )
         self._peer_event(name, True)
         writer = self._spawn(conn.run_writer())  # what was queued for this site meanwhile goes after the welcome
@@ -442,6 +490,7 @@ class GrpcCommunicationProtocol(CommunicationProtocol):
             beat.cancel()
             if self._conns.get(name) is conn:
                 del self._conns[name]
+                self._addresses.pop(name, None)
                 self._broadcast_peer(name, False)
                 self._peer_event(name, False)
 
@@ -450,6 +499,8 @@ class GrpcCommunicationProtocol(CommunicationProtocol):
             return f"wire version {version} is not supported (this server speaks {WIRE_VERSION})"
         if not name or name == self.address or name.startswith("@"):
             return f"{name!r} is not a valid site name"
+        if not self.is_server and name not in self._peers:
+            return f"{name!r} is not a peer of {self.address} (the server has not announced it)"
         if self.tls.mode == "mtls":
             identity = peer_identity(context)
             if identity != name:
@@ -457,9 +508,79 @@ class GrpcCommunicationProtocol(CommunicationProtocol):
         return ""
 
     def _broadcast_peer(self, name: str, connected: bool) -> None:
+        address = self._addresses.get(name, "") if connected else ""
+        event = pb.PeerEvent(name=name, connected=connected, address=address)
         for other, conn in list(self._conns.items()):
             if other != name:
-                conn.enqueue(Outgoing(iter([pb.Envelope(peer=pb.PeerEvent(name=name, connected=connected))])))
+                conn.enqueue(Outgoing(iter([pb.Envelope(peer=event)])))
+
+    # direct peer connections (client role, direct_p2p) ------------------------------------------------
+    def _via_server(self, name: str) -> Callable[[Outgoing], bool]:
+        """Reroute a frame that a broken direct connection to ``name`` never started onto the relay."""
+
+        def reroute(out: Outgoing) -> bool:
+            conn = self._conns.get(self._server_name)
+            if conn is None or conn.closed or not self._running:
+                return False
+            conn.enqueue(out)
+            return True
+
+        return reroute
+
+    def _maybe_dial(self, name: str, address: str) -> None:
+        # one connection per pair: the site whose name sorts first dials, the other accepts
+        if not self.direct_p2p or not address or name >= self.address or name in self._dialing:
+            return
+        existing = self._conns.get(name)
+        if existing is not None and not existing.closed:
+            return
+        self._dialing.add(name)
+        self._spawn(self._dial(name, address))
+
+    async def _dial(self, name: str, address: str) -> None:
+        creds = channel_credentials(self.tls)
+        options = self._grpc_options() + channel_options(self.tls, server_name=name)
+        channel = (
+            grpc.aio.secure_channel(address, creds, options=options)
+            if creds is not None
+            else grpc.aio.insecure_channel(address, options=options)
+        )
+        try:
+            await asyncio.wait_for(channel.channel_ready(), timeout=5)
+            call = pb_grpc.TransportStub(channel).Connect()
+            await call.write(pb.Envelope(hello=pb.Hello(name=self.address, version=WIRE_VERSION)))
+            first = await asyncio.wait_for(call.read(), timeout=5)
+            if first is grpc.aio.EOF or first.WhichOneof("body") != "welcome":
+                reason = first.refused.reason if first is not grpc.aio.EOF else "stream closed"
+                raise ConnectionError(f"refused: {reason}")
+        except Exception as exc:
+            self._dialing.discard(name)
+            await channel.close()
+            _log.warning("%s: no direct connection to %s at %s (%r); using the relay", self.address, name, address, exc)
+            return
+        self._dialing.discard(name)
+        conn = Connection(name, call.write, self.heartbeat_interval, reroute=self._via_server(name))
+        self._conns[name] = conn
+        try:
+            await self._run_direct(conn, call.read)
+        finally:
+            call.cancel()
+            await channel.close()
+
+    async def _run_direct(self, conn: Connection, read: Callable[[], Any]) -> None:
+        writer = self._spawn(conn.run_writer())
+        beat = self._spawn(conn.run_heartbeat(self.heartbeat_timeout))
+        try:
+            await conn.until_closed(self._read_frames(conn, read))
+        except (ProtocolError, grpc.aio.AioRpcError, asyncio.CancelledError) as exc:
+            conn.close(repr(exc))
+        finally:
+            conn.close(conn.close_reason or "direct connection ended")
+            writer.cancel()
+            beat.cancel()
+            if self._conns.get(conn.name) is conn:
+                del self._conns[conn.name]
+            _log.info("%s: direct connection to %s ended (%s)", self.address, conn.name, conn.close_reason)
 
     # client role -------------------------------------------------------------------------------------
     async def _connect_first(self) -> None:
@@ -473,9 +594,16 @@ class GrpcCommunicationProtocol(CommunicationProtocol):
                 raise
             except Exception as exc:
                 if time.monotonic() + delay > deadline:
+                    hint = (
+                        f" (security mode {self.tls.mode}: check that the server uses the same mode, that its "
+                        "certificate and this site's come from the same project CA, and that the server's "
+                        "certificate names it)"
+                        if self.tls.mode != "clear"
+                        else " (is the server running there, and not expecting TLS?)"
+                    )
                     raise ConnectError(
                         f"{self.address} could not reach the server at {self.server_address} within "
-                        f"{self.connect_timeout}s: {exc!r}"
+                        f"{self.connect_timeout}s: {exc!r}{hint}"
                     ) from exc
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 1.0)
@@ -491,7 +619,9 @@ class GrpcCommunicationProtocol(CommunicationProtocol):
         try:
             await asyncio.wait_for(channel.channel_ready(), timeout=timeout)
             call = pb_grpc.TransportStub(channel).Connect()
-            await call.write(pb.Envelope(hello=pb.Hello(name=self.address, version=WIRE_VERSION)))
+            advertise = (self.p2p_advertise or self.bound or "") if self.direct_p2p else ""
+            hello = pb.Hello(name=self.address, version=WIRE_VERSION, p2p_address=advertise)
+            await call.write(pb.Envelope(hello=hello))
             first = await asyncio.wait_for(call.read(), timeout=10)
         except BaseException:
             await channel.close()
@@ -506,9 +636,12 @@ class GrpcCommunicationProtocol(CommunicationProtocol):
         self._remote_max = welcome.max_message_size or self._remote_max
         self._peers = set(welcome.peers)
         self._server_name = welcome.peers[0] if welcome.peers else "server"
-        conn = Connection(self._server_name, call.write, self.heartbeat_interval)
+        conn = Connection(self._server_name, call.write, self.heartbeat_interval, stamp_sender=False)
         self._conns[self._server_name] = conn
+        self._addresses = dict(welcome.addresses)
         self._spawn(self._run_client(channel, call, conn))
+        for name, address in self._addresses.items():
+            self._maybe_dial(name, address)
 
     async def _run_client(self, channel: Any, call: Any, conn: Connection) -> None:
         writer = self._spawn(conn.run_writer())
@@ -554,8 +687,15 @@ class GrpcCommunicationProtocol(CommunicationProtocol):
     def _on_peer_envelope(self, event: pb.PeerEvent) -> None:
         if event.connected:
             self._peers.add(event.name)
+            if event.address:
+                self._addresses[event.name] = event.address
+                self._maybe_dial(event.name, event.address)
         else:
             self._peers.discard(event.name)
+            self._addresses.pop(event.name, None)
+            direct = self._conns.get(event.name)
+            if direct is not None:
+                direct.close(f"{event.name} left")
         self._peer_event(event.name, event.connected)
 
 

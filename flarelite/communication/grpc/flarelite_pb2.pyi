@@ -27,22 +27,33 @@ class Envelope(_message.Message):
     def __init__(self, hello: _Optional[_Union[Hello, _Mapping]] = ..., welcome: _Optional[_Union[Welcome, _Mapping]] = ..., refused: _Optional[_Union[Refused, _Mapping]] = ..., header: _Optional[_Union[Header, _Mapping]] = ..., chunk: _Optional[_Union[Chunk, _Mapping]] = ..., heartbeat: _Optional[_Union[Heartbeat, _Mapping]] = ..., peer: _Optional[_Union[PeerEvent, _Mapping]] = ..., close: _Optional[_Union[Close, _Mapping]] = ...) -> None: ...
 
 class Hello(_message.Message):
-    __slots__ = ("name", "version")
+    __slots__ = ("name", "version", "p2p_address")
     NAME_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
+    P2P_ADDRESS_FIELD_NUMBER: _ClassVar[int]
     name: str
     version: int
-    def __init__(self, name: _Optional[str] = ..., version: _Optional[int] = ...) -> None: ...
+    p2p_address: str
+    def __init__(self, name: _Optional[str] = ..., version: _Optional[int] = ..., p2p_address: _Optional[str] = ...) -> None: ...
 
 class Welcome(_message.Message):
-    __slots__ = ("name", "peers", "max_message_size")
+    __slots__ = ("name", "peers", "max_message_size", "addresses")
+    class AddressesEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
     NAME_FIELD_NUMBER: _ClassVar[int]
     PEERS_FIELD_NUMBER: _ClassVar[int]
     MAX_MESSAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    ADDRESSES_FIELD_NUMBER: _ClassVar[int]
     name: str
     peers: _containers.RepeatedScalarFieldContainer[str]
     max_message_size: int
-    def __init__(self, name: _Optional[str] = ..., peers: _Optional[_Iterable[str]] = ..., max_message_size: _Optional[int] = ...) -> None: ...
+    addresses: _containers.ScalarMap[str, str]
+    def __init__(self, name: _Optional[str] = ..., peers: _Optional[_Iterable[str]] = ..., max_message_size: _Optional[int] = ..., addresses: _Optional[_Mapping[str, str]] = ...) -> None: ...
 
 class Refused(_message.Message):
     __slots__ = ("reason",)
@@ -97,12 +108,14 @@ class Heartbeat(_message.Message):
     def __init__(self, time: _Optional[float] = ...) -> None: ...
 
 class PeerEvent(_message.Message):
-    __slots__ = ("name", "connected")
+    __slots__ = ("name", "connected", "address")
     NAME_FIELD_NUMBER: _ClassVar[int]
     CONNECTED_FIELD_NUMBER: _ClassVar[int]
+    ADDRESS_FIELD_NUMBER: _ClassVar[int]
     name: str
     connected: bool
-    def __init__(self, name: _Optional[str] = ..., connected: _Optional[bool] = ...) -> None: ...
+    address: str
+    def __init__(self, name: _Optional[str] = ..., connected: _Optional[bool] = ..., address: _Optional[str] = ...) -> None: ...
 
 class Close(_message.Message):
     __slots__ = ("reason",)

@@ -354,11 +354,15 @@ def channel_credentials(cfg: TLSConfig) -> grpc.ChannelCredentials | None:
     )
 
 
-def channel_options(cfg: TLSConfig) -> list[tuple[str, str]]:
-    """Channel options to add: the server name to verify the server's certificate against (tls/mtls)."""
-    if cfg.mode == "clear" or not cfg.server_name:
+def channel_options(cfg: TLSConfig, server_name: str | None = None) -> list[tuple[str, str]]:
+    """Channel options to add: the name to verify the other side's certificate against (tls/mtls).
+
+    ``server_name`` overrides the config's (a site dialing a peer directly verifies the peer's own name).
+    """
+    name = server_name or cfg.server_name
+    if cfg.mode == "clear" or not name:
         return []
-    return [("grpc.ssl_target_name_override", cfg.server_name)]
+    return [("grpc.ssl_target_name_override", name)]
 
 
 def peer_identity(context: grpc.ServicerContext | grpc.aio.ServicerContext) -> str | None:
