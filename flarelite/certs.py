@@ -26,13 +26,13 @@ import json
 import os
 import re
 from dataclasses import dataclass
-
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from typing import TYPE_CHECKING
 
 from .errors import ConfigError
+
+if TYPE_CHECKING:  # cryptography is imported where it is used: `import flarelite` stays light
+    from cryptography import x509
+    from cryptography.hazmat.primitives.asymmetric import ec
 
 CA_CERT = "ca.crt"
 CA_KEY = "ca.key"
@@ -78,6 +78,8 @@ def check_name(name: str, what: str = "site name") -> str:
 
 def _host_entry(host: str) -> x509.GeneralName:
     """A SAN entry for ``host``: an IP address when it parses as one, else a DNS name."""
+    from cryptography import x509
+
     if not isinstance(host, str) or not host.strip() or any(c.isspace() for c in host.strip()):
         raise ConfigError(f"host {host!r} is neither an IP address nor a DNS name")
     host = host.strip()
@@ -121,12 +123,18 @@ def _refuse_overwrite(paths: list[str], force: bool, what: str, hint: str) -> No
 
 
 def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
+    from cryptography.hazmat.primitives import serialization
+
     return key.private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
     )
 
 
 def _load_ca(out_dir: str) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
+    from cryptography import x509
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
     cert_path, key_path = os.path.join(out_dir, CA_CERT), os.path.join(out_dir, CA_KEY)
     missing = [p for p in (cert_path, key_path) if not os.path.isfile(p)]
     if missing:
@@ -148,6 +156,8 @@ def _load_ca(out_dir: str) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey
 
 
 def _spki(public_key) -> bytes:
+    from cryptography.hazmat.primitives import serialization
+
     return public_key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
 
 
@@ -168,6 +178,11 @@ def init_ca(
     Raises:
         ConfigError: a CA already exists there and ``force`` is False; a bad project name or ``days``.
     """
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
     out_dir = os.fspath(out_dir)
     check_name(project, "project name")
     days = _check_days(days)
@@ -239,6 +254,11 @@ def issue(
     Raises:
         ConfigError: a bad name, kind, host or ``days``; no CA in ``out_dir``; the files exist and not ``force``.
     """
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
     out_dir = os.fspath(out_dir)
     check_name(name)
     if kind not in ("client", "server"):

@@ -66,7 +66,6 @@ def _poc(args: argparse.Namespace) -> int:
         job_id=job.meta.name,
         ready_timeout=120.0,
         end_timeout=30.0,
-        ship_apps=True,
     )
     print(f"flarelite: poc run of {job.meta.name} succeeded; logs in {workspace}/<site>/log.txt")
     return 0

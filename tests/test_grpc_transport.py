@@ -44,6 +44,12 @@ def mode(request):
 @pytest.fixture
 def net(listen, mode):
     """A server and clients (relayed through the server, or direct_p2p), connected; stopped at the end."""
+    make = _network(listen, mode)
+    yield make
+    make.stop_all()
+
+
+def _network(listen, mode):
     endpoints = []
 
     def make(name, **kwargs):
@@ -58,9 +64,13 @@ def net(listen, mode):
         endpoints.append((ep, inbox))
         return ep, inbox
 
-    yield make
-    for ep, _ in reversed(endpoints):
-        ep.stop()
+    def stop_all():
+        for ep, _ in reversed(endpoints):
+            ep.stop()
+        endpoints.clear()
+
+    make.stop_all = stop_all
+    return make
 
 
 def wait_peer(inbox: Inbox, name: str, connected: bool, timeout: float = 10) -> None:
@@ -91,9 +101,8 @@ def test_small_frames_both_ways_and_relayed(net):
     assert in1.get().sender == "site-2"
 
 
-def test_direct_mode_connects_peers_directly(net, mode):
-    if mode != "direct":
-        pytest.skip("direct_p2p only")
+@pytest.mark.parametrize("mode", ["direct"])  # overrides the fixture's modes
+def test_direct_mode_connects_peers_directly(net):
     net("server")
     c1, in1 = net("site-1")
     c2, in2 = net("site-2")

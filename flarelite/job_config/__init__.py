@@ -1,6 +1,5 @@
-"""Build jobs in Python (FedJob) and read exported job folders (models.load_job)."""
+"""Build jobs in Python (FedJob); read exported job folders with ``flarelite.job_config.models.load_job``."""
 
-from . import models
 from .api import FedJob, JobCtx
 
-__all__ = ["FedJob", "JobCtx", "models"]
+__all__ = ["FedJob", "JobCtx"]

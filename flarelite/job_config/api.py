@@ -30,7 +30,6 @@ from ..apis.fl_constant import JobConstants, SiteType
 from ..apis.impl.controller import Controller
 from ..errors import ConfigError
 from .exporter import ModuleCollector, record_component, snake_id, to_config_value
-from .models import load_job
 
 _log = logging.getLogger("flarelite.job_config")
 
@@ -587,6 +586,8 @@ class FedJob:
         meta.update(self.meta_props)
         _write_json(os.path.join(job_dir, JobConstants.META_FILE), meta)
         try:
+            from .models import load_job  # pydantic loads only when a job is exported
+
             load_job(job_dir)
         except ConfigError as exc:
             raise ConfigError(f"the exported job {job_dir} does not validate (a flarelite bug): {exc}") from exc

@@ -65,13 +65,12 @@ def run_processes(
     job_id: str,
     ready_timeout: float,
     end_timeout: float,
-    ship_apps: bool = False,
     direct_p2p: bool = False,
 ) -> int:
     """Start the server and one process per client, stream their console output, and wait for the run's end.
 
-    With ``ship_apps`` the sites start as in a real deployment (``flarelite poc``): clients have no job folder
-    and receive their app from the server.
+    As in a deployment, each client receives its app (config and custom code) from the server; each site
+    process works in ``workspace/<site>``.
 
     Raises:
         RunFailedError: a site failed or its process died; the message says which and why.
@@ -81,16 +80,11 @@ def run_processes(
     address, tmp = server_address(protocol, workspace)
     certs = provision_certs(workspace, names) if tls != "clear" else None
     common = ["-w", workspace, "--mode", tls, "--job-id", job_id] + (["--certs", certs] if certs else [])
-    if ship_apps:  # as a real deployment: the server admits whoever joins, clients get their app shipped
-        server_args = ["--min-clients", str(len(names))]
-        client_job: list[str] = []
-    else:
-        server_args = ["--clients", ",".join(names)]
-        client_job = [job_folder]
-    server_cmd = ["server", job_folder, *common, "--listen", address, *server_args]
+    # as in a deployment, the clients get their app from the server (and do not parse the job themselves)
+    server_cmd = ["server", job_folder, *common, "--listen", address, "--clients", ",".join(names)]
     commands = {SiteType.SERVER: [*server_cmd, "--ready-timeout", str(ready_timeout)]}
     for name in names:
-        commands[name] = ["client", *client_job, *common, "--name", name, "--server", address]
+        commands[name] = ["client", *common, "--name", name, "--server", address]
         if direct_p2p:
             commands[name].append("--direct-p2p")
     env = dict(os.environ, PYTHONUNBUFFERED="1")

@@ -24,15 +24,15 @@ import logging
 import os
 import stat
 from dataclasses import KW_ONLY, dataclass
+from typing import TYPE_CHECKING
 
 import grpc
-from cryptography import x509
-from cryptography.exceptions import UnsupportedAlgorithm
-from cryptography.hazmat.primitives import serialization
-from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from ...certs import CA_CERT, DEFAULT_SERVER_NAME, check_name
 from ...errors import ConfigError
+
+if TYPE_CHECKING:  # cryptography is imported where certificates are checked: clear mode never loads it
+    from cryptography import x509
 
 __all__ = [
     "DEFAULT_SERVER_NAME",
@@ -164,6 +164,8 @@ class TLSConfig:
         self._client_material()
 
     def _server_material(self) -> _Material | None:
+        from cryptography.x509.oid import ExtendedKeyUsageOID
+
         if self.mode == "clear":
             return None
         if self.cert is None or self.key is None:
@@ -183,6 +185,8 @@ class TLSConfig:
         return _Material(ca=ca, cert=cert, key=key)
 
     def _client_material(self) -> _Material | None:
+        from cryptography.x509.oid import ExtendedKeyUsageOID
+
         if self.mode == "clear":
             return None
         if self.ca_cert is None:
@@ -203,6 +207,10 @@ class TLSConfig:
 
     def _own_pair(self, usage: x509.ObjectIdentifier, side: str) -> tuple[bytes, bytes]:
         """Read and check this endpoint's certificate and key; return their PEM bytes."""
+        from cryptography import x509
+        from cryptography.exceptions import UnsupportedAlgorithm
+        from cryptography.hazmat.primitives import serialization
+
         assert self.cert is not None and self.key is not None
         cert_pem, key_pem = _read(self.cert, "cert"), _read(self.key, "key")
         try:
@@ -270,6 +278,8 @@ def _read(path: str, field: str) -> bytes:
 
 
 def _read_ca(path: str | None) -> bytes:
+    from cryptography import x509
+
     assert path is not None
     pem = _read(path, "ca_cert")
     try:
@@ -295,6 +305,8 @@ def _check_dates(cert: x509.Certificate, path: str, field: str) -> None:
 
 
 def _spki(public_key) -> bytes:
+    from cryptography.hazmat.primitives import serialization
+
     return public_key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
 
 
