@@ -2,33 +2,16 @@
 
 from __future__ import annotations
 
-import queue
 import threading
 import time
 
 import numpy as np
 import pytest
+from wire_fixtures.inbox import Inbox
 
 from flarelite.communication.grpc import GrpcCommunicationProtocol
 from flarelite.communication.protocol import Frame
 from flarelite.errors import ConnectError, ProtocolError
-
-
-class Inbox:
-    """Collects frames and peer events an endpoint receives."""
-
-    def __init__(self) -> None:
-        self.frames: queue.Queue = queue.Queue()
-        self.peers: queue.Queue = queue.Queue()
-
-    def on_frame(self, frame: Frame) -> None:
-        self.frames.put(frame)
-
-    def on_peer(self, name: str, connected: bool) -> None:
-        self.peers.put((name, connected))
-
-    def get(self, timeout: float = 10) -> Frame:
-        return self.frames.get(timeout=timeout)
 
 
 @pytest.fixture(params=["tcp", "unix"])
@@ -74,14 +57,7 @@ def _network(listen, mode):
 
 
 def wait_peer(inbox: Inbox, name: str, connected: bool, timeout: float = 10) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            if inbox.peers.get(timeout=0.2) == (name, connected):
-                return
-        except queue.Empty:
-            pass
-    raise AssertionError(f"no peer event {(name, connected)}")
+    inbox.wait_peer(name, connected, timeout)
 
 
 def test_small_frames_both_ways_and_relayed(net):

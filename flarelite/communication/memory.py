@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 
 from ..errors import ConnectError, TransportClosed
@@ -98,18 +99,8 @@ class InMemoryCommunicationProtocol(CommunicationProtocol):
         endpoint = self.hub._lookup(target)
         if endpoint is None or endpoint._on_frame is None:
             raise ConnectError(f"no endpoint {target!r} on the in-memory hub (is the site running?)")
-        delivered = Frame(
-            kind=frame.kind,
-            sender=self.address,
-            target=target,
-            msg_id=frame.msg_id,
-            ref_id=frame.ref_id,
-            topic=frame.topic,
-            job_id=frame.job_id,
-            rc=frame.rc,
-            meta=bytes(frame.meta),
-            buffers=[bytearray(b) for b in frame.buffers],
-            error=frame.error,
+        delivered = dataclasses.replace(  # one copy of each buffer: the receiver never shares the sender's memory
+            frame, sender=self.address, target=target, buffers=[bytearray(b) for b in frame.buffers]
         )
         endpoint._on_frame(delivered)
 

@@ -9,6 +9,7 @@ and stamps the sender with the identity it authenticated. gRPC runs on an asynci
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import itertools
 import logging
 import os
@@ -226,22 +227,10 @@ class GrpcCommunicationProtocol(CommunicationProtocol):
                 f"{frame.kind} frame to {target!r} is {size} bytes, over the limit of {limit} bytes "
                 "(max_message_size); send less data per message"
             )
-        out_frame = Frame(
-            kind=frame.kind,
-            sender=self.address,
-            target=target,
-            msg_id=frame.msg_id,
-            ref_id=frame.ref_id,
-            topic=frame.topic,
-            job_id=frame.job_id,
-            rc=frame.rc,
-            meta=frame.meta,
-            buffers=frame.buffers,
-            error=frame.error,
-        )
+        out_frame = dataclasses.replace(frame, sender=self.address, target=target)
         assert self._loop is not None
         if target == self.address:
-            copy = Frame(**{**out_frame.__dict__, "buffers": [bytearray(b) for b in frame.buffers]})
+            copy = dataclasses.replace(out_frame, buffers=[bytearray(b) for b in frame.buffers])
             self._loop.call_soon_threadsafe(self._deliver, copy)
             return
         conn = self._route(target)
