@@ -1,4 +1,4 @@
-"""The ``flarelite`` command: ``flarelite simulator JOB_FOLDER -w WS -n N`` (more subcommands come with the wire)."""
+"""The ``flarelite`` command: simulator, check, server, client, poc, cert and provision."""
 
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ def _simulator(args: argparse.Namespace) -> int:
     return 0
 
 
-def _export(args: argparse.Namespace) -> int:
+def _check(args: argparse.Namespace) -> int:
     from .job_config.models import load_job
 
     job = load_job(args.job_folder)
@@ -75,7 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
     """Return the argument parser of the ``flarelite`` command."""
     parser = argparse.ArgumentParser(prog="flarelite", description="flarelite: run federated jobs")
     sub = parser.add_subparsers(dest="command", required=True)
-    sim = sub.add_parser("simulator", help="run an exported job folder with every site in this process")
+    sim = sub.add_parser("simulator", help="run an exported job folder on this machine (a process per site by default)")
     sim.add_argument("job_folder", help="the job folder (meta.json and app folders), e.g. made by FedJob.export_job")
     sim.add_argument("-w", "--workspace", default="/tmp/flarelite/simulate_job", help="workspace folder")
     sim.add_argument("-n", "--n_clients", type=int, default=None, help="number of clients (site-1..site-N)")
@@ -93,7 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
     sim.set_defaults(func=_simulator)
     check = sub.add_parser("check", help="validate a job folder and print its apps")
     check.add_argument("job_folder")
-    check.set_defaults(func=_export)
+    check.set_defaults(func=_check)
     from .launch import add_site_arguments
 
     srv = sub.add_parser("server", help="run a job's server and wait for its sites to join")
