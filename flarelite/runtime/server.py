@@ -193,11 +193,13 @@ class ServerRuntime(SiteRuntime, ServerEngineSpec):
                 controller.start_controller(fl_ctx)
             fl_ctx.set_prop(FLContextKey.WORKFLOW, wid, private=True, sticky=True)
             self.fire_event(EventType.START_WORKFLOW, fl_ctx)
-            self._run_control_flow(wid, controller, fl_ctx)
             try:
-                controller.stop_controller(fl_ctx)
-            finally:
-                self.fire_event(EventType.END_WORKFLOW, fl_ctx)
+                self._run_control_flow(wid, controller, fl_ctx)
+            finally:  # the workflow's cleanup runs even when control_flow failed
+                try:
+                    controller.stop_controller(fl_ctx)
+                finally:
+                    self.fire_event(EventType.END_WORKFLOW, fl_ctx)
 
     def _run_control_flow(self, wid: str, controller: Controller, fl_ctx: FLContext) -> None:
         outcome: dict[str, BaseException] = {}

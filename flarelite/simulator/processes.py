@@ -122,19 +122,21 @@ def run_processes(
             import shutil
 
             shutil.rmtree(tmp, ignore_errors=True)
-    problems = []
-    for name, code in sorted(codes.items(), key=lambda item: item[0] != SiteType.SERVER):  # the server's first
+    problems: list[tuple[str, str]] = []  # (site, what went wrong there), the server's first
+    for name, code in sorted(codes.items(), key=lambda item: item[0] != SiteType.SERVER):
         if code == 0:
             continue
         reason = _reason(os.path.join(workspace, name, RESULT_FILE))
         if code < 0:
-            problems.append(f"{name}: process killed by signal {-code}")
-        elif reason:
-            problems.append(f"{name}: {reason}")
+            problems.append((name, f"process killed by signal {-code}"))
+        elif reason and any(reason in seen or seen in reason for _, seen in problems):
+            continue  # the server told every site why the run ended: say it once
         else:
-            problems.append(f"{name}: process exited with status {code} (see {workspace}/{name}/log.txt)")
+            problems.append((name, reason or f"process exited with status {code} (see {workspace}/{name}/log.txt)"))
+    if len(problems) == 1:
+        raise RunFailedError(problems[0][1], site=problems[0][0])
     if problems:
-        raise RunFailedError("; ".join(dict.fromkeys(problems)))
+        raise RunFailedError("; ".join(f"{name}: {what}" for name, what in problems))
     return 0
 
 
