@@ -1516,3 +1516,18 @@ class TestTopLevel:
         assert len(flarelite.__all__) == len(set(flarelite.__all__))
         for name in flarelite.__all__:
             assert hasattr(flarelite, name), name
+
+
+def test_signal_wait_wakes_when_an_ancestor_triggers():
+    import threading
+
+    from flarelite.apis.signal import Signal
+
+    run = Signal()
+    task = Signal(parent=run)
+    step = Signal(parent=task)
+    timer = threading.Timer(0.05, run.trigger, args=("abort",))
+    timer.start()
+    assert step.wait(5) is True  # woken by the run's abort, well before the timeout
+    timer.join()
+    assert Signal(parent=run).wait(0) is True  # a child made after the trigger reads as triggered at once

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
+import weakref
 from typing import Any
 
 
@@ -16,20 +17,31 @@ class Signal:
         self._triggered = False
         self._parent = parent
         self._event = threading.Event()
+        self._children: weakref.WeakSet[Signal] = weakref.WeakSet()
+        if parent is not None:
+            parent._children.add(self)
+            if parent.triggered:
+                self._event.set()
 
     def trigger(self, value: Any) -> None:
         """Trigger the signal, recording ``value`` and the time."""
         self._value = value
         self._trigger_time = time.time()
         self._triggered = True
+        self._wake()
+
+    def _wake(self) -> None:
         self._event.set()
+        for child in list(self._children):  # waiters on descendants wake too (they read as triggered)
+            child._wake()
 
     def reset(self, value: Any = None) -> None:
         """Clear the signal; ``value`` becomes its value."""
         self._value = value
         self._trigger_time = None
         self._triggered = False
-        self._event.clear()
+        if not self.triggered:  # still triggered through an ancestor: keep waiters awake
+            self._event.clear()
 
     @property
     def value(self) -> Any:
@@ -54,6 +66,6 @@ class Signal:
         return self._parent.triggered if self._parent is not None else False
 
     def wait(self, timeout: float | None = None) -> bool:
-        """Block until this signal is triggered (not its parent) or ``timeout`` passes; return ``triggered``."""
+        """Block until this signal or an ancestor is triggered, or ``timeout`` passes; return ``triggered``."""
         self._event.wait(timeout)
         return self.triggered
