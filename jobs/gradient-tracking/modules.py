@@ -91,37 +91,30 @@ def local_problem(site_index: int, num_sites: int, seed: int = 0):
     return model, loss, loader
 
 
-class DigitsGTExecutor(GTExecutor):
+class DigitsSlice:
+    """Mixin: builds the site's model, loss and data slice and hands them to the algorithm's executor.
+
+    Its ``__init__`` is the one FedJob records (site_index, num_sites, seed, sync_timeout).
+    """
+
+    def __init__(self, site_index: int, num_sites: int, seed: int = 0, sync_timeout: float = 10) -> None:
+        self.site_index = site_index
+        self.num_sites = num_sites
+        self.seed = seed
+        model, loss, loader = local_problem(site_index, num_sites, seed)
+        super().__init__(model=model, loss=loss, train_dataloader=loader, sync_timeout=sync_timeout)  # type: ignore[call-arg]
+
+
+class DigitsGTExecutor(DigitsSlice, GTExecutor):
     """Gradient tracking on this site's slice of the digits."""
 
-    def __init__(self, site_index: int, num_sites: int, seed: int = 0, sync_timeout: float = 10) -> None:
-        self.site_index = site_index
-        self.num_sites = num_sites
-        self.seed = seed
-        model, loss, loader = local_problem(site_index, num_sites, seed)
-        super().__init__(model=model, loss=loss, train_dataloader=loader, sync_timeout=sync_timeout)
 
-
-class DigitsGTADAMExecutor(GTADAMExecutor):
+class DigitsGTADAMExecutor(DigitsSlice, GTADAMExecutor):
     """GTAdam on this site's slice of the digits."""
 
-    def __init__(self, site_index: int, num_sites: int, seed: int = 0, sync_timeout: float = 10) -> None:
-        self.site_index = site_index
-        self.num_sites = num_sites
-        self.seed = seed
-        model, loss, loader = local_problem(site_index, num_sites, seed)
-        super().__init__(model=model, loss=loss, train_dataloader=loader, sync_timeout=sync_timeout)
 
-
-class DigitsDGDExecutor(DGDExecutor):
+class DigitsDGDExecutor(DigitsSlice, DGDExecutor):
     """Distributed gradient descent on this site's slice of the digits (reaches a neighbourhood of the optimum)."""
-
-    def __init__(self, site_index: int, num_sites: int, seed: int = 0, sync_timeout: float = 10) -> None:
-        self.site_index = site_index
-        self.num_sites = num_sites
-        self.seed = seed
-        model, loss, loader = local_problem(site_index, num_sites, seed)
-        super().__init__(model=model, loss=loss, train_dataloader=loader, sync_timeout=sync_timeout)
 
 
 EXECUTORS = {"gt": DigitsGTExecutor, "gtadam": DigitsGTADAMExecutor, "dgd": DigitsDGDExecutor}
