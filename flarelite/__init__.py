@@ -1,7 +1,7 @@
 """flarelite: a small federated-learning runtime with NVFlare's API.
 
 The everyday names are re-exported here; module paths (``flarelite.apis.shareable`` ...) mirror NVFlare's.
-Importing flarelite never imports torch.
+Importing flarelite never imports torch (nor the job-building code, until ``flarelite.FedJob`` is used).
 """
 
 from .apis.controller_spec import ClientTask, SendOrder, Task, TaskCompletionStatus
@@ -15,7 +15,6 @@ from .apis.impl.controller import Controller
 from .apis.shareable import Shareable, make_copy, make_reply
 from .apis.signal import Signal
 from .errors import FlareliteError, RunFailedError
-from .job_config.api import FedJob
 
 __version__ = "0.1.0"
 
@@ -45,3 +44,12 @@ __all__ = [
     "make_copy",
     "make_reply",
 ]
+
+
+def __getattr__(name: str) -> object:
+    # FedJob pulls in the job-building code, which site processes never need: load it on first use
+    if name == "FedJob":
+        from .job_config.api import FedJob
+
+        return FedJob
+    raise AttributeError(f"module 'flarelite' has no attribute {name!r}")

@@ -252,5 +252,24 @@ def main(argv: list[str] | None = None) -> int:
         return 1
 
 
+def exit_process(code: int) -> None:
+    """End this site process with ``code`` once its atexit handlers have run and its output is flushed.
+
+    Skips the interpreter's module teardown (0.1-0.2 s with grpc, numpy and the job's modules loaded),
+    which a process that is done anyway does not need.
+    """
+    import atexit
+    import logging
+
+    atexit._run_exitfuncs()
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+    os._exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_process(main())

@@ -6,14 +6,14 @@ import logging
 import os
 import sys
 import threading
+from typing import TYPE_CHECKING
 
 from ..apis.fl_constant import SiteType, WorkspaceConstants
-from ..communication.memory import InMemoryCommunicationProtocol, InMemoryHub
 from ..errors import ConfigError, RunFailedError
 from ..job_config.models import JobDefinition, load_job
-from ..runtime.client import ClientRuntime
-from ..runtime.logs import close_site_log, open_site_log, restore_level, setup_logging
-from ..runtime.server import ServerRuntime
+
+if TYPE_CHECKING:
+    from ..communication.memory import InMemoryHub
 
 _log = logging.getLogger("flarelite.simulator")
 
@@ -115,6 +115,12 @@ def run_simulation(
             end_timeout=end_timeout,
             direct_p2p=direct_p2p,
         )
+    # the in-process mode's pieces, loaded only here: the processes mode's parent never needs them
+    from ..communication.memory import InMemoryCommunicationProtocol, InMemoryHub
+    from ..runtime.client import ClientRuntime
+    from ..runtime.logs import close_site_log, open_site_log, restore_level, setup_logging
+    from ..runtime.server import ServerRuntime
+
     for app in job.apps.values():
         if os.path.isdir(app.custom_dir) and app.custom_dir not in sys.path:
             sys.path.insert(0, app.custom_dir)

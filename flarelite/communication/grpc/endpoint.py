@@ -213,6 +213,11 @@ class GrpcCommunicationProtocol(CommunicationProtocol):
             ("grpc.keepalive_permit_without_calls", 1),
             ("grpc.http2.max_pings_without_data", 0),
             ("grpc.so_reuseport", 0),
+            # a site started before its server (the simulator starts them together) connects as soon as the
+            # server listens: gRPC's own reconnect backoff starts at 1 s and grows, ours stays short
+            ("grpc.initial_reconnect_backoff_ms", 100),
+            ("grpc.min_reconnect_backoff_ms", 100),
+            ("grpc.max_reconnect_backoff_ms", 1000),
         ]
 
     # sending -----------------------------------------------------------------------------------------
@@ -595,7 +600,7 @@ class GrpcCommunicationProtocol(CommunicationProtocol):
                         f"{self.connect_timeout}s: {exc!r}{hint}"
                     ) from exc
                 await asyncio.sleep(delay)
-                delay = min(delay * 2, 1.0)
+                delay = min(delay * 2, 0.25)
 
     async def _connect_once(self, timeout: float = 5.0) -> None:
         assert self.server_address is not None
