@@ -82,6 +82,15 @@ class EngineSpec(ABC):
     def abort_run(self, reason: str, fl_ctx: FLContext | None = None) -> None:
         """End the run now because of ``reason``; the run is reported as failed."""
 
+    @abstractmethod
+    def set_tensor_device(self, device: Any) -> None:
+        """Put the torch tensors this site receives on ``device`` (``"cuda"``, ``"cuda:1"``...; None: the CPU).
+
+        A flarelite addition. Tensors travel through host memory; by default they arrive on the CPU. Call it
+        at ``EventType.START_RUN`` (e.g. next to ``register_aux_message_handler``): it applies to every
+        Shareable decoded afterwards (tasks, results, aux requests and replies).
+        """
+
 
 class ServerEngineSpec(EngineSpec):
     """The server's engine: adds the list of client sites."""

@@ -181,7 +181,7 @@ class AuxRunner:
 
     def _reply_from_frame(self, target: str, frame: Frame, topic: str) -> Shareable:
         try:
-            reply = frame_shareable(frame)
+            reply = frame_shareable(frame, self.site.tensor_device)
         except CodecError as exc:
             self.site.log.error("reply from %s on topic %r cannot be decoded: %s", target, topic, exc)
             return _error_reply(ReturnCode.COMMUNICATION_ERROR, f"undecodable reply from {target}: {exc}")
@@ -245,7 +245,7 @@ class AuxRunner:
             )
             return _error_reply(ReturnCode.RUN_MISMATCH, f"{site.name} runs {site.job_id!r}, not {frame.job_id!r}")
         try:
-            request = frame_shareable(frame)
+            request = frame_shareable(frame, site.tensor_device)
         except CodecError as exc:
             site.log.error("aux request on topic %r from %s cannot be decoded: %s", topic, frame.sender, exc)
             return _error_reply(ReturnCode.BAD_REQUEST_DATA, f"{site.name} cannot decode the request: {exc}")

@@ -292,7 +292,7 @@ class ClientRuntime(SiteRuntime):
         if abort.triggered:
             return make_reply(ReturnCode.TASK_ABORTED)
         try:
-            data = frame_shareable(frame)
+            data = frame_shareable(frame, self.tensor_device)
         except CodecError as exc:
             self.log.error("task %r (%s): cannot decode the task data: %s", task_name, task_id, exc)
             return make_reply(ReturnCode.BAD_TASK_DATA, {ReservedHeaderKey.ERROR: str(exc)})

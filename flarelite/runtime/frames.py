@@ -39,8 +39,8 @@ def make_frame(kind: str, payload: Any = None, **headers: Any) -> Frame:
     return Frame(kind=kind, meta=encoded.meta, buffers=list(encoded.buffers), **headers)
 
 
-def frame_payload(frame: Frame) -> Any:
-    """Decode a frame's body (None when it has none).
+def frame_payload(frame: Frame, device: Any = None) -> Any:
+    """Decode a frame's body (None when it has none); torch tensors go to ``device`` (default: the CPU).
 
     Raises:
         DecodeError: the body is malformed.
@@ -51,18 +51,18 @@ def frame_payload(frame: Frame) -> Any:
         raise DecodeError(f"{frame.kind} frame from {frame.sender!r} was not delivered whole: {frame.error}")
     if not frame.meta:
         return None
-    return decode(frame.meta, frame.buffers)
+    return decode(frame.meta, frame.buffers, device=device)
 
 
-def frame_shareable(frame: Frame) -> Shareable:
-    """Decode a frame's body that must be a Shareable.
+def frame_shareable(frame: Frame, device: Any = None) -> Shareable:
+    """Decode a frame's body that must be a Shareable (torch tensors go to ``device``, default the CPU).
 
     Raises:
         DecodeError: the body is malformed or is not a Shareable.
     """
     from ..errors import DecodeError
 
-    value = frame_payload(frame)
+    value = frame_payload(frame, device)
     if not isinstance(value, Shareable):
         raise DecodeError(f"{frame.kind} frame from {frame.sender!r} holds {type(value).__name__}, not a Shareable")
     return value

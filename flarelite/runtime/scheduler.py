@@ -466,7 +466,7 @@ class TaskScheduler(WFCommSpec):
     def _process_result(self, frame: Frame) -> None:
         name = frame.sender
         try:
-            result = frame_shareable(frame)
+            result = frame_shareable(frame, self.server.tensor_device)
         except CodecError as exc:
             self.server.log.error("result of task %r from %s cannot be decoded: %s", frame.topic, name, exc)
             result = make_reply(ReturnCode.COMMUNICATION_ERROR, {ReservedHeaderKey.ERROR: str(exc)})

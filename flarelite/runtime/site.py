@@ -55,6 +55,7 @@ class SiteRuntime(EngineSpec):
             },
         )
         self.aux = AuxRunner(self, max_workers=aux_workers)
+        self.tensor_device: Any = None  # where received torch tensors go (None: the CPU)
 
     def adopt_job_id(self, job_id: str) -> None:
         """Take the job id the server runs (a site that joined without a job of its own learns it on welcome)."""
@@ -103,6 +104,23 @@ class SiteRuntime(EngineSpec):
     def get_workspace(self) -> str:
         """Return the workspace root folder."""
         return self.workspace_root
+
+    def set_tensor_device(self, device: Any) -> None:
+        """Put the torch tensors this site receives on ``device`` (None: the CPU, the default)."""
+        if device is None:
+            self.tensor_device = None
+            return
+        try:
+            import torch
+        except ImportError as exc:
+            raise ValueError(f"set_tensor_device({device!r}) at {self.name}: torch is not installed") from exc
+        try:
+            dev = torch.device(device)
+        except (RuntimeError, TypeError) as exc:
+            raise ValueError(f"set_tensor_device at {self.name}: {device!r} is not a torch device: {exc}") from exc
+        if dev.type == "cuda" and not torch.cuda.is_available():
+            raise ValueError(f"set_tensor_device({device!r}) at {self.name}: torch sees no CUDA GPU on this machine")
+        self.tensor_device = dev
 
     # aux ---------------------------------------------------------------------------------------------
     def register_aux_message_handler(self, topic: str, message_handle_func: Any) -> None:
