@@ -1,8 +1,9 @@
 """Connection: the two directions of one gRPC stream, run on the endpoint's event loop.
 
 The writer interleaves outgoing frames envelope by envelope (round robin), so a small frame waits for at most
-one chunk of a large one. The reader reassembles incoming frames; what it does with them is up to the owner
-(deliver locally, or relay to another connection chunk by chunk).
+one chunk of a large one. A frame that fits in one envelope is queued as that envelope alone (the common,
+latency-bound case: no per-frame bookkeeping). The reader reassembles incoming frames; what it does with them
+is up to the owner (deliver locally, or relay to another connection chunk by chunk).
 """
 
 from __future__ import annotations
@@ -66,7 +67,7 @@ class Connection:
         self.stamp_sender = stamp_sender  # frames read here come from ``name`` (not relayed by a server)
         self.reroute = reroute  # takes a frame that was never started when this connection fails
         self._write = write
-        self._active: collections.deque[Outgoing] = collections.deque()
+        self._active: collections.deque[Outgoing | pb.Envelope] = collections.deque()
         self._waiting: set[Outgoing] = set()  # relayed frames with nothing ready
         self._wake = asyncio.Event()
         self.closed_event = asyncio.Event()
@@ -83,13 +84,17 @@ class Connection:
         self._next_stream += 1
         return sid
 
-    def enqueue(self, out: Outgoing) -> None:
-        """Add a frame to the writer's rotation (loop thread only)."""
+    def enqueue(self, out: Outgoing | pb.Envelope) -> None:
+        """Add a frame (an Outgoing, or a whole frame's single envelope) to the writer's rotation (loop thread only)."""
         if self.closed:
-            out.finish(f"connection to {self.name} is closed")
+            if isinstance(out, Outgoing):
+                out.finish(f"connection to {self.name} is closed")
+            elif self.reroute is not None:
+                self.reroute(Outgoing(iter([out])))
             return
         self._active.append(out)
-        self._wake.set()
+        if not self._wake.is_set():
+            self._wake.set()
 
     def pushed(self, out: Outgoing) -> None:
         """A relayed frame got an envelope or was ended: put it back in the rotation if it waited."""
@@ -107,6 +112,10 @@ class Connection:
                     await self._wake.wait()
                     continue
                 out = self._active.popleft()
+                if type(out) is pb.Envelope:
+                    await self._write(out)
+                    self.last_sent = time.monotonic()
+                    continue
                 try:
                     env = out.next()
                 except StopIteration:
@@ -131,7 +140,7 @@ class Connection:
                 self.close(f"no message from {self.name} for {timeout:.1f}s")
                 return
             if now - self.last_sent >= self.heartbeat_interval:
-                self.enqueue(Outgoing(iter([pb.Envelope(heartbeat=pb.Heartbeat(time=time.time()))])))
+                self.enqueue(pb.Envelope(heartbeat=pb.Heartbeat(time=time.time())))
 
     def close(self, reason: str) -> None:
         """Stop writing; pending frames fail with ``reason``."""
@@ -156,7 +165,8 @@ class Connection:
             raise read.exception()  # type: ignore[misc]
 
     def fail_all(self, reason: str) -> None:
-        for out in list(self._active) + list(self._waiting):
+        for item in list(self._active) + list(self._waiting):
+            out = item if isinstance(item, Outgoing) else Outgoing(iter([item]))
             if not out.started and self.reroute is not None and self.reroute(out):
                 continue  # sent another way (a direct peer connection fell back to the relay)
             out.finish(reason)

@@ -35,6 +35,7 @@ from .wire import (
     envelopes_of,
     frame_size,
     header_from_proto,
+    header_to_proto,
 )
 
 _log = logging.getLogger("flarelite.grpc")
@@ -232,14 +233,24 @@ class GrpcCommunicationProtocol(CommunicationProtocol):
                 f"{frame.kind} frame to {target!r} is {size} bytes, over the limit of {limit} bytes "
                 "(max_message_size); send less data per message"
             )
-        out_frame = dataclasses.replace(frame, sender=self.address, target=target)
         assert self._loop is not None
+        on_loop = threading.current_thread() is self._thread
         if target == self.address:
-            copy = dataclasses.replace(out_frame, buffers=[bytearray(b) for b in frame.buffers])
+            copy = dataclasses.replace(
+                frame, sender=self.address, target=target, buffers=[bytearray(b) for b in frame.buffers]
+            )
             self._loop.call_soon_threadsafe(self._deliver, copy)
             return
         conn = self._route(target)
         stream = next(self._streams)
+        if not frame.buffers and len(frame.meta) <= self.chunk_size:  # one envelope: build it now, queue, return
+            env = header_to_proto(frame, stream, self.chunk_size, sender=self.address, target=target)
+            if on_loop:
+                conn.enqueue(env)
+            else:
+                self._loop.call_soon_threadsafe(conn.enqueue, env)
+            return
+        out_frame = dataclasses.replace(frame, sender=self.address, target=target)
         if size <= self.chunk_size:  # small: encode now (copies), queue, return
             out = Outgoing(iter(list(envelopes_of(out_frame, stream, self.chunk_size))))
             self._loop.call_soon_threadsafe(conn.enqueue, out)
@@ -247,7 +258,7 @@ class GrpcCommunicationProtocol(CommunicationProtocol):
         done = threading.Event()
         out = Outgoing(envelopes_of(out_frame, stream, self.chunk_size), done)
         self._loop.call_soon_threadsafe(conn.enqueue, out)
-        if threading.current_thread() is self._thread:
+        if on_loop:
             return  # on the loop itself: cannot wait (the runtime never sends large frames from a callback)
         while not done.wait(1.0):
             if not self._running:
@@ -298,7 +309,7 @@ class GrpcCommunicationProtocol(CommunicationProtocol):
             if body == "chunk":
                 await self._on_chunk(conn, env, pending)
             elif body == "header":
-                await self._on_header(conn, env.header, pending)
+                await self._on_header(conn, env, pending)
             elif body == "heartbeat":
                 continue
             elif body == "peer":
@@ -314,14 +325,15 @@ class GrpcCommunicationProtocol(CommunicationProtocol):
             else:
                 raise ProtocolError(f"unexpected {body!r} envelope from {conn.name}")
 
-    async def _on_header(self, conn: Connection, h: pb.Header, pending: dict[int, Any]) -> None:
+    async def _on_header(self, conn: Connection, env: pb.Envelope, pending: dict[int, Any]) -> None:
+        h = env.header
         if h.stream in pending:
             raise ProtocolError(f"{conn.name} reused stream id {h.stream} before finishing it")
         size = body_size(h)
         chunked = bool(h.buffer_sizes) or h.meta_size > 0
         if h.target != self.address:
             if self.is_server:
-                await self._relay_header(conn, h, size, chunked, pending)
+                await self._relay_header(conn, env, size, chunked, pending)
                 return
             raise ProtocolError(f"{conn.name} sent {self.address} a frame for {h.target!r}")
         if conn.stamp_sender:
@@ -333,6 +345,9 @@ class GrpcCommunicationProtocol(CommunicationProtocol):
             self._deliver(frame)
             if chunked:
                 pending[h.stream] = _DISCARD
+            return
+        if not chunked:  # the whole frame is in its header
+            self._deliver(header_from_proto(h))
             return
         assembly = Assembly(h)
         if assembly.complete:  # nothing to wait for (no buffers, or only empty ones)
@@ -359,7 +374,8 @@ class GrpcCommunicationProtocol(CommunicationProtocol):
             self._deliver(state.finish())
 
     # relaying (server) -------------------------------------------------------------------------------
-    async def _relay_header(self, conn: Connection, h: pb.Header, size: int, chunked: bool, pending: dict) -> None:
+    async def _relay_header(self, conn: Connection, env: pb.Envelope, size: int, chunked: bool, pending: dict) -> None:
+        h = env.header
         h.sender = conn.name
         dest = self._conns.get(h.target)
         if dest is None or dest.closed:
@@ -383,7 +399,7 @@ class GrpcCommunicationProtocol(CommunicationProtocol):
                 pending[source_stream] = _DISCARD
             return
         if size - len(h.meta) == 0:  # no chunk will follow (no buffers, or only empty ones)
-            dest.enqueue(Outgoing(iter([pb.Envelope(header=h)])))
+            dest.enqueue(env)  # the envelope as received, re-stamped
             return
         out = Outgoing()
         out.pushed.append(pb.Envelope(header=h))

@@ -20,15 +20,18 @@ def frame_size(frame: Frame) -> int:
     return len(frame.meta) + sum(memoryview(b).nbytes for b in frame.buffers)
 
 
-def header_to_proto(frame: Frame, stream: int, chunk_size: int) -> pb.Envelope:
-    """The Header envelope of ``frame``; meta goes inline when it fits in one chunk."""
+def header_to_proto(
+    frame: Frame, stream: int, chunk_size: int, sender: str | None = None, target: str | None = None
+) -> pb.Envelope:
+    """The Header envelope of ``frame`` (``sender``/``target`` override the frame's); meta goes inline when it
+    fits in one chunk."""
     inline = len(frame.meta) <= chunk_size
     return pb.Envelope(
         header=pb.Header(
             stream=stream,
             kind=frame.kind,
-            sender=frame.sender,
-            target=frame.target,
+            sender=frame.sender if sender is None else sender,
+            target=frame.target if target is None else target,
             msg_id=frame.msg_id,
             ref_id=frame.ref_id,
             topic=frame.topic,
