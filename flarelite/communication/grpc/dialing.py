@@ -1,0 +1,182 @@
+"""Dialing: the connecting side of the gRPC endpoint: a client site's stream to the server (with retries and
+reconnection) and, with direct_p2p, its direct connections to peers."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any
+
+import grpc
+
+from ...errors import ConnectError, ProtocolError
+from . import flarelite_pb2 as pb
+from . import flarelite_pb2_grpc as pb_grpc
+from .connection import Connection
+from .core import EndpointCore
+from .tls import channel_credentials, channel_options
+from .wire import (
+    WIRE_VERSION,
+)
+
+_log = logging.getLogger("flarelite.grpc")
+
+
+class Dialing(EndpointCore):
+    """Connect to the server and keep connected; dial peers that accept direct connections."""
+
+    async def _connect_first(self) -> None:
+        deadline = time.monotonic() + self.connect_timeout
+        delay = 0.05
+        while True:
+            try:
+                await self._connect_once(max(0.2, min(5.0, deadline - time.monotonic())))
+                break
+            except ConnectError:
+                raise
+            except Exception as exc:
+                if time.monotonic() + delay > deadline:
+                    hint = (
+                        f" (security mode {self.tls.mode}: check that the server uses the same mode, that its "
+                        "certificate and this site's come from the same project CA, and that the server's "
+                        "certificate names it)"
+                        if self.tls.mode != "clear"
+                        else " (is the server running there, and not expecting TLS?)"
+                    )
+                    raise ConnectError(
+                        f"{self.address} could not reach the server at {self.server_address} within "
+                        f"{self.connect_timeout}s: {exc!r}{hint}"
+                    ) from exc
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 0.25)
+
+    async def _connect_once(self, timeout: float = 5.0) -> None:
+        assert self.server_address is not None
+        creds = channel_credentials(self.tls)
+        options = self._grpc_options() + channel_options(self.tls)
+        if creds is not None:
+            channel = grpc.aio.secure_channel(self.server_address, creds, options=options)
+        else:
+            channel = grpc.aio.insecure_channel(self.server_address, options=options)
+        try:
+            await asyncio.wait_for(channel.channel_ready(), timeout=timeout)
+            call = pb_grpc.TransportStub(channel).Connect()
+            advertise = (self.p2p_advertise or self.bound or "") if self.direct_p2p else ""
+            hello = pb.Hello(name=self.address, version=WIRE_VERSION, p2p_address=advertise)
+            await call.write(pb.Envelope(hello=hello))
+            first = await asyncio.wait_for(call.read(), timeout=10)
+        except BaseException:
+            await channel.close()
+            raise
+        if first is grpc.aio.EOF:
+            await channel.close()
+            raise ConnectionError("the server closed the stream")
+        if first.WhichOneof("body") == "refused":
+            await channel.close()
+            raise ConnectError(f"the server refused {self.address}: {first.refused.reason}")
+        welcome = first.welcome
+        self._remote_max = welcome.max_message_size or self._remote_max
+        self._peers = set(welcome.peers)
+        self._server_name = welcome.peers[0] if welcome.peers else "server"
+        conn = Connection(self._server_name, call.write, self.heartbeat_interval, stamp_sender=False)
+        self._conns[self._server_name] = conn
+        self._addresses = dict(welcome.addresses)
+        self._spawn(self._run_client(channel, call, conn))
+        for name, address in self._addresses.items():
+            self._maybe_dial(name, address)
+
+    async def _run_client(self, channel: Any, call: Any, conn: Connection) -> None:
+        writer = self._spawn(conn.run_writer())
+        beat = self._spawn(conn.run_heartbeat(self.heartbeat_timeout))
+        try:
+            await conn.until_closed(self._read_frames(conn, call.read))
+        except (ProtocolError, grpc.aio.AioRpcError) as exc:
+            conn.close(repr(exc))
+        except asyncio.CancelledError:
+            conn.close("stopped")
+        finally:
+            writer.cancel()
+            beat.cancel()
+            call.cancel()
+            await channel.close()
+            lost = sorted(self._peers - {self._server_name})
+            self._peers = set()
+            if self._running:  # a goodbye of our own is no news to the runtime
+                for name in lost:
+                    self._peer_event(name, False)
+                self._peer_event(self._server_name, False)
+        if self._running and self._stopping is not None and not self._stopping.is_set():
+            self._spawn(self._reconnect())
+
+    async def _reconnect(self) -> None:
+        delay = 0.1
+        assert self._stopping is not None
+        while self._running and not self._stopping.is_set():
+            try:
+                await self._connect_once()
+            except ConnectError as exc:
+                _log.error("%s: %s; not trying again", self.address, exc)
+                return
+            except Exception:
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 2.0)
+                continue
+            self._peer_event(self._server_name, True)
+            for name in sorted(self._peers - {self._server_name}):
+                self._peer_event(name, True)
+            return
+
+    def _on_peer_envelope(self, event: pb.PeerEvent) -> None:
+        if event.connected:
+            self._peers.add(event.name)
+            if event.address:
+                self._addresses[event.name] = event.address
+                self._maybe_dial(event.name, event.address)
+        else:
+            self._peers.discard(event.name)
+            self._addresses.pop(event.name, None)
+            direct = self._conns.get(event.name)
+            if direct is not None:
+                direct.close(f"{event.name} left")
+        self._peer_event(event.name, event.connected)
+
+    def _maybe_dial(self, name: str, address: str) -> None:
+        # one connection per pair: the site whose name sorts first dials, the other accepts
+        if not self.direct_p2p or not address or name >= self.address or name in self._dialing:
+            return
+        existing = self._conns.get(name)
+        if existing is not None and not existing.closed:
+            return
+        self._dialing.add(name)
+        self._spawn(self._dial(name, address))
+
+    async def _dial(self, name: str, address: str) -> None:
+        creds = channel_credentials(self.tls)
+        options = self._grpc_options() + channel_options(self.tls, server_name=name)
+        channel = (
+            grpc.aio.secure_channel(address, creds, options=options)
+            if creds is not None
+            else grpc.aio.insecure_channel(address, options=options)
+        )
+        try:
+            await asyncio.wait_for(channel.channel_ready(), timeout=5)
+            call = pb_grpc.TransportStub(channel).Connect()
+            await call.write(pb.Envelope(hello=pb.Hello(name=self.address, version=WIRE_VERSION)))
+            first = await asyncio.wait_for(call.read(), timeout=5)
+            if first is grpc.aio.EOF or first.WhichOneof("body") != "welcome":
+                reason = first.refused.reason if first is not grpc.aio.EOF else "stream closed"
+                raise ConnectionError(f"refused: {reason}")
+        except Exception as exc:
+            self._dialing.discard(name)
+            await channel.close()
+            _log.warning("%s: no direct connection to %s at %s (%r); using the relay", self.address, name, address, exc)
+            return
+        self._dialing.discard(name)
+        conn = Connection(name, call.write, self.heartbeat_interval, reroute=self._via_server(name))
+        self._conns[name] = conn
+        try:
+            await self._run_direct(conn, call.read)
+        finally:
+            call.cancel()
+            await channel.close()
