@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import threading
 
 from ..errors import ConnectError, TransportClosed
@@ -99,9 +98,8 @@ class InMemoryCommunicationProtocol(CommunicationProtocol):
         endpoint = self.hub._lookup(target)
         if endpoint is None or endpoint._on_frame is None:
             raise ConnectError(f"no endpoint {target!r} on the in-memory hub (is the site running?)")
-        delivered = dataclasses.replace(  # one copy of each buffer: the receiver never shares the sender's memory
-            frame, sender=self.address, target=target, buffers=[bytearray(b) for b in frame.buffers]
-        )
+        # one copy of each buffer: the receiver never shares the sender's memory
+        delivered = frame.addressed(self.address, target, [bytearray(b) for b in frame.buffers])
         endpoint._on_frame(delivered)
 
     def stop(self) -> None:

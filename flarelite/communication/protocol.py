@@ -44,6 +44,25 @@ class Frame:
     buffers: list = field(default_factory=list)
     error: str = ""  # set by a transport that could not deliver the body (e.g. over the size limit)
 
+    def addressed(self, sender: str, target: str, buffers: list | None = None) -> Frame:
+        """A copy from ``sender`` to ``target`` (with ``buffers`` instead of these when given).
+
+        What ``dataclasses.replace`` does, at a fraction of its cost (every message goes through here).
+        """
+        return Frame(
+            self.kind,
+            sender,
+            target,
+            self.msg_id,
+            self.ref_id,
+            self.topic,
+            self.job_id,
+            self.rc,
+            self.meta,
+            self.buffers if buffers is None else buffers,
+            self.error,
+        )
+
     @property
     def nbytes(self) -> int:
         """Size of meta plus buffers, in bytes."""

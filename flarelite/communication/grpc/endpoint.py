@@ -13,7 +13,6 @@ lifecycle and ``send``.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import logging
 import threading
 
@@ -137,9 +136,7 @@ class GrpcCommunicationProtocol(Listening, Dialing):
         assert self._loop is not None
         on_loop = threading.current_thread() is self._thread
         if target == self.address:
-            copy = dataclasses.replace(
-                frame, sender=self.address, target=target, buffers=[bytearray(b) for b in frame.buffers]
-            )
+            copy = frame.addressed(self.address, target, [bytearray(b) for b in frame.buffers])
             self._loop.call_soon_threadsafe(self._deliver, copy)
             return
         conn = self._route(target)
@@ -151,7 +148,7 @@ class GrpcCommunicationProtocol(Listening, Dialing):
             else:
                 self._loop.call_soon_threadsafe(conn.enqueue, env)
             return
-        out_frame = dataclasses.replace(frame, sender=self.address, target=target)
+        out_frame = frame.addressed(self.address, target)
         if size <= self.chunk_size:  # small: encode now (copies), queue, return
             out = Outgoing(iter(list(envelopes_of(out_frame, stream, self.chunk_size))))
             self._loop.call_soon_threadsafe(conn.enqueue, out)
