@@ -14,7 +14,7 @@ Commands (registered on the ``flarelite`` parser by ``add_cert_commands``)::
 
     flarelite cert init -o DIR [--project P] [--days N] [--force]
     flarelite cert site NAME -o DIR [--server] [--host H ...] [--days N] [--force]
-    flarelite provision PROJECT.json -o DIR [--days N] [--force]
+    flarelite provision PROJECT.yml -o DIR [--days N] [--force]     (YAML or JSON; ours or NVFlare's layout)
 """
 
 from __future__ import annotations
@@ -22,11 +22,10 @@ from __future__ import annotations
 import argparse
 import datetime
 import ipaddress
-import json
 import os
 import re
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable
 
 from .errors import ConfigError
 
@@ -323,30 +322,35 @@ def issue(
 def provision(
     project_file: str | os.PathLike, out_dir: str | os.PathLike, *, days: int = DEFAULT_DAYS, force: bool = False
 ) -> dict[str, CertPaths]:
-    """Make a whole project's certificates from a JSON description: the CA, the server and every client.
+    """Make a whole project's certificates from a project file: the CA, the server and every client.
 
-    The file (JSON; every key but ``clients`` may be left out)::
+    The file is YAML or JSON (JSON is YAML), in flarelite's layout (every key but ``clients`` may be left out)::
 
-        {
-          "name": "proj",                                         # project name (CA's CN/O); default "flarelite"
-          "server": {"name": "server", "hosts": ["10.0.0.5", "fl.example.org"]},   # default name "server"
-          "clients": ["site-1", "site-2"]
-        }
+        name: proj                      # project name (the CA's CN and O); default "flarelite"
+        server: {name: server, hosts: [10.0.0.5, fl.example.org]}     # default name "server"
+        clients: [site-1, site-2]
+
+    or in the layout of NVFlare's ``project.yml``: ``name`` and ``participants``, of which one has
+    ``type: server`` (its ``host_names`` become extra hosts) and the others ``type: client``; participants of
+    other types (admin, relay, overseer) and keys such as ``api_version``, ``description`` or ``builders`` are
+    ignored, since flarelite has no use for them.
 
     Returns ``{"ca": ..., "<server>": ..., "<client>": ...}`` (``"ca"`` is never a site name).
 
     Raises:
-        ConfigError: the file is missing or not valid JSON of that shape (the message names the file and the
-            field), names repeat or are not allowed, or a CA already exists in ``out_dir`` and not ``force``.
+        ConfigError: the file is missing or not valid YAML/JSON of either layout (the message names the file and
+            the field), names repeat or are not allowed, or a CA already exists in ``out_dir`` and not ``force``.
     """
+    import yaml  # only provisioning reads YAML
+
     project_file, out_dir = os.fspath(project_file), os.fspath(out_dir)
     try:
         with open(project_file, encoding="utf-8") as f:
-            spec = json.load(f)
+            spec = yaml.safe_load(f)
     except OSError as exc:
         raise ConfigError(f"cannot read project file {project_file}: {exc.strerror or exc}") from exc
-    except json.JSONDecodeError as exc:
-        raise ConfigError(f"project file {project_file} is not valid JSON: {exc}") from exc
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"project file {project_file} is not valid YAML or JSON: {exc}") from exc
 
     def bad(field: str, why: str) -> ConfigError:
         return ConfigError(
@@ -354,7 +358,9 @@ def provision(
         )
 
     if not isinstance(spec, dict):
-        raise bad("the top level", "must be a JSON object")
+        raise bad("the top level", "must be a mapping (name, server, clients; or NVFlare's name and participants)")
+    if "participants" in spec:
+        spec = _from_nvflare_project(spec, bad)
     unknown = sorted(set(spec) - {"name", "server", "clients"})
     if unknown:
         raise bad(f"keys {unknown}", "are not known; use 'name', 'server' and 'clients'")
@@ -392,6 +398,28 @@ def provision(
     for c in clients:
         made[c] = issue(out_dir, c, "client", days=days, force=force)
     return made
+
+
+def _from_nvflare_project(spec: dict, bad: Callable[[str, str], ConfigError]) -> dict:
+    """flarelite's layout of an NVFlare ``project.yml`` (name and participants)."""
+    participants = spec["participants"]
+    if not isinstance(participants, list) or not all(
+        isinstance(p, dict) and isinstance(p.get("name"), str) for p in participants
+    ):
+        raise bad("'participants'", "must be a list of mappings, each with a 'name' and a 'type'")
+    servers = [p for p in participants if p.get("type") == "server"]
+    if len(servers) != 1:
+        raise bad("'participants'", f"must hold exactly one participant of type server, found {len(servers)}")
+    hosts = servers[0].get("host_names") or []
+    if not isinstance(hosts, list):
+        raise bad(f"'host_names' of {servers[0]['name']!r}", "must be a list of DNS names or IP addresses")
+    converted: dict = {
+        "server": {"name": servers[0]["name"], "hosts": hosts},
+        "clients": [p["name"] for p in participants if p.get("type") == "client"],
+    }
+    if "name" in spec:
+        converted["name"] = spec["name"]
+    return converted
 
 
 # ------------------------------------------------------------------------------------------------- commands
@@ -450,11 +478,12 @@ def add_cert_commands(subparsers: argparse._SubParsersAction) -> None:
 
     prov = subparsers.add_parser(
         "provision",
-        help="make a project's CA, server and client certificates from a JSON file",
-        description='PROJECT.json: {"name": "proj", "server": {"name": "server", "hosts": ["10.0.0.5"]}, '
-        '"clients": ["site-1", "site-2"]} ("name" and "server" may be left out).',
+        help="make a project's CA, server and client certificates from a project file (YAML or JSON)",
+        description='PROJECT.yml (YAML or JSON): {"name": "proj", "server": {"name": "server", "hosts": '
+        '["10.0.0.5"]}, "clients": ["site-1", "site-2"]} ("name" and "server" may be left out), or NVFlare\'s '
+        "project.yml layout (name; participants of type server, with host_names, and of type client).",
     )
-    prov.add_argument("project_file", metavar="PROJECT.json", help="the project description")
+    prov.add_argument("project_file", metavar="PROJECT.yml", help="the project description (YAML or JSON)")
     prov.add_argument("-o", "--output", required=True, help="the folder to write the certificates to")
     prov.add_argument(
         "--days", type=int, default=DEFAULT_DAYS, help=f"validity of site certificates (default {DEFAULT_DAYS})"

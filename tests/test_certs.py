@@ -170,6 +170,48 @@ def test_provision_makes_the_whole_project(tmp_path):
     certs.provision(spec, tmp_path / "out", force=True)
 
 
+def test_provision_reads_yaml_and_nvflare_project_files(tmp_path):
+    ours = tmp_path / "project.yml"
+    ours.write_text("name: proj\nserver:\n  name: server\n  hosts: [10.0.0.5]\nclients:\n  - site-1\n  - site-2\n")
+    made = certs.provision(ours, tmp_path / "ours")
+    assert set(made) == {"ca", "server", "site-1", "site-2"} and cn(load(made["ca"].cert)) == "proj"
+
+    nvflare = tmp_path / "nvflare_project.yml"
+    nvflare.write_text(
+        """api_version: 3
+name: example_project
+description: NVIDIA FLARE sample project yaml file
+participants:
+  - name: fl.example.org
+    type: server
+    org: nvidia
+    fed_learn_port: 8002
+    admin_port: 8003
+    host_names: [10.0.0.7]
+  - name: site-1
+    type: client
+    org: nvidia
+  - name: site-2
+    type: client
+    org: nvidia
+  - name: admin@nvidia.com
+    type: admin
+    org: nvidia
+    role: project_admin
+builders:
+  - path: nvflare.lighter.impl.cert.CertBuilder
+"""
+    )
+    made = certs.provision(nvflare, tmp_path / "nv")
+    assert set(made) == {"ca", "fl.example.org", "site-1", "site-2"}
+    assert cn(load(made["ca"].cert)) == "example_project"
+    server = load(made["fl.example.org"].cert)
+    server.verify_directly_issued_by(load(made["ca"].cert))
+    san = server.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert "fl.example.org" in san.get_values_for_type(x509.DNSName)
+    assert ipaddress.ip_address("10.0.0.7") in san.get_values_for_type(x509.IPAddress)
+
+
 def test_provision_defaults_and_bad_files(tmp_path):
     spec = tmp_path / "p.json"
     spec.write_text('{"clients": ["site-1"]}')
@@ -178,8 +220,11 @@ def test_provision_defaults_and_bad_files(tmp_path):
     assert cn(load(made["ca"].cert)) == "flarelite"
 
     cases = {
-        "not json": "not valid JSON",
-        "[]": "must be a JSON object",
+        "clients: [site-1\n": "not valid YAML or JSON",
+        "not a mapping": "must be a mapping",
+        "[]": "must be a mapping",
+        '{"participants": [{"name": "site-1", "type": "client"}]}': "exactly one participant of type server, found 0",
+        '{"participants": ["server"]}': "'participants' must be a list of mappings",
         '{"clients": []}': "'clients' must be a non-empty list",
         '{"clients": ["site-1"], "sites": []}': "not known",
         '{"clients": ["site-1", "site-1"]}': "more than once",
