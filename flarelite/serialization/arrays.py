@@ -17,6 +17,7 @@ import numpy as np
 from flarelite.errors import DecodeError, UnsupportedTypeError
 
 MAX_NDIM = 64
+_MAX_DIM = (1 << 63) - 1
 # dtype kinds that may travel: bool, signed/unsigned int, float, complex, datetime/timedelta, fixed bytes/str.
 NUMPY_KINDS = frozenset("biufcmMSU")
 _DTYPE_RE = re.compile(r"[<>|=]?[biufcmMSU][0-9]{1,9}(\[[0-9]{0,9}[A-Za-z]{1,7}\])?\Z")
@@ -65,8 +66,8 @@ def wire_shape(shape: Any) -> tuple[int, ...]:
     if type(shape) is not list or len(shape) > MAX_NDIM:
         raise DecodeError(f"shape must be a list of at most {MAX_NDIM} non-negative ints, got {shape!r:.80}")
     for n in shape:
-        if type(n) is not int or n < 0:
-            raise DecodeError(f"shape must be a list of non-negative ints, got {shape!r:.80}")
+        if type(n) is not int or n < 0 or n > _MAX_DIM:
+            raise DecodeError(f"shape must be a list of non-negative ints below 2**63, got {shape!r:.80}")
     return tuple(shape)
 
 
@@ -126,6 +127,8 @@ def npscalar_from_wire(dtype: Any, data: Any) -> np.generic:
     dt = wire_dtype(dtype)
     if type(data) is not str:
         raise DecodeError(f"numpy scalar data must be a hex str, got {type(data).__name__}")
+    if len(data) != 2 * dt.itemsize:
+        raise DecodeError(f"numpy scalar {dt.str} needs {dt.itemsize} bytes, got {len(data)} hex digits")
     try:
         raw = bytes.fromhex(data)
     except ValueError as exc:

@@ -17,6 +17,7 @@ other value is a JSON array whose first element is a tag; JSON objects never app
 
 Dict keys are JSON strings or ints (or ``["I", hex]``), so their type survives. Buffers are numbered
 in the order they are met and each is used exactly once. Containers nest at most 256 deep.
+Decoding costs time and memory in proportion to the input's size: see ``limits``.
 
 Subclasses of str, int, float, bytes, list, tuple and dict without a registered decomposer travel as
 their plain base value (a ``str`` Enum such as ``DataKind`` as its str value, an ``IntEnum`` as its
@@ -29,7 +30,6 @@ from __future__ import annotations
 import json
 import sys
 from collections.abc import Sequence
-from itertools import islice
 from typing import Any, Callable, NamedTuple
 
 import numpy as np
@@ -39,8 +39,21 @@ from flarelite.apis.dxo import from_dict as dxo_from_dict
 from flarelite.apis.shareable import Shareable
 from flarelite.errors import CodecError, DecodeError, UnsupportedTypeError
 
-from . import arrays
+from . import arrays, limits
 from .decomposers import decomposer_for_name, decomposer_for_type, type_name
+from .limits import (
+    COST_BYTES,
+    COST_CONTAINER,
+    COST_DECOMPOSED,
+    COST_DXO,
+    COST_ITEM,
+    COST_PAIR,
+    COST_SCALAR,
+    COST_SHAREABLE,
+    MAX_HASH_COLLISIONS,
+    Budget,
+    check_int_key_hashes,
+)
 from .paths import PATH, finish, key_text, mark_too_deep, note
 
 FORMAT_VERSION = 1
@@ -86,15 +99,25 @@ class _Encoder:
 
 
 class _Decoder:
-    """One decode pass: walks the meta tree, hands out buffers in order."""
+    """One decode pass: walks the meta tree, hands out buffers in order, charges what it builds to a budget.
 
-    __slots__ = ("buffers", "used", "device", "torch")
+    The walk frees each parsed subtree once it is decoded, so the parsed and the decoded trees are not
+    both held whole at the peak.
+    """
 
-    def __init__(self, buffers: Sequence[Any], device: Any) -> None:
+    __slots__ = ("buffers", "used", "device", "torch", "left", "budget")
+
+    def __init__(self, buffers: Sequence[Any], device: Any, meta_len: int) -> None:
         self.buffers = buffers
         self.used = 0
         self.device = device
         self.torch: Any = None
+        self.budget = Budget(meta_len, buffers)
+        self.left = self.budget.left  # bytes of objects still allowed; kept here, as the walk charges every node
+
+    def overdrawn(self) -> None:
+        """The budget ran out: raise DecodeError unless the buffers' bytes extend it."""
+        self.left = self.budget.refill(self.left)
 
     def dec(self, node: Any, depth: int) -> Any:
         t = type(node)
@@ -227,13 +250,12 @@ def _dec_dict(d: _Decoder, node: Node, depth: int) -> dict[Any, Any]:
     n = len(node)
     if n % 2 != 1:
         raise DecodeError("dict node must hold key/value pairs")
-    items = node[1:]  # a big flat dict of leaves (e.g. metrics) is rebuilt in one C-level pass
-    if n > 33 and set(map(type, items)) <= _LEAVES and set(map(type, items[::2])) <= _KEY_LEAVES:
-        out: dict[Any, Any] = dict(zip(items[::2], items[1::2]))
-        if len(out) != n // 2:
-            raise DecodeError("dict node has duplicate keys")
-        return out
-    out = {}
+    d.left -= COST_CONTAINER + COST_PAIR * (n >> 1)
+    if d.left < 0:
+        d.overdrawn()
+    if n >> 1 > MAX_HASH_COLLISIONS:
+        return _dec_big_dict(d, node, depth)
+    out: dict[Any, Any] = {}
     dec = d.dec
     sub = depth + 1
     k: Any = None
@@ -243,11 +265,55 @@ def _dec_dict(d: _Decoder, node: Node, depth: int) -> dict[Any, Any]:
             if type(k) is not str:
                 k = _dec_key(k)
             x = node[i + 1]
-            out[k] = x if type(x) in _LEAVES else dec(x, sub)
+            if type(x) in _LEAVES:
+                out[k] = x
+            else:
+                node[i + 1] = None  # the parsed subtree goes once decoded
+                out[k] = dec(x, sub)
     except DecodeError as exc:
         note(exc, key_text(k), None)
         raise
     if len(out) != n // 2:
+        raise DecodeError("dict node has duplicate keys")
+    return out
+
+
+def _dec_big_dict(d: _Decoder, node: Node, depth: int) -> dict[Any, Any]:
+    """A dict of more than MAX_HASH_COLLISIONS keys: keys first (checked for colliding int hashes), then values."""
+    keys = node[1::2]
+    key_types = set(map(type, keys))
+    if not key_types <= _KEY_LEAVES:  # big-int keys (["I", hex]), or garbage
+        raw, keys = keys, []
+        k: Any = None
+        try:
+            for k in raw:
+                keys.append(k if type(k) in _KEY_LEAVES else _dec_key(k))
+        except DecodeError as exc:
+            note(exc, key_text(k), None)
+            raise
+        key_types = {int}
+    if int in key_types:
+        check_int_key_hashes(keys)
+    values = node[2::2]
+    if set(map(type, values)) <= _LEAVES:  # a big flat dict of leaves (e.g. metrics) is built in one C pass
+        out: dict[Any, Any] = dict(zip(keys, values))
+    else:
+        del values
+        out = {}
+        dec = d.dec
+        sub = depth + 1
+        try:
+            for i, k in enumerate(keys, 1):
+                x = node[2 * i]
+                if type(x) in _LEAVES:
+                    out[k] = x
+                else:
+                    node[2 * i] = None  # the parsed subtree goes once decoded
+                    out[k] = dec(x, sub)
+        except DecodeError as exc:
+            note(exc, key_text(k), None)
+            raise
+    if len(out) != len(keys):
         raise DecodeError("dict node has duplicate keys")
     return out
 
@@ -257,6 +323,9 @@ def _enc_shareable(e: _Encoder, v: Shareable, depth: int) -> Node:
 
 
 def _dec_shareable(d: _Decoder, node: Node, depth: int) -> Shareable:
+    d.left -= COST_SHAREABLE
+    if d.left < 0:
+        d.overdrawn()
     return Shareable(_dec_dict(d, node, depth))
 
 
@@ -282,15 +351,25 @@ def _enc_list(e: _Encoder, v: list[Any] | tuple[Any, ...], depth: int, tag: str 
 
 def _dec_list(d: _Decoder, node: Node, depth: int) -> list[Any]:
     _check_depth_dec(depth)
+    n = len(node)
+    d.left -= COST_CONTAINER + COST_ITEM * n
+    if d.left < 0:
+        d.overdrawn()
     rest = node[1:]
     if set(map(type, rest)) <= _LEAVES:  # a flat list of JSON leaves needs no walk
         return rest
+    del rest
     dec = d.dec
     sub = depth + 1
     out: list[Any] = []
     try:
-        for x in islice(node, 1, None):
-            out.append(x if type(x) in _LEAVES else dec(x, sub))
+        for i in range(1, n):
+            x = node[i]
+            if type(x) in _LEAVES:
+                out.append(x)
+            else:
+                node[i] = None  # the parsed subtree goes once decoded
+                out.append(dec(x, sub))
     except DecodeError as exc:
         note(exc, f"[{len(out)}]", None)
         raise
@@ -327,11 +406,16 @@ def _dec_dxo(d: _Decoder, node: Node, depth: int) -> DXO:
     kind = node[1]
     if type(kind) is not str:
         raise DecodeError(f"DXO kind must be a str, got {kind!r:.40}")
+    d.left -= COST_DXO
+    if d.left < 0:
+        d.overdrawn()
     field = ".data"
     try:
-        data = d.dec(node[2], depth + 1)
+        x, node[2] = node[2], None
+        data = d.dec(x, depth + 1)
         field = ".meta"
-        meta = d.dec(node[3], depth + 1)
+        x, node[3] = node[3], None
+        meta = d.dec(x, depth + 1)
     except DecodeError as exc:
         note(exc, field, None)
         raise
@@ -347,6 +431,9 @@ def _enc_bytes(e: _Encoder, v: bytes, depth: int) -> Node:
 
 def _dec_bytes(d: _Decoder, node: Node, depth: int) -> bytes:
     _arity(node, 2, "bytes")
+    d.left -= COST_BYTES
+    if d.left < 0:
+        d.overdrawn()
     buf = d.take(node[1])
     return buf.obj if type(buf.obj) is bytes and buf.nbytes == len(buf.obj) else bytes(buf)
 
@@ -358,6 +445,9 @@ def _enc_bytearray(e: _Encoder, v: bytearray, depth: int) -> Node:
 
 def _dec_bytearray(d: _Decoder, node: Node, depth: int) -> bytearray:
     _arity(node, 2, "bytearray")
+    d.left -= COST_BYTES
+    if d.left < 0:
+        d.overdrawn()
     return bytearray(d.take(node[1]))
 
 
@@ -371,6 +461,9 @@ def _enc_ndarray(e: _Encoder, v: np.ndarray, depth: int) -> Node:
 
 def _dec_ndarray(d: _Decoder, node: Node, depth: int) -> np.ndarray:
     _arity(node, 5, "numpy array")
+    d.left -= limits.COST_ARRAY
+    if d.left < 0:
+        d.overdrawn()
     return arrays.ndarray_from_wire(node[2], node[3], node[4], d.take(node[1]))
 
 
@@ -384,6 +477,9 @@ def _enc_npscalar(e: _Encoder, v: np.generic, depth: int) -> Node:
 
 def _dec_npscalar(d: _Decoder, node: Node, depth: int) -> np.generic:
     _arity(node, 3, "numpy scalar")
+    d.left -= COST_SCALAR
+    if d.left < 0:
+        d.overdrawn()
     return arrays.npscalar_from_wire(node[1], node[2])
 
 
@@ -397,6 +493,9 @@ def _enc_tensor(e: _Encoder, v: Any, depth: int, torch: Any) -> Node:
 
 def _dec_tensor(d: _Decoder, node: Node, depth: int) -> Any:
     _arity(node, 4, "torch tensor")
+    d.left -= limits.COST_TENSOR
+    if d.left < 0:
+        d.overdrawn()
     buf = d.take(node[1])
     if d.torch is None:
         d.torch = arrays.import_torch()
@@ -429,8 +528,12 @@ def _dec_decomposed(d: _Decoder, node: Node, depth: int) -> Any:
             f"the data holds a value of type {name}, which has no registered decomposer here; register one "
             "with flarelite.serialization.register_decomposer (sender and receiver need the same decomposers)"
         )
+    d.left -= COST_DECOMPOSED
+    if d.left < 0:
+        d.overdrawn()
     try:
-        data = d.dec(node[2], depth + 1)
+        x, node[2] = node[2], None
+        data = d.dec(x, depth + 1)
     except DecodeError as exc:
         note(exc, f"<{name}>", None)
         raise
@@ -541,8 +644,16 @@ def encode(value: Any) -> Encoded:
     return Encoded(_json_encode([FORMAT_VERSION, root]).encode("ascii"), e.buffers)
 
 
-def decode(meta: bytes | bytearray | memoryview | str, buffers: Sequence[Any] = (), *, device: Any = None) -> Any:
+def decode(
+    meta: bytes | bytearray | memoryview | str,
+    buffers: Sequence[Any] = (),
+    *,
+    device: Any = None,
+    max_meta: int | None = None,
+) -> Any:
     """Rebuild the value that ``encode`` turned into ``meta`` and ``buffers``, checking everything.
+
+    Decoding costs time and memory in proportion to the size of ``meta`` and ``buffers`` (see ``limits``).
 
     Parameters:
         meta: the ``meta`` bytes of an ``Encoded`` (untrusted: every field is validated).
@@ -550,6 +661,7 @@ def decode(meta: bytes | bytearray | memoryview | str, buffers: Sequence[Any] = 
             without copying (writable if the buffer is); torch tensors view writable buffers and
             copy read-only ones once (torch has no read-only tensors).
         device: where torch tensors go (e.g. ``"cuda:0"``); default: they stay on the CPU.
+        max_meta: the largest ``meta`` accepted, in bytes (default ``limits.MAX_META_BYTES``, 64 MiB).
 
     Returns:
         the value; lists, tuples, dicts (key types kept), Shareable and DXO come back as such.
@@ -557,25 +669,48 @@ def decode(meta: bytes | bytearray | memoryview | str, buffers: Sequence[Any] = 
     Raises:
         DecodeError: malformed or untrusted data (bad JSON, unknown tag, disallowed dtype, wrong shape
             or buffer length, buffer index out of range or unused buffers, nesting deeper than 256,
-            a type with no registered decomposer, or torch missing when the data holds tensors).
-            The message names the key path where the problem sits.
+            a type with no registered decomposer, or torch missing when the data holds tensors), or
+            data over the limits (meta too big, more buffers or containers than the meta can hold,
+            more objects than its size allows, colliding int dict keys). The message names the key
+            path where the problem sits.
     """
     try:
-        text = meta if isinstance(meta, str) else str(meta, "utf-8")
+        n_buffers = len(buffers)
+    except TypeError as exc:
+        raise DecodeError(f"buffers must be a sequence, got {type(buffers).__name__}") from exc
+    try:
+        if isinstance(meta, str):
+            text, meta_len = meta, len(meta)
+            limits.check_meta_size(meta_len, max_meta)
+        else:
+            meta_len = memoryview(meta).nbytes
+            limits.check_meta_size(meta_len, max_meta)
+            text = str(meta, "ascii")
+        limits.check_buffer_count(n_buffers, meta_len, "decode was handed")
+        limits.check_brackets(text)
         top, end = _json_decode(text)
-        if end != len(text):
+        del text
+        if end != meta_len:
             raise ValueError(f"extra data after the JSON value at char {end}")
     except RecursionError as exc:
         raise DecodeError("meta nests too deeply") from exc
-    except (TypeError, ValueError) as exc:  # not bytes-like, not UTF-8, not JSON
+    except UnicodeDecodeError as exc:
+        raise DecodeError(
+            f"meta is not ASCII, so not JSON as flarelite writes it (ASCII-only, a subset of UTF-8): {exc}"
+        ) from exc
+    except DecodeError:
+        raise
+    except (TypeError, ValueError) as exc:  # not bytes-like, not JSON
         raise DecodeError(f"meta is not valid UTF-8 JSON: {exc}") from exc
     if type(top) is not list or len(top) != 2 or type(top[0]) is not int or top[0] != FORMAT_VERSION:
         raise DecodeError(f"meta is not flarelite codec data of format version {FORMAT_VERSION}")
-    d = _Decoder(buffers, device)
+    root = top.pop()  # the walk frees each parsed subtree once decoded: hold no other reference to it
+    del top
     try:
-        value = d.dec(top[1], 0)
-        if d.used != len(buffers):
-            raise DecodeError(f"{len(buffers)} buffers were given but the meta uses {d.used}")
+        d = _Decoder(buffers, device, meta_len)
+        value = d.dec(root, 0)
+        if d.used != n_buffers:
+            raise DecodeError(f"{n_buffers} buffers were given but the meta uses {d.used}")
     except DecodeError as exc:
         finish(exc)
         raise
