@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import queue
+import shutil
 import signal
 import subprocess
 import sys
@@ -44,3 +45,4 @@ def test_frozen_site_is_dropped_by_heartbeats():
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait(10)
         server.stop()
+        shutil.rmtree(folder, ignore_errors=True)

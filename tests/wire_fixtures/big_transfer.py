@@ -47,10 +47,11 @@ def main(nbytes: int, socket_dir: str) -> dict:
 
     baseline = peak_rss()
     s_in, in1, in2 = Inbox(), Inbox(), Inbox()
-    server = GrpcCommunicationProtocol("server", listen=f"unix://{socket_dir}/s.sock")
+    limit = {"max_message_size": 4 << 30}  # over the default of 2 GiB
+    server = GrpcCommunicationProtocol("server", listen=f"unix://{socket_dir}/s.sock", **limit)
     server.start(s_in.on_frame, s_in.on_peer)
-    c1 = GrpcCommunicationProtocol("site-1", server=server.bound, connect_timeout=20)
-    c2 = GrpcCommunicationProtocol("site-2", server=server.bound, connect_timeout=20)
+    c1 = GrpcCommunicationProtocol("site-1", server=server.bound, connect_timeout=20, **limit)
+    c2 = GrpcCommunicationProtocol("site-2", server=server.bound, connect_timeout=20, **limit)
     try:
         c2.start(in2.on_frame, in2.on_peer)
         c1.start(in1.on_frame, in1.on_peer)

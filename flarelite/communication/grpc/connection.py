@@ -2,8 +2,16 @@
 
 The writer interleaves outgoing frames envelope by envelope (round robin), so a small frame waits for at most
 one chunk of a large one. A frame that fits in one envelope is queued as that envelope alone (the common,
-latency-bound case: no per-frame bookkeeping). The reader reassembles incoming frames; what it does with them
-is up to the owner (deliver locally, or relay to another connection chunk by chunk).
+latency-bound case: no generator, no per-chunk bookkeeping). The reader reassembles incoming frames; what it
+does with them is up to the owner (deliver locally, or relay to another connection chunk by chunk).
+
+Flow control through the relay is per (client, target): a client's connection to the server has a ``window``
+(the server's ``Welcome.relay_window``) of bytes it may have in the relay for each target before the server
+credits them back (``Credit``, sent once the relay wrote them to the target, or dropped them). A frame whose
+target has no window left is parked, and the writer goes on with everything else (heartbeats, frames to the
+server or to other targets). A frame always gets one envelope through when nothing is outstanding, so an
+envelope larger than the window never deadlocks. Every frame queued or being written when the connection closes
+finishes at once, with an error or rerouted (``reroute``) when none of it was written.
 """
 
 from __future__ import annotations
@@ -16,37 +24,116 @@ from collections.abc import Awaitable, Callable, Iterator
 
 from . import flarelite_pb2 as pb
 
-RELAY_WINDOW = 8  # envelopes a relayed frame may have queued on its way out before the source is paused
+CHUNK_OVERHEAD = 64  # what a Chunk envelope counts against a window on top of its data
+CREDIT_DELAY = 0.1  # seconds credits below ``credit_batch`` may wait (then all due go in one Credit each)
+_CREDIT = object()  # in the writer's rotation: send the Credits that are due
+
+Costed = tuple[pb.Envelope, int]  # an envelope and what it counts against a relay window
+
+
+def header_cost(env: pb.Envelope) -> int:
+    """What a Header envelope counts against a relay window: its encoded size (client and server agree on it)."""
+    return env.ByteSize()
 
 
 class Outgoing:
-    """One frame on its way out: envelopes made lazily by ``gen`` and/or pushed (relay); ``done`` when written."""
+    """One frame on its way out: ``(envelope, cost)`` pairs made lazily by ``gen`` and/or pushed (relay).
 
-    def __init__(self, gen: Iterator[pb.Envelope] | None = None, done: threading.Event | None = None) -> None:
+    ``done`` is set when the frame has been written or has failed (``error`` says why). ``target`` is the frame's
+    destination (it decides the relay window it counts against), ``stream`` its id on the connection (for a
+    ``Cancel``), ``source`` the connection a relayed frame comes from (credited as its envelopes are written).
+    """
+
+    __slots__ = (
+        "gen",
+        "pushed",
+        "open_for_push",
+        "done",
+        "started",
+        "finished",
+        "error",
+        "target",
+        "stream",
+        "source",
+        "held",
+        "cancelled",
+        "on_finish",
+        "atomic",
+    )
+
+    def __init__(
+        self,
+        gen: Iterator[Costed] | None = None,
+        done: threading.Event | None = None,
+        *,
+        target: str = "",
+        stream: int = 0,
+        source: Connection | None = None,
+    ) -> None:
         self.gen = gen
-        self.pushed: collections.deque[pb.Envelope] = collections.deque()
-        self.open_for_push = gen is None  # relayed frames are pushed until ``end_push``
+        self.pushed: collections.deque[Costed] = collections.deque()
+        self.open_for_push = gen is None  # relayed frames are pushed until ``open_for_push`` is cleared
         self.done = done
         self.started = False  # an envelope of it has been written
+        self.finished = False
         self.error: str | None = None
-        self.space = asyncio.Event()
-        self.space.set()
+        self.target = target
+        self.stream = stream
+        self.source = source
+        self.held: Costed | None = None  # taken from gen/pushed, not yet written (waits for window)
+        self.cancelled: str | None = None  # why the sender gave up on it
+        self.on_finish: Callable[[Outgoing], None] | None = None
+        self.atomic = False  # a small frame: its envelopes go out back to back (it is never left half-sent)
 
-    def next(self) -> pb.Envelope | None:
-        """The next envelope, or None when none is ready now; raises StopIteration when the frame is done."""
-        if self.pushed:
-            env = self.pushed.popleft()
-            if len(self.pushed) < RELAY_WINDOW:
-                self.space.set()
-            return env
-        if self.gen is not None:
-            return next(self.gen)
-        if self.open_for_push:
-            return None
-        raise StopIteration
+    @classmethod
+    def of(
+        cls, envelopes: list[Costed], *, target: str = "", stream: int = 0, source: Connection | None = None
+    ) -> Outgoing:
+        """A frame whose envelopes are all made already."""
+        out = cls(target=target, stream=stream, source=source)
+        out.pushed.extend(envelopes)
+        out.open_for_push = False
+        out.atomic = True
+        return out
+
+    def peek(self) -> Costed | None:
+        """The next envelope (kept until ``take``), or None when none is ready now; StopIteration when done."""
+        if self.held is None:
+            if self.pushed:
+                self.held = self.pushed.popleft()
+            elif self.gen is not None:
+                self.held = next(self.gen)
+            elif self.open_for_push:
+                return None
+            else:
+                raise StopIteration
+        return self.held
+
+    @property
+    def exhausted(self) -> bool:
+        """True when nothing more can come (no generator, nothing pushed or held, not open)."""
+        return self.gen is None and not self.pushed and self.held is None and not self.open_for_push
+
+    def unsent_cost(self) -> int:
+        """What the envelopes taken or pushed but not yet written count (to credit back when dropped)."""
+        return sum(c for _, c in self.pushed) + (self.held[1] if self.held is not None else 0)
 
     def finish(self, error: str | None = None) -> None:
+        """Mark the frame written (or failed with ``error``) and wake its sender; idempotent."""
+        if self.finished:
+            return
+        self.finished = True
         self.error = error
+        if self.source is not None:
+            lost = self.unsent_cost()
+            if lost:
+                self.source.credit(self.target, lost)  # dropped: the source may send that much again
+        self.pushed.clear()
+        self.held = None
+        self.gen = None
+        self.open_for_push = False
+        if self.on_finish is not None:
+            self.on_finish(self)
         if self.done is not None:
             self.done.set()
 
@@ -62,74 +149,181 @@ class Connection:
         *,
         stamp_sender: bool = True,
         reroute: Callable[[Outgoing], bool] | None = None,
+        window: int = 0,
     ) -> None:
         self.name = name
         self.stamp_sender = stamp_sender  # frames read here come from ``name`` (not relayed by a server)
         self.reroute = reroute  # takes a frame that was never started when this connection fails
+        self.window = window  # client -> server: bytes per relayed target before waiting for Credit (0: none)
         self._write = write
-        self._active: collections.deque[Outgoing | pb.Envelope] = collections.deque()
+        self._active: collections.deque = collections.deque()  # Outgoing, control Envelopes, _CREDIT
         self._waiting: set[Outgoing] = set()  # relayed frames with nothing ready
+        self._parked: dict[str, collections.deque[Outgoing]] = {}  # frames waiting for window, per target
+        self._outstanding: dict[str, int] = {}  # client: bytes written per target and not yet credited
+        self._current: Outgoing | None = None  # the frame an envelope of which is being written
+        self.relay_held: dict[str, int] = {}  # server, per source: bytes received per target, not yet credited
+        self._credit_due: dict[str, int] = {}  # server, per source: credits to send
+        self.credit_batch = 0  # server: credits due below this wait up to CREDIT_DELAY (one Credit for many)
+        self._credit_queued = False
+        self._credit_timer: asyncio.TimerHandle | None = None
+        self.pending: dict[int, object] = {}  # the reader's frames in progress, by stream id
         self._wake = asyncio.Event()
         self.closed_event = asyncio.Event()
-        self._next_stream = 1
         self.closed = False
         self.close_reason = ""
         self.last_received = time.monotonic()
         self.last_sent = time.monotonic()
         self.heartbeat_interval = heartbeat_interval
 
-    def new_stream(self) -> int:
-        """A fresh frame id on this connection (loop thread only)."""
-        sid = self._next_stream
-        self._next_stream += 1
-        return sid
-
     def enqueue(self, out: Outgoing | pb.Envelope) -> None:
-        """Add a frame (an Outgoing, or a whole frame's single envelope) to the writer's rotation (loop thread only)."""
+        """Add a frame (or a control envelope) to the writer's rotation (loop thread only)."""
         if self.closed:
             if isinstance(out, Outgoing):
-                out.finish(f"connection to {self.name} is closed")
-            elif self.reroute is not None:
-                self.reroute(Outgoing(iter([out])))
+                if out.started or out.cancelled or self.reroute is None or not self.reroute(out):
+                    out.finish(self.close_reason or f"connection to {self.name} is closed")
             return
         self._active.append(out)
         if not self._wake.is_set():
             self._wake.set()
 
     def pushed(self, out: Outgoing) -> None:
-        """A relayed frame got an envelope or was ended: put it back in the rotation if it waited."""
+        """A relayed frame got an envelope, was ended or cancelled: put it back in the rotation if it waited."""
         if out in self._waiting:
             self._waiting.discard(out)
             self._active.append(out)
         self._wake.set()
 
+    def cancel(self, out: Outgoing, reason: str) -> None:
+        """Give up on ``out``: the writer sends Cancel if part of it went out, and finishes it (loop thread)."""
+        if out.finished:
+            return
+        if out.cancelled is None:
+            out.cancelled = reason
+        parked = self._parked.get(out.target)
+        if parked is not None and out in parked:
+            parked.remove(out)
+            self._active.append(out)
+        if not self.closed:  # a closed connection finished what it held; what it did not hold is elsewhere
+            self.pushed(out)
+
+    def fail_target(self, target: str, reason: str) -> None:
+        """``target`` is gone: give up every frame queued here for it (loop thread)."""
+        items = [*self._active, *self._parked.get(target, ()), *self._waiting, self._current]
+        for item in items:
+            if isinstance(item, Outgoing) and item.target == target:
+                self.cancel(item, reason)
+
+    # flow control ------------------------------------------------------------------------------------
+    def on_credit(self, target: str, nbytes: int) -> None:
+        """The relay passed on ``nbytes`` of our frames to ``target``: resume what waited for it (client)."""
+        left = self._outstanding.get(target, 0) - nbytes
+        if left > 0:
+            self._outstanding[target] = left
+        else:
+            self._outstanding.pop(target, None)
+        parked = self._parked.pop(target, None)
+        if parked:
+            self._active.extend(parked)
+            self._wake.set()
+
+    def credit(self, target: str, nbytes: int) -> None:
+        """The relay wrote (or dropped) ``nbytes`` of this source's frames to ``target``: tell it (server)."""
+        left = self.relay_held.get(target, 0) - nbytes
+        if left > 0:
+            self.relay_held[target] = left
+        else:
+            self.relay_held.pop(target, None)
+        if self.closed:
+            return
+        due = self._credit_due.get(target, 0) + nbytes
+        self._credit_due[target] = due
+        if self._credit_queued:
+            return
+        if due >= self.credit_batch:
+            self._queue_credits()
+        elif self._credit_timer is None:  # small frames: one Credit for all of them a moment later
+            self._credit_timer = asyncio.get_running_loop().call_later(CREDIT_DELAY, self._queue_credits)
+
+    def _queue_credits(self) -> None:
+        if self._credit_timer is not None:
+            self._credit_timer.cancel()
+            self._credit_timer = None
+        if self._credit_due and not self._credit_queued and not self.closed:
+            self._credit_queued = True
+            self._active.append(_CREDIT)  # in the rotation like any frame (never ahead of a peer event)
+            self._wake.set()
+
+    def _room(self, out: Outgoing, cost: int) -> bool:
+        """Whether ``out``'s next envelope (``cost`` bytes) fits in its target's window; counts it if so."""
+        target = out.target
+        used = self._outstanding.get(target, 0)
+        if used and used + cost > self.window:
+            self._parked.setdefault(target, collections.deque()).append(out)
+            return False
+        self._outstanding[target] = used + cost
+        return True
+
+    # writing -----------------------------------------------------------------------------------------
     async def run_writer(self) -> None:
         """Write envelopes until the connection closes."""
+        active, write = self._active, self._write
         try:
             while not self.closed:
-                if not self._active:
+                if not active:
                     self._wake.clear()
                     await self._wake.wait()
                     continue
-                out = self._active.popleft()
+                out = active.popleft()
                 if type(out) is pb.Envelope:
-                    await self._write(out)
+                    await write(out)
                     self.last_sent = time.monotonic()
                     continue
+                if out is _CREDIT:
+                    await self._write_credits()
+                    continue
+                if out.finished:
+                    continue
+                if out.cancelled is not None:
+                    if out.started:
+                        await write(pb.Envelope(cancel=pb.Cancel(stream=out.stream, reason=out.cancelled)))
+                    out.finish(out.cancelled)
+                    continue
                 try:
-                    env = out.next()
+                    item = out.peek()
                 except StopIteration:
                     out.finish()
                     continue
-                if env is None:
+                if item is None:
                     self._waiting.add(out)
                     continue
+                env, cost = item
+                if self.window and out.target != self.name and not self._room(out, cost):
+                    continue
+                out.held = None
                 out.started = True
-                await self._write(env)
+                self._current = out
+                try:
+                    await write(env)
+                finally:
+                    if out.source is not None:  # written, or never will be: either way the source may send more
+                        out.source.credit(self.name, cost)
+                self._current = None
                 self.last_sent = time.monotonic()
-                self._active.append(out)
+                if out.exhausted:
+                    out.finish()
+                elif out.atomic or out.cancelled is not None:  # a small frame is not interleaved (receivers
+                    active.appendleft(out)  # see few frames half-done); a cancelled one is ended at once
+                else:
+                    active.append(out)
         finally:
-            self.fail_all(self.close_reason or f"connection to {self.name} closed")
+            self.close(self.close_reason or f"connection to {self.name} closed")
+            self.fail_all(self.close_reason)
+
+    async def _write_credits(self) -> None:
+        due, self._credit_due = self._credit_due, {}
+        self._credit_queued = False
+        for target, nbytes in due.items():
+            await self._write(pb.Envelope(credit=pb.Credit(target=target, bytes=nbytes)))
 
     async def run_heartbeat(self, timeout: float) -> None:
         """Send a heartbeat when idle; close the connection when the peer has been silent for ``timeout``."""
@@ -165,11 +359,23 @@ class Connection:
             raise read.exception()  # type: ignore[misc]
 
     def fail_all(self, reason: str) -> None:
-        for item in list(self._active) + list(self._waiting):
-            out = item if isinstance(item, Outgoing) else Outgoing(iter([item]))
-            if not out.started and self.reroute is not None and self.reroute(out):
-                continue  # sent another way (a direct peer connection fell back to the relay)
-            out.finish(reason)
-            out.space.set()
+        """Finish every frame queued, parked or being written here: rerouted if none of it went out, else failed."""
+        items = list(self._active) + list(self._waiting)
+        for parked in self._parked.values():
+            items.extend(parked)
+        if self._current is not None:
+            items.append(self._current)
         self._active.clear()
         self._waiting.clear()
+        self._parked.clear()
+        self._current = None
+        self._credit_due.clear()
+        if self._credit_timer is not None:
+            self._credit_timer.cancel()
+            self._credit_timer = None
+        for out in items:
+            if not isinstance(out, Outgoing) or out.finished:
+                continue
+            if not out.started and out.cancelled is None and self.reroute is not None and self.reroute(out):
+                continue  # sent another way (a direct peer connection fell back to the relay)
+            out.finish(reason or f"connection to {self.name} closed")

@@ -21,26 +21,60 @@ import grpc
 
 from ...errors import ConfigError, ProtocolError
 from ..protocol import CommunicationProtocol, Frame, FrameHandler, PeerHandler
+from ..sizes import max_message_size as check_max_message_size
 from . import flarelite_pb2 as pb
-from .connection import RELAY_WINDOW, Connection, Outgoing
+from .connection import CHUNK_OVERHEAD, Connection, Outgoing, header_cost
 from .tls import TLSConfig
 from .wire import (
     DEFAULT_CHUNK_SIZE,
     DEFAULT_MAX_MESSAGE_SIZE,
+    MAX_BUFFERS,
     Assembly,
+    Inbound,
+    Skip,
     body_size,
+    check_header,
     header_from_proto,
+    header_problem,
 )
 
 _log = logging.getLogger("flarelite.grpc")
 _DISCARD = object()
 
 
-class _Relay:
-    """A frame passing through the server: where its chunks go and how many bytes are still due."""
+DEFAULT_RELAY_WINDOW = 8 << 20  # bytes a client may have in the relay per target (and queue per destination)
+DEFAULT_MAX_OPEN_FRAMES = 256  # frames one connection may have started and not finished, delivered here
+_REFUSAL_LOG_INTERVAL = 10.0  # seconds between log lines about refused frames from one connection
 
-    def __init__(self, dest: Connection, out: Outgoing, stream: int, remaining: int) -> None:
-        self.dest, self.out, self.stream, self.remaining = dest, out, stream, remaining
+
+class _Relay:
+    """A frame passing through the server: who sends it, where its chunks go (``out`` None: dropped, only
+    credited), and the buffer sizes it announced, so that a chunk that breaks them is refused here and never
+    reaches (and disconnects) the destination."""
+
+    __slots__ = ("source", "dest", "out", "stream", "target", "sizes", "index", "filled")
+
+    def __init__(self, source: Connection, dest: Connection | None, out: Outgoing | None, h: pb.Header) -> None:
+        self.source, self.dest, self.out, self.stream, self.target = source, dest, out, h.stream, h.target
+        self.sizes = [*h.buffer_sizes, h.meta_size] if h.meta_size else list(h.buffer_sizes)
+        self.index = 0
+        self.filled = 0
+        self._skip()
+
+    def _skip(self) -> None:
+        while self.index < len(self.sizes) and self.filled == self.sizes[self.index]:
+            self.index += 1
+            self.filled = 0
+
+    def add(self, chunk: pb.Chunk, n: int) -> bool:
+        """Account one chunk of ``n`` bytes; True when the frame is complete. ValueError if it breaks the sizes."""
+        if chunk.buffer != self.index or self.index >= len(self.sizes):
+            raise ValueError(f"chunk for buffer {chunk.buffer} while buffer {self.index} is being filled")
+        self.filled += n
+        if self.filled > self.sizes[self.index]:
+            raise ValueError(f"chunk overflows buffer {self.index} ({self.filled} > {self.sizes[self.index]} bytes)")
+        self._skip()
+        return self.index >= len(self.sizes)
 
 
 class EndpointCore(CommunicationProtocol):
@@ -61,14 +95,23 @@ class EndpointCore(CommunicationProtocol):
         direct_p2p: bool = False,
         p2p_listen: str | None = None,
         p2p_advertise: str | None = None,
+        relay_window: int = DEFAULT_RELAY_WINDOW,
+        max_open_frames: int = DEFAULT_MAX_OPEN_FRAMES,
+        max_pending_bytes: int | None = None,
     ) -> None:
         super().__init__(address)
         if (listen is None) == (server is None):
             raise ConfigError(f"{self!r}: give listen= (the server) or server= (a client), exactly one of them")
         if not (64 << 10) <= chunk_size <= (4 << 20):
             raise ConfigError(f"chunk_size must be between 64 KiB and 4 MiB, got {chunk_size}")
-        if max_message_size < 1:
-            raise ConfigError(f"max_message_size must be positive, got {max_message_size}")
+        max_message_size = check_max_message_size(max_message_size)
+        for option, value in (("max_open_frames", max_open_frames), ("max_pending_bytes", max_pending_bytes)):
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+                raise ConfigError(f"{option} must be a positive int, got {value!r}")
+        self.max_open_frames = max_open_frames  # per connection, frames being received for this endpoint
+        # per connection, bytes announced by those frames (what they can come to hold)
+        self.max_pending_bytes = max_pending_bytes if max_pending_bytes is not None else 4 * max_message_size
+        self._refusals: dict[str, tuple[float, int]] = {}  # per sender: last refusal logged, refusals since
         if direct_p2p and listen is not None:
             raise ConfigError(f"{self!r}: direct_p2p is for client sites (server=...), not the server")
         self.direct_p2p = direct_p2p
@@ -88,6 +131,12 @@ class EndpointCore(CommunicationProtocol):
         self.heartbeat_interval = heartbeat_interval
         self.heartbeat_timeout = heartbeat_timeout
         self.connect_timeout = connect_timeout
+        if relay_window < chunk_size:
+            raise ConfigError(f"relay_window must be at least chunk_size ({chunk_size} bytes), got {relay_window}")
+        self.relay_window = relay_window  # per destination: relayed bytes in flight, and bytes send() queues
+        self._room = threading.Condition(threading.Lock())  # send() waits here for its destination's queue
+        self._room_waiters = 0  # senders waiting on _room (it is notified only when there are some)
+        self._queued: dict[str, int] = {}  # bytes queued (copied, not yet written) per destination
         self.bound: str | None = None
         self._on_frame: FrameHandler | None = None
         self._on_peer: PeerHandler | None = None
@@ -151,37 +200,62 @@ class EndpointCore(CommunicationProtocol):
 
     async def _read_frames(self, conn: Connection, read: Callable[[], Any]) -> None:
         """Read envelopes from ``conn`` until it ends: deliver our frames, relay the others (server)."""
-        pending: dict[int, Any] = {}
-        while not conn.closed:
-            env = await read()
-            if env is grpc.aio.EOF or env is None:
-                conn.close(f"{conn.name} ended the stream")
-                return
-            conn.last_received = time.monotonic()
-            body = env.WhichOneof("body")
-            if body == "chunk":
-                await self._on_chunk(conn, env, pending)
-            elif body == "header":
-                await self._on_header(conn, env, pending)
-            elif body == "heartbeat":
-                continue
-            elif body == "peer":
-                if conn.stamp_sender:  # only the server's connection to a client announces peers
-                    _log.warning(
-                        "%s: ignored a peer event from %s (only the server announces sites)", self.address, conn.name
-                    )
+        pending = conn.pending = Inbound()  # freed at once when the stream ends (see the finally)
+        failure = ""
+        try:
+            while not conn.closed:
+                env = await read()
+                if env is grpc.aio.EOF or env is None:
+                    conn.close(f"{conn.name} ended the stream")
+                    return
+                conn.last_received = time.monotonic()
+                body = env.WhichOneof("body")
+                if body == "chunk":
+                    await self._on_chunk(conn, env, pending)
+                elif body == "header":
+                    await self._on_header(conn, env, pending)
+                elif body == "heartbeat":
                     continue
-                self._on_peer_envelope(env.peer)
-            elif body == "close":
-                conn.close(f"{conn.name} closed the connection: {env.close.reason}")
-                return
-            else:
-                raise ProtocolError(f"unexpected {body!r} envelope from {conn.name}")
+                elif body == "credit":
+                    if conn.stamp_sender:  # only the server (the relay) gives credit
+                        raise ProtocolError(f"{conn.name} sent a credit (only the server's relay does)")
+                    conn.on_credit(env.credit.target, env.credit.bytes)
+                elif body == "cancel":
+                    self._on_cancel(conn, env, pending)
+                elif body == "peer":
+                    if conn.stamp_sender:  # only the server's connection to a client announces peers
+                        _log.warning(
+                            "%s: ignored a peer event from %s (only the server announces sites)",
+                            self.address,
+                            conn.name,
+                        )
+                        continue
+                    if not env.peer.connected:  # what waits here to go to it never will
+                        conn.fail_target(env.peer.name, f"{env.peer.name} left")
+                    self._on_peer_envelope(env.peer)
+                elif body == "close":
+                    conn.close(f"{conn.name} closed the connection: {env.close.reason}")
+                    return
+                else:
+                    raise ProtocolError(f"unexpected {body!r} envelope from {conn.name}")
+        except ProtocolError as exc:
+            failure = str(exc)
+        finally:
+            self._end_relays(conn, pending)
+        # raised afresh, outside the except: its traceback and context hold neither the envelope (which may hold
+        # megabytes) nor the frames it came through; the connection's owner keeps the error a while
+        if failure:
+            env = None  # noqa: F841 (this frame stays in the traceback: not the envelope)
+            raise ProtocolError(failure)
 
-    async def _on_header(self, conn: Connection, env: pb.Envelope, pending: dict[int, Any]) -> None:
+    async def _on_header(self, conn: Connection, env: pb.Envelope, pending: Inbound) -> None:
         h = env.header
         if h.stream in pending:
             raise ProtocolError(f"{conn.name} reused stream id {h.stream} before finishing it")
+        try:
+            check_header(h)
+        except ProtocolError as exc:
+            raise ProtocolError(f"{conn.name}: {exc}") from None
         size = body_size(h)
         chunked = bool(h.buffer_sizes) or h.meta_size > 0
         if h.target != self.address:
@@ -191,13 +265,9 @@ class EndpointCore(CommunicationProtocol):
             raise ProtocolError(f"{conn.name} sent {self.address} a frame for {h.target!r}")
         if conn.stamp_sender:
             h.sender = conn.name  # the authenticated identity, not the claim
-        if size > self.max_message_size:
-            frame = header_from_proto(h)
-            frame.meta, frame.error = b"", f"a {size}-byte message exceeds the limit of {self.max_message_size} bytes"
-            _log.error("%s: refused the body of a %s frame from %s: %s", self.address, h.kind, h.sender, frame.error)
-            self._deliver(frame)
-            if chunked:
-                pending[h.stream] = _DISCARD
+        problem = header_problem(h, self.max_message_size) or (self._over_cap(h, size, pending) if chunked else "")
+        if problem:
+            self._refuse(conn, header_from_proto(h), problem, h.stream, size - len(h.meta) if chunked else 0, pending)
             return
         if not chunked:  # the whole frame is in its header
             self._deliver(header_from_proto(h))
@@ -208,7 +278,53 @@ class EndpointCore(CommunicationProtocol):
             return
         pending[h.stream] = assembly
 
-    async def _on_chunk(self, conn: Connection, env: pb.Envelope, pending: dict[int, Any]) -> None:
+    def _over_cap(self, h: pb.Header, size: int, pending: Inbound) -> str:
+        """Why one more frame of ``size`` bytes from this connection may not be received now ('' if it may)."""
+        if pending.frames >= self.max_open_frames:
+            return (
+                f"{self.address} is already receiving {pending.frames} unfinished frames from this sender, the limit "
+                "(max_open_frames); send fewer messages at once or raise the receiver's max_open_frames"
+            )
+        if pending.nbytes + size > self.max_pending_bytes:
+            return (
+                f"a {size}-byte message on top of {pending.nbytes} bytes announced by unfinished frames exceeds the "
+                f"limit of {self.max_pending_bytes} bytes (max_pending_bytes); send less at once or raise it"
+            )
+        if pending.nbuffers + len(h.buffer_sizes) > 4 * MAX_BUFFERS:
+            return (
+                f"{pending.nbuffers} buffers of unfinished frames from this sender are pending, the limit is "
+                f"{4 * MAX_BUFFERS}; send fewer arrays per message"
+            )
+        return ""
+
+    def _refuse(
+        self, conn: Connection, frame: Frame, problem: str, stream: int, remaining: int, pending: Inbound
+    ) -> None:
+        """Deliver ``frame``'s header with ``error`` and no body (the runtime answers the sender with an error);
+        its ``remaining`` bytes on ``stream`` are skipped as they come."""
+        self._log_refusal(conn, frame.kind, problem)
+        frame.meta, frame.buffers, frame.error = b"", [], problem
+        self._deliver(frame)
+        if remaining > 0:
+            if pending.skipped >= self.max_open_frames:
+                raise ProtocolError(
+                    f"{conn.name} keeps {pending.skipped} refused frames unfinished (it neither sends their chunks "
+                    "nor cancels them); closing its connection"
+                )
+            pending[stream] = Skip(remaining)
+
+    def _log_refusal(self, conn: Connection, kind: str, problem: str) -> None:
+        """One log line per sender every few seconds, however many frames it gets refused."""
+        now = time.monotonic()
+        last, since = self._refusals.get(conn.name, (0.0, 0))
+        if now - last < _REFUSAL_LOG_INTERVAL and last:
+            self._refusals[conn.name] = (last, since + 1)
+            return
+        self._refusals[conn.name] = (now, 0)
+        more = f" ({since} more refused since the last report)" if since else ""
+        _log.error("%s: refused the body of a %s frame from %s: %s%s", self.address, kind, conn.name, problem, more)
+
+    async def _on_chunk(self, conn: Connection, env: pb.Envelope, pending: Inbound) -> None:
         chunk = env.chunk
         state = pending.get(chunk.stream)
         if state is None:
@@ -218,67 +334,119 @@ class EndpointCore(CommunicationProtocol):
         if isinstance(state, _Relay):
             await self._relay_chunk(env, state, pending, chunk.stream)
             return
+        if type(state) is Skip:
+            if state.add(chunk):
+                del pending[chunk.stream]
+            return
         try:
             state.add(chunk)
         except ValueError as exc:
-            raise ProtocolError(f"{conn.name}: {exc}") from exc
+            raise ProtocolError(f"{conn.name}: {exc} (stream {chunk.stream})") from None
+        except MemoryError as exc:
+            remaining = state.nbytes - sum(state.sizes[: state.index]) - state.filled - len(chunk.data)
+            del pending[chunk.stream]  # frees what it held
+            self._refuse(conn, state.frame, str(exc), chunk.stream, remaining, pending)
+            return
         if state.complete:
+            frame = state.finish()
             del pending[chunk.stream]
-            self._deliver(state.finish())
+            self._deliver(frame)
 
     def _on_peer_envelope(self, event: pb.PeerEvent) -> None:
         """A site joined or left (told by the server); dialing.py handles it."""
         raise NotImplementedError
 
     # relaying (server) -------------------------------------------------------------------------------
-    async def _relay_header(self, conn: Connection, env: pb.Envelope, size: int, chunked: bool, pending: dict) -> None:
-        h = env.header
-        h.sender = conn.name
-        dest = self._conns.get(h.target)
-        if dest is None or dest.closed:
-            _log.warning(
-                "%s: dropped a %s frame from %s to %r: not connected", self.address, h.kind, conn.name, h.target
+    # Flow control is per (source, target): a source may have ``relay_window`` bytes received here and not yet
+    # written to the target; each relayed envelope is credited back to the source once written (or dropped).
+    # The server never stops reading a source: a slow target slows only what goes to it. A source that sends
+    # beyond its window ignores the protocol: its connection is closed (ProtocolError, logged once).
+    def _relay_admit(self, source: Connection, target: str, cost: int) -> None:
+        held = source.relay_held.get(target, 0)
+        if held and held + cost > self.relay_window:
+            raise ProtocolError(
+                f"{source.name} sent {cost} more bytes for {target} with {held} bytes already in the relay, over "
+                f"its relay window of {self.relay_window} bytes (it does not wait for Credit)"
             )
+        source.relay_held[target] = held + cost
+
+    async def _relay_header(self, conn: Connection, env: pb.Envelope, size: int, chunked: bool, pending: dict) -> None:
+        env.DiscardUnknownFields()  # what the window counts is what goes out
+        h = env.header
+        target = h.target
+        cost = header_cost(env)
+        conn.credit_batch = self.relay_window >> 2
+        self._relay_admit(conn, target, cost)
+        h.sender = conn.name
+        dest = self._conns.get(target)
+        if dest is None or dest.closed:
+            _log.warning("%s: dropped a %s frame from %s to %r: not connected", self.address, h.kind, conn.name, target)
+            conn.credit(target, cost)
             if chunked:
-                pending[h.stream] = _DISCARD
+                pending[h.stream] = _Relay(conn, None, None, h)
             return
         source_stream = h.stream
-        h.stream = dest.new_stream()
+        h.stream = next(self._streams)  # unique on every connection (the server's own frames count from it too)
         if size > self.max_message_size:
             h.error = f"a {size}-byte message exceeds the relay's limit of {self.max_message_size} bytes"
+            _log.error(
+                "%s: refused to relay a %s frame from %s to %s: %s", self.address, h.kind, conn.name, target, h.error
+            )
+            if chunked:  # its chunks are checked, credited and dropped
+                pending[source_stream] = _Relay(conn, None, None, h)
             h.meta, h.meta_size = b"", 0
             del h.buffer_sizes[:]
-            _log.error(
-                "%s: refused to relay a %s frame from %s to %s: %s", self.address, h.kind, conn.name, h.target, h.error
-            )
-            dest.enqueue(Outgoing(iter([pb.Envelope(header=h)])))
-            if chunked:
-                pending[source_stream] = _DISCARD
+            dest.enqueue(Outgoing.of([(env, cost)], target=target, source=conn))
             return
         if size - len(h.meta) == 0:  # no chunk will follow (no buffers, or only empty ones)
-            dest.enqueue(env)  # the envelope as received, re-stamped
+            dest.enqueue(Outgoing.of([(env, cost)], target=target, source=conn))  # the envelope, re-stamped
             return
-        out = Outgoing()
-        out.pushed.append(pb.Envelope(header=h))
-        pending[source_stream] = _Relay(dest, out, h.stream, size - len(h.meta))
+        if len(pending) >= 3 * self.max_open_frames:  # local frames and refused ones are capped at 1x each
+            raise ProtocolError(
+                f"{conn.name} has {len(pending)} frames unfinished (it starts frames and does not end them)"
+            )
+        out = Outgoing(target=target, stream=h.stream, source=conn)
+        out.atomic = size <= self.chunk_size
+        out.pushed.append((env, cost))
+        relay = _Relay(conn, dest, out, h)
+        pending[source_stream] = relay
         dest.enqueue(out)
 
     async def _relay_chunk(self, env: pb.Envelope, relay: _Relay, pending: dict, source_stream: int) -> None:
-        relay.remaining -= len(env.chunk.data)
-        env.chunk.stream = relay.stream
-        out = relay.out
-        if relay.dest.closed:
-            if relay.remaining <= 0:
-                del pending[source_stream]
-            return
-        out.pushed.append(env)
-        if relay.remaining <= 0:
+        chunk = env.chunk
+        n = len(chunk.data)
+        cost = n + CHUNK_OVERHEAD
+        source = relay.source
+        self._relay_admit(source, relay.target, cost)
+        try:
+            complete = relay.add(chunk, n)
+        except ValueError as exc:
+            raise ProtocolError(f"{source.name}: {exc} (stream {source_stream}, to {relay.target})") from exc
+        if complete:
             del pending[source_stream]
+        out = relay.out
+        if out is None or out.finished or relay.dest is None or relay.dest.closed:
+            source.credit(relay.target, cost)  # dropped
+            return
+        env.DiscardUnknownFields()
+        chunk.stream = relay.stream
+        out.pushed.append((env, cost))
+        if complete:
             out.open_for_push = False
         relay.dest.pushed(out)
-        if len(out.pushed) >= RELAY_WINDOW:
-            out.space.clear()
-            await out.space.wait()  # the destination is slower: stop reading from the source for now
+
+    def _on_cancel(self, conn: Connection, env: pb.Envelope, pending: dict) -> None:
+        """The sender gave up on a frame: free what is held of it; a relayed one is cancelled at its target."""
+        state = pending.pop(env.cancel.stream, None)  # an assembly being filled here is dropped with it
+        if isinstance(state, _Relay) and state.out is not None and state.dest is not None:
+            state.dest.cancel(state.out, f"{conn.name} gave up on it: {env.cancel.reason}")
+
+    def _end_relays(self, conn: Connection, pending: dict) -> None:
+        """``conn``'s stream ended: cancel its relayed frames that were still coming, at their targets."""
+        for state in pending.values():
+            if isinstance(state, _Relay) and state.out is not None and state.dest is not None:
+                state.dest.cancel(state.out, f"{conn.name} disconnected before the frame was complete")
+        pending.clear()
 
     # direct peer connections (client role, direct_p2p) ------------------------------------------------
     def _via_server(self, name: str) -> Callable[[Outgoing], bool]:
@@ -286,8 +454,8 @@ class EndpointCore(CommunicationProtocol):
 
         def reroute(out: Outgoing) -> bool:
             conn = self._conns.get(self._server_name)
-            if conn is None or conn.closed or not self._running:
-                return False
+            if conn is None or conn.closed or not self._running or name not in self._peers:
+                return False  # no relay, or the peer is gone: the frame fails
             conn.enqueue(out)
             return True
 

@@ -13,22 +13,52 @@ lifecycle and ``send``.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import threading
+import time
+from collections.abc import Callable, Iterator
 
-from ...errors import ConnectError, ProtocolError, TransportClosed
+from ...errors import ConnectError, ProtocolError, TransportClosed, TransportTimeout
 from ..protocol import Frame, FrameHandler, PeerHandler
 from . import flarelite_pb2 as pb
-from .connection import Connection, Outgoing
+from .connection import CHUNK_OVERHEAD, Connection, Outgoing, header_cost
 from .dialing import Dialing
 from .listening import Listening
 from .wire import (
+    MAX_BUFFERS,
+    chunks_of,
     envelopes_of,
     frame_size,
     header_to_proto,
 )
 
 _log = logging.getLogger("flarelite.grpc")
+QUEUED_OVERHEAD = 256  # what a queued frame counts against its destination's queue on top of its bytes
+
+
+def _costed(frame: Frame, stream: int, chunk_size: int) -> Iterator[tuple[pb.Envelope, int]]:
+    """The envelopes of a large frame with what each counts against a relay window, made one at a time.
+
+    A chunk's cost comes from the sizes ``chunks_of`` cuts (reading ``chunk.data`` back would copy it).
+    """
+    header = header_to_proto(frame, stream, chunk_size)
+    yield header, header_cost(header)
+    sizes = [memoryview(b).nbytes for b in frame.buffers]
+    if len(frame.meta) > chunk_size:
+        sizes.append(len(frame.meta))
+    cuts = (min(chunk_size, n - offset) + CHUNK_OVERHEAD for n in sizes for offset in range(0, n, chunk_size))
+    for env, cost in zip(chunks_of(frame, stream, chunk_size), cuts):
+        yield env, cost
+
+
+def _wait_step(deadline: float | None) -> float:
+    """How long to wait before looking again (at most 1 s, so that a stop is noticed)."""
+    return 1.0 if deadline is None else max(0.0, min(1.0, deadline - time.monotonic()))
+
+
+async def _call(fn: Callable[[], None]) -> None:
+    fn()
 
 
 class GrpcCommunicationProtocol(Listening, Dialing):
@@ -40,7 +70,11 @@ class GrpcCommunicationProtocol(Listening, Dialing):
             ``"unix:///abs/path.sock"``.
         server: where a client connects: the server's ``listen`` address (``"127.0.0.1:8002"``...).
         tls: a TLSConfig (clear, tls or mtls); default clear.
-        max_message_size: the largest frame body accepted on receive (bytes).
+        max_message_size: the largest frame body accepted on receive (bytes; default 2 GiB).
+        max_open_frames: frames one connection may have started and not finished (default 256); a header over
+            it is delivered with ``error`` and no body, so the receiver answers the sender with a clear error.
+        max_pending_bytes: bytes announced by one connection's unfinished frames (default 4 x max_message_size);
+            over it, the same refusal. Memory is taken only as the bytes arrive, whatever a header announces.
         chunk_size: size of the pieces large buffers travel in (1-4 MiB).
         heartbeat_interval, heartbeat_timeout: liveness; a silent peer is dropped after ``heartbeat_timeout``.
         connect_timeout: how long a client's ``start`` keeps trying to reach the server.
@@ -48,6 +82,9 @@ class GrpcCommunicationProtocol(Listening, Dialing):
             falling back to the server's relay when a direct connection cannot be made or breaks.
         p2p_listen: where such a client listens (default: next to the server's Unix socket, or 127.0.0.1:0).
         p2p_advertise: the address peers should dial (default: the bound ``p2p_listen`` address).
+        relay_window: flow control per destination, in bytes (default 8 MiB, at least ``chunk_size``): what a
+            client may have in the server's relay per target (the server's value, told in Welcome), and what
+            ``send`` queues per destination before it waits.
     """
 
     # lifecycle ---------------------------------------------------------------------------------------
@@ -80,12 +117,23 @@ class GrpcCommunicationProtocol(Listening, Dialing):
         self._stopping = asyncio.Event()
         ready.set()
         self._loop.run_forever()
+        # stopped: end what is left on the loop (gRPC's own call tasks too) so that none is destroyed pending
+        left = [t for t in asyncio.all_tasks(self._loop) if not t.done()]
+        for task in left:
+            task.cancel()
+        if left:
+            try:
+                self._loop.run_until_complete(asyncio.wait(left, timeout=2.0))
+            except Exception as exc:  # stopping anyway
+                _log.debug("%s: ending the loop's tasks: %r", self.address, exc)
 
     def stop(self) -> None:
         """Say goodbye to the peers and close every connection."""
         if not self._running:
             return
         self._running = False
+        with self._room:
+            self._room.notify_all()  # senders waiting for room fail now
         assert self._loop is not None
         try:
             asyncio.run_coroutine_threadsafe(self._shutdown(), self._loop).result(10)
@@ -107,14 +155,17 @@ class GrpcCommunicationProtocol(Listening, Dialing):
         assert self._stopping is not None
         self._stopping.set()
         for conn in list(self._conns.values()):
-            conn.enqueue(Outgoing(iter([pb.Envelope(close=pb.Close(reason=f"{self.address} is stopping"))])))
+            conn.enqueue(pb.Envelope(close=pb.Close(reason=f"{self.address} is stopping")))
         await asyncio.sleep(0.05)  # let the goodbyes go out
         for conn in list(self._conns.values()):
             conn.close(f"{self.address} stopped")
         if self._grpc_server is not None:
             await self._grpc_server.stop(grace=0.5)
-        for task in list(self._tasks):
+        tasks = [t for t in self._tasks if t is not asyncio.current_task()]
+        for task in tasks:
             task.cancel()
+        if tasks:  # let them run their cleanup (close channels, end calls) before the loop stops under them
+            await asyncio.wait(tasks, timeout=2.0)
 
     async def _start_client(self) -> None:
         if self.direct_p2p:
@@ -122,8 +173,13 @@ class GrpcCommunicationProtocol(Listening, Dialing):
         await self._connect_first()
 
     # sending -----------------------------------------------------------------------------------------
-    def send(self, target: str, frame: Frame) -> None:
-        """Send ``frame`` to ``target``; large frames block until written (the buffers are then free)."""
+    def send(self, target: str, frame: Frame, timeout: float | None = None) -> None:
+        """Send ``frame`` to ``target``; large frames block until written (the buffers are then free).
+
+        A small frame is copied and queued; when ``relay_window`` bytes are already queued for ``target`` it
+        waits for room first. ``timeout`` (seconds, None: no limit) bounds every wait: past it, TransportTimeout,
+        and the part already sent is cancelled at the receiver (and at the relay).
+        """
         if not self._running:
             raise TransportClosed(f"{self!r} is stopped; cannot send {frame.kind} to {target!r}")
         size = frame_size(frame)
@@ -133,36 +189,113 @@ class GrpcCommunicationProtocol(Listening, Dialing):
                 f"{frame.kind} frame to {target!r} is {size} bytes, over the limit of {limit} bytes "
                 "(max_message_size); send less data per message"
             )
+        if len(frame.buffers) > MAX_BUFFERS:
+            raise ProtocolError(
+                f"{frame.kind} frame to {target!r} has {len(frame.buffers)} out-of-band buffers, over the wire's "
+                f"limit of {MAX_BUFFERS}; send fewer arrays per message (e.g. stack them into one)"
+            )
         assert self._loop is not None
         on_loop = threading.current_thread() is self._thread
         if target == self.address:
             copy = frame.addressed(self.address, target, [bytearray(b) for b in frame.buffers])
             self._loop.call_soon_threadsafe(self._deliver, copy)
             return
+        deadline = None if timeout is None else time.monotonic() + max(0.0, timeout)
         conn = self._route(target)
         stream = next(self._streams)
         if not frame.buffers and len(frame.meta) <= self.chunk_size:  # one envelope: build it now, queue, return
             env = header_to_proto(frame, stream, self.chunk_size, sender=self.address, target=target)
-            if on_loop:
-                conn.enqueue(env)
-            else:
-                self._loop.call_soon_threadsafe(conn.enqueue, env)
+            out = Outgoing.of([(env, header_cost(env))], target=target, stream=stream)
+            self._queue(conn, out, size + QUEUED_OVERHEAD, deadline, on_loop)
             return
         out_frame = frame.addressed(self.address, target)
         if size <= self.chunk_size:  # small: encode now (copies), queue, return
-            out = Outgoing(iter(list(envelopes_of(out_frame, stream, self.chunk_size))))
-            self._loop.call_soon_threadsafe(conn.enqueue, out)
+            envs = list(envelopes_of(out_frame, stream, self.chunk_size))
+            costed = [(envs[0], header_cost(envs[0]))] + [(e, len(e.chunk.data) + CHUNK_OVERHEAD) for e in envs[1:]]
+            out = Outgoing.of(costed, target=target, stream=stream)
+            self._queue(conn, out, size + QUEUED_OVERHEAD, deadline, on_loop)
             return
         done = threading.Event()
-        out = Outgoing(envelopes_of(out_frame, stream, self.chunk_size), done)
+        out = Outgoing(_costed(out_frame, stream, self.chunk_size), done, target=target, stream=stream)
         self._loop.call_soon_threadsafe(conn.enqueue, out)
         if on_loop:
             return  # on the loop itself: cannot wait (the runtime never sends large frames from a callback)
-        while not done.wait(1.0):
+        while not done.wait(_wait_step(deadline)):
             if not self._running:
+                self._give_up(out, f"{self.address} stopped")
                 raise TransportClosed(f"{self!r} stopped while sending to {target!r}")
+            if deadline is not None and time.monotonic() >= deadline:
+                self._give_up(out, f"not sent within {timeout}s")
+                if not (out.finished and out.error is None):  # (unless it was written just in time)
+                    raise TransportTimeout(
+                        f"{frame.kind} frame to {target!r} ({size} bytes) was not sent within {timeout}s "
+                        f"(the receiver, or the relay to it, takes it slower); what was sent of it is cancelled"
+                    )
         if out.error:
             raise TransportClosed(f"{frame.kind} frame to {target!r} not sent: {out.error}")
+
+    def _queue(self, conn: Connection, out: Outgoing, charge: int, deadline: float | None, on_loop: bool) -> None:
+        """Queue a copied frame on ``conn`` once its target has room (``relay_window`` bytes queued at most)."""
+        assert self._loop is not None
+        if on_loop:  # cannot wait on the loop thread; what the loop sends is the transport's own small frames
+            conn.enqueue(out)
+            return
+        target = out.target
+        waited = False
+        with self._room:
+            while True:
+                queued = self._queued.get(target, 0)
+                if not queued or queued + charge <= self.relay_window:
+                    break
+                waited = True
+                if not self._running:
+                    raise TransportClosed(f"{self!r} stopped while waiting to send to {target!r}")
+                if deadline is not None and time.monotonic() >= deadline:
+                    raise TransportTimeout(
+                        f"no room to send a frame to {target!r}: {queued} bytes are already queued for it "
+                        f"(relay_window {self.relay_window}) and it takes them slower than they come"
+                    )
+                self._room_waiters += 1
+                try:
+                    self._room.wait(_wait_step(deadline))
+                finally:
+                    self._room_waiters -= 1
+            self._queued[target] = queued + charge
+        out.on_finish = functools.partial(self._unqueue, target, charge)
+        if waited:  # the way to the target may have changed meanwhile (or be gone: ConnectError)
+            try:
+                conn = self._route(target)
+            except ConnectError:
+                self._unqueue(target, charge, out)
+                raise
+        self._loop.call_soon_threadsafe(conn.enqueue, out)
+
+    def _unqueue(self, target: str, charge: int, out: Outgoing) -> None:
+        with self._room:
+            left = self._queued.get(target, 0) - charge
+            if left > 0:
+                self._queued[target] = left
+            else:
+                self._queued.pop(target, None)
+            if self._room_waiters:
+                self._room.notify_all()
+
+    def _give_up(self, out: Outgoing, reason: str) -> None:
+        """Cancel ``out`` wherever it is queued; returns once the loop has taken note (its buffers are then free)."""
+        assert self._loop is not None
+
+        def cancel() -> None:
+            for conn in list(self._conns.values()):
+                conn.cancel(out, reason)
+            if out.cancelled is None and not out.finished:
+                out.cancelled = reason  # on no connection (rerouting): whoever takes it drops it
+
+        if out.finished:
+            return
+        try:
+            asyncio.run_coroutine_threadsafe(_call(cancel), self._loop).result(5)
+        except Exception as exc:  # the loop is gone: nothing will touch the buffers any more
+            _log.debug("%s: cancelling a frame: %r", self.address, exc)
 
     def _route(self, target: str) -> Connection:
         if self.is_server:

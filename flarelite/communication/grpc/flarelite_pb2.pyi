@@ -7,7 +7,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class Envelope(_message.Message):
-    __slots__ = ("hello", "welcome", "refused", "header", "chunk", "heartbeat", "peer", "close")
+    __slots__ = ("hello", "welcome", "refused", "header", "chunk", "heartbeat", "peer", "close", "cancel", "credit")
     HELLO_FIELD_NUMBER: _ClassVar[int]
     WELCOME_FIELD_NUMBER: _ClassVar[int]
     REFUSED_FIELD_NUMBER: _ClassVar[int]
@@ -16,6 +16,8 @@ class Envelope(_message.Message):
     HEARTBEAT_FIELD_NUMBER: _ClassVar[int]
     PEER_FIELD_NUMBER: _ClassVar[int]
     CLOSE_FIELD_NUMBER: _ClassVar[int]
+    CANCEL_FIELD_NUMBER: _ClassVar[int]
+    CREDIT_FIELD_NUMBER: _ClassVar[int]
     hello: Hello
     welcome: Welcome
     refused: Refused
@@ -24,7 +26,9 @@ class Envelope(_message.Message):
     heartbeat: Heartbeat
     peer: PeerEvent
     close: Close
-    def __init__(self, hello: _Optional[_Union[Hello, _Mapping]] = ..., welcome: _Optional[_Union[Welcome, _Mapping]] = ..., refused: _Optional[_Union[Refused, _Mapping]] = ..., header: _Optional[_Union[Header, _Mapping]] = ..., chunk: _Optional[_Union[Chunk, _Mapping]] = ..., heartbeat: _Optional[_Union[Heartbeat, _Mapping]] = ..., peer: _Optional[_Union[PeerEvent, _Mapping]] = ..., close: _Optional[_Union[Close, _Mapping]] = ...) -> None: ...
+    cancel: Cancel
+    credit: Credit
+    def __init__(self, hello: _Optional[_Union[Hello, _Mapping]] = ..., welcome: _Optional[_Union[Welcome, _Mapping]] = ..., refused: _Optional[_Union[Refused, _Mapping]] = ..., header: _Optional[_Union[Header, _Mapping]] = ..., chunk: _Optional[_Union[Chunk, _Mapping]] = ..., heartbeat: _Optional[_Union[Heartbeat, _Mapping]] = ..., peer: _Optional[_Union[PeerEvent, _Mapping]] = ..., close: _Optional[_Union[Close, _Mapping]] = ..., cancel: _Optional[_Union[Cancel, _Mapping]] = ..., credit: _Optional[_Union[Credit, _Mapping]] = ...) -> None: ...
 
 class Hello(_message.Message):
     __slots__ = ("name", "version", "p2p_address")
@@ -37,7 +41,7 @@ class Hello(_message.Message):
     def __init__(self, name: _Optional[str] = ..., version: _Optional[int] = ..., p2p_address: _Optional[str] = ...) -> None: ...
 
 class Welcome(_message.Message):
-    __slots__ = ("name", "peers", "max_message_size", "addresses")
+    __slots__ = ("name", "peers", "max_message_size", "addresses", "relay_window")
     class AddressesEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -49,11 +53,13 @@ class Welcome(_message.Message):
     PEERS_FIELD_NUMBER: _ClassVar[int]
     MAX_MESSAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
     ADDRESSES_FIELD_NUMBER: _ClassVar[int]
+    RELAY_WINDOW_FIELD_NUMBER: _ClassVar[int]
     name: str
     peers: _containers.RepeatedScalarFieldContainer[str]
     max_message_size: int
     addresses: _containers.ScalarMap[str, str]
-    def __init__(self, name: _Optional[str] = ..., peers: _Optional[_Iterable[str]] = ..., max_message_size: _Optional[int] = ..., addresses: _Optional[_Mapping[str, str]] = ...) -> None: ...
+    relay_window: int
+    def __init__(self, name: _Optional[str] = ..., peers: _Optional[_Iterable[str]] = ..., max_message_size: _Optional[int] = ..., addresses: _Optional[_Mapping[str, str]] = ..., relay_window: _Optional[int] = ...) -> None: ...
 
 class Refused(_message.Message):
     __slots__ = ("reason",)
@@ -122,3 +128,19 @@ class Close(_message.Message):
     REASON_FIELD_NUMBER: _ClassVar[int]
     reason: str
     def __init__(self, reason: _Optional[str] = ...) -> None: ...
+
+class Cancel(_message.Message):
+    __slots__ = ("stream", "reason")
+    STREAM_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    stream: int
+    reason: str
+    def __init__(self, stream: _Optional[int] = ..., reason: _Optional[str] = ...) -> None: ...
+
+class Credit(_message.Message):
+    __slots__ = ("target", "bytes")
+    TARGET_FIELD_NUMBER: _ClassVar[int]
+    BYTES_FIELD_NUMBER: _ClassVar[int]
+    target: str
+    bytes: int
+    def __init__(self, target: _Optional[str] = ..., bytes: _Optional[int] = ...) -> None: ...

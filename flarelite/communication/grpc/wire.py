@@ -1,18 +1,29 @@
 """Frames <-> protobuf envelopes, in symmetric pairs, and the reassembly of chunked frames.
 
-The only module that knows both ``Frame`` and the generated protobuf classes.
+The only module that knows both ``Frame`` and the generated protobuf classes. What a received header may cost
+is bounded here: ``check_header`` refuses nonsense (more than MAX_BUFFERS buffers), ``header_problem`` says
+why a body may not be received (more buffers than its meta could reference, over max_message_size), and an
+``Assembly`` takes memory only as chunks arrive; ``Inbound`` counts what one connection's frames hold.
 """
 
 from __future__ import annotations
 
+import mmap
+from array import array
 from collections.abc import Iterator
+from typing import Any
 
+from ...errors import ProtocolError
 from ..protocol import Frame
+from ..sizes import DEFAULT_MAX_MESSAGE_SIZE as DEFAULT_MAX_MESSAGE_SIZE  # re-exported
 from . import flarelite_pb2 as pb
 
 WIRE_VERSION = 1
 DEFAULT_CHUNK_SIZE = 1 << 20  # 1 MiB
-DEFAULT_MAX_MESSAGE_SIZE = 8 << 30  # 8 GiB
+MAX_BUFFERS = 1 << 17  # buffers one frame may list (more: the stream is closed)
+FREE_BUFFERS = 64  # buffers any header may list whatever its meta; beyond, each needs BUFFER_REF_BYTES of meta
+BUFFER_REF_BYTES = 6  # the least meta a codec reference to a buffer takes (``["b",0]`` is 7 bytes)
+MAPPED_MIN = 64 << 10  # buffers at least this large get lazily committed memory (see Assembly)
 
 
 def frame_size(frame: Frame) -> int:
@@ -84,49 +95,184 @@ def envelopes_of(frame: Frame, stream: int, chunk_size: int) -> Iterator[pb.Enve
     yield from chunks_of(frame, stream, chunk_size)
 
 
+def check_header(h: pb.Header) -> None:
+    """Refuse a header no honest sender makes, before anything is computed from its lists.
+
+    Raises:
+        ProtocolError: it lists more than MAX_BUFFERS buffers, or has both inline meta and a meta size.
+    """
+    if len(h.buffer_sizes) > MAX_BUFFERS:
+        raise ProtocolError(f"a {h.kind} header lists {len(h.buffer_sizes)} buffers, over the limit of {MAX_BUFFERS}")
+    if h.meta and h.meta_size:
+        raise ProtocolError(f"a {h.kind} header has both inline meta and a meta size of {h.meta_size} bytes")
+
+
+def header_problem(h: pb.Header, max_message_size: int) -> str:
+    """Why the body of a frame with header ``h`` may not be received here ('' when it may); see check_header."""
+    meta = len(h.meta) + h.meta_size
+    if len(h.buffer_sizes) > FREE_BUFFERS + meta // BUFFER_REF_BYTES:
+        return (
+            f"a {h.kind} frame lists {len(h.buffer_sizes)} buffers but has {meta} bytes of meta, too little to "
+            "use them (the codec needs at least 6 bytes of meta per buffer)"
+        )
+    size = body_size(h)
+    if size > max_message_size:
+        return f"a {size}-byte message exceeds the limit of {max_message_size} bytes (max_message_size)"
+    return ""
+
+
+def _allocate(size: int) -> Any:
+    """A writable, contiguous buffer of ``size`` bytes whose memory is committed only as it is written.
+
+    Large buffers are private anonymous mappings: the kernel supplies their pages on first write, so a
+    header's announced size costs address space, not memory, until the bytes come.
+    """
+    if size < MAPPED_MIN:
+        return bytearray(size)
+    try:
+        if hasattr(mmap, "MAP_PRIVATE"):
+            return mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE)
+        return mmap.mmap(-1, size)  # Windows: pagefile-backed, committed on write too
+    except (OSError, OverflowError, ValueError) as exc:
+        raise MemoryError(f"cannot reserve {size} bytes for an incoming buffer: {exc}") from exc
+
+
 class Assembly:
-    """Collects the chunks of one incoming frame into buffers allocated once, at their announced sizes."""
+    """Collects the chunks of one incoming frame; its memory follows the bytes actually received.
+
+    A buffer gets memory when its first chunk arrives (a small one at once, a large one as a mapping whose pages
+    are committed as chunks are copied in), so a header announcing gigabytes costs nothing until they come.
+    The finished buffers are exactly the announced sizes, contiguous and writable (bytearray or mmap), each byte
+    copied once.
+    """
+
+    __slots__ = ("frame", "sizes", "nbytes", "meta_chunked", "parts", "index", "filled")
 
     def __init__(self, header: pb.Header) -> None:
         self.frame = header_from_proto(header)
-        sizes = list(header.buffer_sizes)
-        if header.meta_size:
-            sizes.append(header.meta_size)
-        self.parts = [bytearray(n) for n in sizes]
-        self.filled = [0] * len(sizes)
-        self.index = 0
-        self._skip_empty()
-        self.meta_chunked = bool(header.meta_size)
+        self.sizes = array("Q", header.buffer_sizes)
+        self.meta_chunked = header.meta_size > 0
+        if self.meta_chunked:
+            self.sizes.append(header.meta_size)
+        self.nbytes = sum(self.sizes)  # announced
+        self.parts: list[Any] = []  # the non-empty buffers reached so far; the last one is being filled
+        self.index = 0  # the buffer being filled
+        self.filled = 0  # bytes of it received
+        self._skip_done()
 
-    def _skip_empty(self) -> None:
-        while self.index < len(self.parts) and self.filled[self.index] == len(self.parts[self.index]):
+    def _skip_done(self) -> None:
+        sizes = self.sizes
+        while self.index < len(sizes) and self.filled == sizes[self.index]:
             self.index += 1
+            self.filled = 0
 
     @property
     def complete(self) -> bool:
         """True when every buffer is filled."""
-        return self.index >= len(self.parts)
+        return self.index >= len(self.sizes)
 
     def add(self, chunk: pb.Chunk) -> None:
         """Copy one chunk in place.
 
         Raises:
-            ValueError: the chunk is out of order or overflows its buffer.
+            ValueError: the chunk is out of order, overflows its buffer or comes after the frame is complete.
+            MemoryError: no memory for the buffer the chunk starts.
         """
-        if chunk.buffer != self.index:
-            raise ValueError(f"chunk for buffer {chunk.buffer} while buffer {self.index} is being filled")
-        part, start = self.parts[self.index], self.filled[self.index]
-        end = start + len(chunk.data)
-        if end > len(part):
-            raise ValueError(f"chunk overflows buffer {self.index} ({end} > {len(part)} bytes)")
-        part[start:end] = chunk.data
-        self.filled[self.index] = end
-        self._skip_empty()
+        if chunk.buffer != self.index or self.complete:
+            state = "the frame is complete" if self.complete else f"buffer {self.index} is being filled"
+            raise ValueError(f"chunk for buffer {chunk.buffer} while {state}")
+        data = chunk.data
+        size, start = self.sizes[self.index], self.filled
+        end = start + len(data)
+        if end > size:
+            raise ValueError(f"chunk overflows buffer {self.index} ({end} > {size} bytes)")
+        if end == start:
+            return
+        if start == 0:
+            self.parts.append(bytearray(data) if end == size else _allocate(size))
+            if end == size:
+                self.filled = end
+                self._skip_done()
+                return
+        self.parts[-1][start:end] = data
+        self.filled = end
+        self._skip_done()
 
     def finish(self) -> Frame:
         """The complete frame."""
+        parts = iter(self.parts)
+        buffers = [next(parts) if n else bytearray() for n in self.sizes]
+        self.parts = []
         frame = self.frame
         if self.meta_chunked:
-            frame.meta = bytes(self.parts.pop())
-        frame.buffers = list(self.parts)
+            frame.meta = bytes(buffers.pop())
+        frame.buffers = buffers
         return frame
+
+    def discard(self) -> None:
+        """Free what was received (whoever still holds this Assembly)."""
+        self.parts = []
+
+
+class Skip:
+    """A frame refused here whose chunks are still coming: counts them off, keeps nothing."""
+
+    __slots__ = ("remaining",)
+
+    def __init__(self, remaining: int) -> None:
+        self.remaining = remaining
+
+    def add(self, chunk: pb.Chunk) -> bool:
+        """Count one chunk off; True when the last announced byte came."""
+        self.remaining -= len(chunk.data)
+        return self.remaining <= 0
+
+
+class Inbound(dict):
+    """A connection's frames in progress by stream id, counting what the local ones (Assembly, Skip) hold.
+
+    Counters follow every way of adding or removing an entry (``[]=``, ``del``, ``pop``, ``clear``); ``clear``
+    and ``pop`` of an Assembly free its memory at once, whoever still references it.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.frames = 0  # Assembly entries
+        self.nbytes = 0  # bytes they announced
+        self.nbuffers = 0  # buffers they listed
+        self.skipped = 0  # Skip entries
+
+    def _count(self, state: object, sign: int) -> None:
+        if type(state) is Assembly:
+            self.frames += sign
+            self.nbytes += sign * state.nbytes
+            self.nbuffers += sign * len(state.sizes)
+            if sign < 0:
+                state.discard()
+        elif type(state) is Skip:
+            self.skipped += sign
+
+    def __setitem__(self, stream: int, state: object) -> None:
+        old = self.get(stream)
+        if old is not None:
+            self._count(old, -1)
+        super().__setitem__(stream, state)
+        self._count(state, 1)
+
+    def __delitem__(self, stream: int) -> None:
+        self._count(self[stream], -1)
+        super().__delitem__(stream)
+
+    def pop(self, stream: int, *default: Any) -> Any:  # type: ignore[override]
+        """Remove and return the entry of ``stream`` (freeing an Assembly's memory)."""
+        if stream not in self:
+            return super().pop(stream, *default)
+        state = super().pop(stream)
+        self._count(state, -1)
+        return state
+
+    def clear(self) -> None:
+        """Remove every entry, freeing every Assembly's memory."""
+        for state in self.values():
+            self._count(state, -1)
+        super().clear()
