@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import threading
 
-from ..errors import ConnectError, TransportClosed
+from ..errors import ConnectError, ProtocolError, TransportClosed
 from .protocol import CommunicationProtocol, Frame, FrameHandler, PeerHandler
+from .sizes import max_message_size as message_limit
 
 
 class InMemoryHub:
@@ -21,6 +22,10 @@ class InMemoryHub:
             if endpoint.address in self._endpoints:
                 raise ConnectError(f"in-memory address {endpoint.address!r} is already in use on this hub")
             others = list(self._endpoints.values())
+            for other in others:  # an endpoint with an admission rule turns away whom it does not admit
+                reason = other._refuses(endpoint.address)
+                if reason:
+                    raise ConnectError(f"{other.address} refused {endpoint.address!r}: {reason}")
             self._endpoints[endpoint.address] = endpoint
         for other in others:
             other._peer_event(endpoint.address, True)
@@ -73,9 +78,12 @@ _default_hub = InMemoryHub()
 class InMemoryCommunicationProtocol(CommunicationProtocol):
     """Endpoint on an ``InMemoryHub``; ``send`` copies the buffers and calls the target's handler directly."""
 
-    def __init__(self, address: str, *, hub: InMemoryHub | None = None) -> None:
+    def __init__(
+        self, address: str, *, hub: InMemoryHub | None = None, max_message_size: int | str | None = None
+    ) -> None:
         super().__init__(address)
         self.hub = hub if hub is not None else _default_hub
+        self.max_message_size = message_limit(max_message_size)  # as the gRPC endpoint's (default 2 GiB)
         self._on_frame: FrameHandler | None = None
         self._on_peer: PeerHandler | None = None
         self._running = False
@@ -89,8 +97,12 @@ class InMemoryCommunicationProtocol(CommunicationProtocol):
         self._running = True
         self.hub._join(self)
 
-    def send(self, target: str, frame: Frame) -> None:
-        """Copy ``frame``'s buffers and hand it to ``target``'s handler on the calling thread."""
+    def send(self, target: str, frame: Frame, timeout: float | None = None) -> None:
+        """Copy ``frame``'s buffers and hand it to ``target``'s handler on the calling thread.
+
+        Nothing is queued here, so nothing waits for room and ``timeout`` never runs out (the handler returns
+        quickly, as the contract asks); it is accepted so that callers need not know the transport.
+        """
         if not self._running:
             raise TransportClosed(f"{self!r} is stopped; cannot send {frame.kind} to {target!r}")
         if self.hub._lookup(self.address) is not self:
@@ -98,6 +110,21 @@ class InMemoryCommunicationProtocol(CommunicationProtocol):
         endpoint = self.hub._lookup(target)
         if endpoint is None or endpoint._on_frame is None:
             raise ConnectError(f"no endpoint {target!r} on the in-memory hub (is the site running?)")
+        reason = endpoint._refuses(self.address)
+        if reason:
+            raise ConnectError(f"{target} refused {self.address!r}: {reason}")
+        size = frame.nbytes
+        if size > self.max_message_size:
+            raise ProtocolError(
+                f"{frame.kind} frame to {target!r} is {size} bytes, over the limit of {self.max_message_size} bytes "
+                "(max_message_size); send less data per message"
+            )
+        if size > endpoint.max_message_size:  # what the gRPC transport does: the header comes with the error
+            delivered = frame.addressed(self.address, target, [])
+            delivered.meta = b""
+            delivered.error = f"a {size}-byte message exceeds the limit of {endpoint.max_message_size} bytes"
+            endpoint._on_frame(delivered)
+            return
         # one copy of each buffer: the receiver never shares the sender's memory
         delivered = frame.addressed(self.address, target, [bytearray(b) for b in frame.buffers])
         endpoint._on_frame(delivered)
@@ -111,6 +138,12 @@ class InMemoryCommunicationProtocol(CommunicationProtocol):
             self.hub._cut.pop(self.address, None)
         self.hub._leave(self)
 
+    def _refuses(self, address: str) -> str | None:
+        """Why this endpoint's admission rule turns ``address`` away (None: no rule, or admitted)."""
+        if self._admission is None or address == self.address:
+            return None
+        return self.refusal(address)
+
     def _peer_event(self, address: str, connected: bool) -> None:
-        if self._on_peer is not None and self._running:
+        if self._on_peer is not None and self._running and not self._refuses(address):
             self._on_peer(address, connected)

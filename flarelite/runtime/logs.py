@@ -2,6 +2,9 @@
 
 A record belongs to the site named by its ``site`` attribute (set by FLComponent.log_* and the runtime's
 loggers) or, failing that, to the site whose thread wrote it (set with ``bind_thread``).
+
+Every record that reaches the site log files or the console is written with its control characters escaped
+(``flarelite.logsafe``): a site name such as ``"evil\x1b[2J\nFAKE"`` shows as ``evil\x1b[2J\nFAKE`` on one line.
 """
 
 from __future__ import annotations
@@ -10,6 +13,8 @@ import logging
 import os
 import threading
 from typing import Any
+
+from .. import logsafe
 
 CONSOLE_FORMAT = "%(asctime)s - %(name)s - %(levelname)s - %(message)s"
 
@@ -31,6 +36,7 @@ class _SiteRouter(logging.Handler):
 
     def __init__(self) -> None:
         super().__init__(logging.NOTSET)
+        logsafe.install(self)
         self._files: dict[str, logging.Handler] = {}
         self._files_lock = threading.Lock()
 
@@ -73,9 +79,12 @@ def setup_logging(console: bool = True, level: int = logging.INFO) -> int:
         previous = root.level
         if _router not in root.handlers:
             root.addHandler(_router)
+        for handler in root.handlers:  # the user's own console handler too: no raw control characters
+            logsafe.install(handler)
         if console and _console is None and not any(h is not _router for h in root.handlers):
             _console = logging.StreamHandler()
-            _console.setFormatter(logging.Formatter(CONSOLE_FORMAT))
+            _console.setFormatter(logsafe.EscapingFormatter(CONSOLE_FORMAT))
+            logsafe.install(_console)
             root.addHandler(_console)
         if root.level == logging.NOTSET or root.level > level:
             root.setLevel(level)
@@ -92,7 +101,8 @@ def open_site_log(site: str, folder: str) -> str:
     os.makedirs(folder, exist_ok=True)
     path = os.path.join(folder, "log.txt")
     handler = logging.FileHandler(path, mode="w", encoding="utf-8")
-    handler.setFormatter(logging.Formatter(CONSOLE_FORMAT))
+    handler.setFormatter(logsafe.EscapingFormatter(CONSOLE_FORMAT))
+    logsafe.install(handler)
     _router.add(site, handler)
     return path
 
@@ -107,6 +117,7 @@ class SiteLogger(logging.LoggerAdapter):
 
     def __init__(self, name: str, site: str, job_id: str) -> None:
         super().__init__(logging.getLogger(name), {"site": site})
+        logsafe.install(self.logger)  # its records are escaped whichever handler gets them
         self.prefix = f"[identity={site}, run={job_id}]"
 
     def process(self, msg: Any, kwargs: Any) -> tuple[Any, Any]:

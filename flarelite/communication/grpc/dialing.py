@@ -5,37 +5,60 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
 from typing import Any
 
 import grpc
 
-from ...errors import ConnectError, ProtocolError
+from ... import logsafe
+from ...errors import ConfigError, ConnectError, ProtocolError
+from ..protocol import site_name_problem
 from . import flarelite_pb2 as pb
 from . import flarelite_pb2_grpc as pb_grpc
 from .connection import Connection
 from .core import EndpointCore
+from .listening import ALREADY_CONNECTED, warn_unauthenticated
 from .tls import channel_credentials, channel_options
 from .wire import (
     WIRE_VERSION,
 )
 
 _log = logging.getLogger("flarelite.grpc")
+logsafe.install(_log)
+WAIT_NOTE_INTERVAL = 5.0  # seconds between the lines a site writes while it waits for the server
+
+
+class _Busy(ConnectError):
+    """The server refused this site because a connection under its name is still open: retry later."""
 
 
 class Dialing(EndpointCore):
     """Connect to the server and keep connected; dial peers that accept direct connections."""
 
     async def _connect_first(self) -> None:
-        deadline = time.monotonic() + self.connect_timeout
+        problem = site_name_problem(self.address)
+        if problem:
+            raise ConfigError(f"{self.address!r} cannot be a site's name: {problem}")
+        warn_unauthenticated(self)
+        began = time.monotonic()
+        deadline = began + self.connect_timeout
+        next_note = began + WAIT_NOTE_INTERVAL
         delay = 0.05
         while True:
             try:
-                await self._connect_once(max(0.2, min(5.0, deadline - time.monotonic())))
+                await self._connect_once(max(0.2, min(1.0, deadline - time.monotonic())))
                 break
+            except _Busy as exc:  # our old connection is still open there: it times out, then we get in
+                if time.monotonic() + delay > deadline:
+                    raise ConnectError(f"{exc} (still, after {self.connect_timeout}s)") from exc
+                next_note = self._note_wait(exc, deadline, next_note)
+                await asyncio.sleep(max(delay, 0.5))
+                delay = min(delay * 2, 1.0)
             except ConnectError:
                 raise
             except Exception as exc:
+                next_note = self._note_wait(exc, deadline, next_note)
                 if time.monotonic() + delay > deadline:
                     hint = (
                         f" (security mode {self.tls.mode}: check that the server uses the same mode, that its "
@@ -46,10 +69,41 @@ class Dialing(EndpointCore):
                     )
                     raise ConnectError(
                         f"{self.address} could not reach the server at {self.server_address} within "
-                        f"{self.connect_timeout}s: {exc!r}{hint}"
+                        f"{self.connect_timeout}s: {self._why(exc)}{hint}"
                     ) from exc
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 0.25)
+
+    def _note_wait(self, exc: BaseException, deadline: float, next_note: float) -> float:
+        """Every few seconds, say what this site waits for and why; return when to say it next."""
+        now = time.monotonic()
+        if now < next_note or deadline - now < 1.0:  # the last second: the error itself follows
+            return next_note
+        _log.warning(
+            "%s: waiting for the server at %s: %s; giving up in %.0fs",
+            self.address,
+            self.server_address,
+            self._why(exc),
+            max(0.0, deadline - now),
+            extra={"site": self.address},
+        )
+        return now + WAIT_NOTE_INTERVAL
+
+    def _why(self, exc: BaseException) -> str:
+        """What the last attempt to reach the server ran into, in words."""
+        if isinstance(exc, ConnectError):
+            return str(exc)
+        address = self.server_address or ""
+        if isinstance(exc, asyncio.TimeoutError):
+            if address.startswith("unix:"):
+                path = address[len("unix://") :] if address.startswith("unix://") else address[len("unix:") :]
+                if not os.path.exists(path):
+                    return f"no socket file {path} yet (is the server started?)"
+                return f"nothing accepts connections on {path}"
+            return "no answer (nothing listens there yet, or a firewall drops the connection)"
+        if isinstance(exc, grpc.aio.AioRpcError):
+            return f"{exc.code().name}: {exc.details()}"
+        return repr(exc)
 
     async def _connect_once(self, timeout: float = 5.0) -> None:
         assert self.server_address is not None
@@ -74,12 +128,16 @@ class Dialing(EndpointCore):
             raise ConnectionError("the server closed the stream")
         if first.WhichOneof("body") == "refused":
             await channel.close()
-            raise ConnectError(f"the server refused {self.address}: {first.refused.reason}")
+            reason = first.refused.reason
+            error = _Busy if reason.startswith(ALREADY_CONNECTED) else ConnectError
+            raise error(f"the server refused {self.address}: {reason}")
         welcome = first.welcome
         self._remote_max = welcome.max_message_size or self._remote_max
         self._peers = set(welcome.peers)
         self._server_name = welcome.peers[0] if welcome.peers else "server"
-        conn = Connection(self._server_name, call.write, self.heartbeat_interval, stamp_sender=False)
+        conn = Connection(
+            self._server_name, call.write, self.heartbeat_interval, stamp_sender=False, window=welcome.relay_window
+        )
         self._conns[self._server_name] = conn
         self._addresses = dict(welcome.addresses)
         self._spawn(self._run_client(channel, call, conn))
@@ -115,8 +173,12 @@ class Dialing(EndpointCore):
         while self._running and not self._stopping.is_set():
             try:
                 await self._connect_once()
+            except _Busy:  # the server still holds our old connection; it is closed by heartbeats
+                await asyncio.sleep(max(delay, 0.5))
+                delay = min(delay * 2, 2.0)
+                continue
             except ConnectError as exc:
-                _log.error("%s: %s; not trying again", self.address, exc)
+                _log.error("%s: %s; not trying again", self.address, exc, extra={"site": self.address})
                 return
             except Exception:
                 await asyncio.sleep(delay)
@@ -142,7 +204,7 @@ class Dialing(EndpointCore):
         self._peer_event(event.name, event.connected)
 
     def _maybe_dial(self, name: str, address: str) -> None:
-        # one connection per pair: the site whose name sorts first dials, the other accepts
+        # one connection per pair: the site whose name sorts later dials, the other accepts
         if not self.direct_p2p or not address or name >= self.address or name in self._dialing:
             return
         existing = self._conns.get(name)
