@@ -6,15 +6,16 @@ arrive before the site finished START_RUN are held until it has (``set_ready``).
 
 from __future__ import annotations
 
-import itertools
+import secrets
 import threading
+import time
 from typing import TYPE_CHECKING, Any, Callable
 
 from ..apis.fl_constant import ReservedKey, ReturnCode, SiteType
 from ..apis.fl_context import FLContext, peer_context_from_props
 from ..apis.shareable import ReservedHeaderKey, Shareable, make_reply
 from ..communication.protocol import Frame
-from ..errors import CodecError, TransportError
+from ..errors import CodecError, TransportError, TransportTimeout
 from .frames import Kind, frame_shareable, make_frame
 from .workers import WorkerPool
 
@@ -53,17 +54,26 @@ class _Waiter:
                 self.done.set()
 
 
+def new_message_id() -> str:
+    """An unguessable request id (128 random bits): a peer cannot answer a request it was not sent."""
+    return secrets.token_hex(16)
+
+
 class AuxRunner:
-    """One site's aux channel: handlers by topic, pending requests by message id, the handler worker pool."""
+    """One site's aux channel: handlers by topic, pending requests by (target, message id), the worker pool.
+
+    A reply settles a pending request only when it comes from the site the request went to (the sender the
+    transport authenticated) and carries that request's id, which is random: no other site can answer it.
+    """
 
     def __init__(self, site: SiteRuntime, max_workers: int = 16) -> None:
         self.site = site
         self._handlers: dict[str, Callable[..., Shareable]] = {}
-        self._pending: dict[str, tuple[_Waiter, str]] = {}
+        self._pending: dict[tuple[str, str], _Waiter] = {}  # (target, msg_id) -> the send waiting for it
         self._lock = threading.Lock()
         self._ready = False
         self._held: list[Frame] = []
-        self._ids = itertools.count(1)  # message ids only need to be unique among this site's requests
+        self._stray = 0  # replies that matched no pending request (late, or forged): counted, logged sparingly
         self._pool = WorkerPool(site.name, max_workers)
 
     # handlers ----------------------------------------------------------------------------------------
@@ -139,8 +149,9 @@ class AuxRunner:
                 encoded_once[id(request)] = template
             frames[target] = template
         waiter = _Waiter(list(frames) if wait else [])
+        deadline = time.monotonic() + timeout if wait else None
         for target, template in frames.items():
-            msg_id = f"{next(self._ids)}"
+            msg_id = new_message_id()
             frame = Frame(
                 kind=kind,
                 msg_id=msg_id,
@@ -149,23 +160,29 @@ class AuxRunner:
                 meta=template.meta,
                 buffers=template.buffers,
             )
+            key = (target, msg_id)
             if wait:
                 with self._lock:
-                    self._pending[msg_id] = (waiter, target)
+                    self._pending[key] = waiter
+            left = None if deadline is None else deadline - time.monotonic()
             try:
-                self.site.send_frame(target, frame)
+                if left is not None and left <= 0:
+                    raise TransportTimeout(f"no time left to send to {target} within {timeout}s")
+                self.site.send_frame(target, frame, timeout=left)
             except TransportError as exc:
                 self._report(optional, "aux request on topic %r to %s could not be sent: %s", topic, target, exc)
+                rc = ReturnCode.TIMEOUT if isinstance(exc, TransportTimeout) else ReturnCode.COMMUNICATION_ERROR
                 if wait:
                     with self._lock:
-                        self._pending.pop(msg_id, None)
-                    waiter.settle(target, error=_error_reply(ReturnCode.COMMUNICATION_ERROR, f"{target}: {exc}"))
+                        self._pending.pop(key, None)
+                    waiter.settle(target, error=_error_reply(rc, f"{target}: {exc}"))
         if not wait:
             return {}
-        waiter.done.wait(timeout)
+        assert deadline is not None
+        waiter.done.wait(max(0.0, deadline - time.monotonic()))
         with self._lock:
-            for msg_id in [m for m, (w, _) in self._pending.items() if w is waiter]:
-                self._pending.pop(msg_id, None)
+            for key in [k for k, w in self._pending.items() if w is waiter]:
+                self._pending.pop(key, None)
         with waiter.lock:
             late = set(waiter.remaining)
             waiter.remaining.clear()
@@ -211,23 +228,33 @@ class AuxRunner:
             self._reply(frame, _error_reply(ReturnCode.SERVICE_UNAVAILABLE, f"{self.site.name} is shutting down"))
 
     def on_reply(self, frame: Frame) -> None:
-        """Called from the transport: settle the pending request this reply answers."""
+        """Called from the transport: settle the request this reply answers, if it went to the reply's sender."""
+        key = (frame.sender, frame.ref_id)
         with self._lock:
-            entry = self._pending.pop(frame.ref_id, None)
-        if entry is None:
-            self.site.log.debug("late or unknown aux reply from %s (topic %r) dropped", frame.sender, frame.topic)
+            waiter = self._pending.pop(key, None)
+            if waiter is None:
+                self._stray += 1
+                stray = self._stray
+        if waiter is None:
+            # late (after its timeout), or not an answer to anything sent to that site: never accepted
+            log = self.site.log.warning if stray & (stray - 1) == 0 else self.site.log.debug  # 1, 2, 4, 8...
+            log(
+                "dropped an aux reply from %s (topic %r) that answers no request pending to it (%d so far)",
+                frame.sender,
+                frame.topic,
+                stray,
+            )
             return
-        waiter, target = entry
-        waiter.settle(target, frame=frame)
+        waiter.settle(frame.sender, frame=frame)
 
     def peer_down(self, name: str) -> None:
         """Fail the pending requests to ``name`` at once (it left)."""
         if not self._pending:
             return
         with self._lock:
-            gone = [(m, w) for m, (w, t) in self._pending.items() if t == name]
-            for m, _ in gone:
-                self._pending.pop(m, None)
+            gone = [(k, w) for k, w in self._pending.items() if k[0] == name]
+            for k, _ in gone:
+                self._pending.pop(k, None)
         for _, waiter in gone:
             waiter.settle(name, error=_error_reply(ReturnCode.COMMUNICATION_ERROR, f"{name} disconnected"))
 
@@ -239,6 +266,10 @@ class AuxRunner:
     def _process(self, frame: Frame) -> Shareable:
         topic = frame.topic
         site = self.site
+        refusal = site.refuse_peer(frame.sender)
+        if refusal:
+            site.log.warning("refused an aux request on topic %r from %s: %s", topic, frame.sender, refusal)
+            return _error_reply(ReturnCode.UNAUTHENTICATED, refusal)
         if frame.job_id != site.job_id:
             site.log.error(
                 "aux request on topic %r from %s is for run %r, not this run", topic, frame.sender, frame.job_id

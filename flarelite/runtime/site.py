@@ -157,6 +157,13 @@ class SiteRuntime(EngineSpec):
             )
         return self.aux.send(dict(target_requests), topic, timeout, fl_ctx, optional)
 
+    def refuse_peer(self, name: str) -> str | None:
+        """Why an aux request from ``name`` may not reach this site's handlers (None: it may).
+
+        The server's admission at hello is the gate; this is the second lock on the handlers' door.
+        """
+        return None
+
     def check_target(self, target: str) -> str | None:
         """Return why ``target`` cannot be sent to, or None if it is a site of this job."""
         if target in self.sites:
@@ -164,10 +171,17 @@ class SiteRuntime(EngineSpec):
         return f"unknown target {target!r}: the sites of this job are {', '.join(self.sites)}"
 
     # frames ------------------------------------------------------------------------------------------
-    def send_frame(self, target: str, frame: Frame) -> None:
-        """Stamp ``frame`` with this job and send it to ``target``."""
+    def send_frame(self, target: str, frame: Frame, timeout: float | None = None) -> None:
+        """Stamp ``frame`` with this job and send it to ``target``, waiting at most ``timeout`` seconds for room.
+
+        Raises:
+            TransportError: the frame could not be sent (TransportTimeout when ``timeout`` ran out).
+        """
         frame.job_id = self.job_id
-        self.protocol.send(target, frame)
+        if timeout is None:
+            self.protocol.send(target, frame)
+        else:
+            self.protocol.send(target, frame, timeout=timeout)
 
     def on_frame(self, frame: Frame) -> None:
         """Transport callback: route aux frames to the aux runner, the rest to the site's control logic."""
