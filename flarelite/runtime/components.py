@@ -1,4 +1,8 @@
-"""Build components from job config entries (``{"path": "module.Class", "args": {...}}``)."""
+"""Build components from job config entries (``{"path": "module.Class", "args": {...}}``).
+
+Only classes the site's ClassPolicy allows are built (see ``allowlist``); the check comes before the
+module is imported, so a job config cannot make a site import, let alone construct, anything else.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +10,9 @@ import importlib
 from typing import Any
 
 from ..errors import ComponentBuildError
+from .allowlist import ClassPolicy
+
+_DEFAULT_POLICY = ClassPolicy()  # flarelite's own classes only
 
 
 def is_component_spec(value: Any) -> bool:
@@ -18,11 +25,17 @@ def is_component_spec(value: Any) -> bool:
     )
 
 
-def import_class(path: str, where: str) -> type:
-    """Import ``module.Class`` named by ``path``."""
+def import_class(path: str, where: str, policy: ClassPolicy | None = None) -> type:
+    """Import ``module.Class`` named by ``path`` once ``policy`` (default: flarelite only) allows it.
+
+    Raises:
+        ComponentBuildError: the path is not allowed, cannot be imported, or is not a class.
+    """
+    policy = policy or _DEFAULT_POLICY
     module_name, _, class_name = path.rpartition(".")
     if not module_name:
         raise ComponentBuildError(f"{where}: component path {path!r} must be 'module.Class'")
+    reason = policy.check_path(path, where)
     try:
         module = importlib.import_module(module_name)
     except Exception as exc:
@@ -37,31 +50,34 @@ def import_class(path: str, where: str) -> type:
         )
     if not isinstance(cls, type):
         raise ComponentBuildError(f"{where}: {path!r} is not a class")
+    policy.check_class(path, cls, reason, where)
     return cls
 
 
-def _build_value(value: Any, where: str) -> Any:
+def _build_value(value: Any, where: str, policy: ClassPolicy | None) -> Any:
     if is_component_spec(value):
-        return build_component(value, where)
+        return build_component(value, where, policy)
     if isinstance(value, dict):
-        return {k: _build_value(v, f"{where}.{k}") for k, v in value.items()}
+        return {k: _build_value(v, f"{where}.{k}", policy) for k, v in value.items()}
     if isinstance(value, list):
-        return [_build_value(v, f"{where}[{i}]") for i, v in enumerate(value)]
+        return [_build_value(v, f"{where}[{i}]", policy) for i, v in enumerate(value)]
     return value
 
 
-def build_component(spec: dict, where: str) -> Any:
+def build_component(spec: dict, where: str, policy: ClassPolicy | None = None) -> Any:
     """Instantiate the class of ``spec["path"]`` with ``spec["args"]`` (nested specs are built first).
 
+    ``policy`` decides which classes may be built (default: flarelite's own only).
+
     Raises:
-        ComponentBuildError: the class cannot be imported or its constructor fails; the message names
-            ``where`` (site and component id) and the class path.
+        ComponentBuildError: the class is not allowed, cannot be imported or its constructor fails; the
+            message names ``where`` (site and component id) and the class path.
     """
     path = spec.get("path")
     if not isinstance(path, str):
         raise ComponentBuildError(f"{where}: component entry has no 'path': {spec!r}")
-    cls = import_class(path, where)
-    args = _build_value(spec.get("args") or {}, where)
+    cls = import_class(path, where, policy)
+    args = _build_value(spec.get("args") or {}, where, policy)
     try:
         return cls(**args)
     except Exception as exc:
