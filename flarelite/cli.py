@@ -21,6 +21,9 @@ def _simulator(args: argparse.Namespace) -> int:
         protocol=args.protocol,
         tls=args.tls,
         direct_p2p=args.direct_p2p,
+        connect_timeout=args.connect_timeout,
+        allowed_classes=args.allowed_classes,
+        max_message_size=args.max_message_size,
     )
     print(f"flarelite: run of {args.job_folder} succeeded; logs in {args.workspace}/<site>/log.txt")
     return 0
@@ -64,8 +67,11 @@ def _poc(args: argparse.Namespace) -> int:
         protocol=args.protocol,
         tls=args.mode,
         job_id=job.meta.name,
-        ready_timeout=120.0,
+        ready_timeout=max(120.0, args.connect_timeout),
         end_timeout=30.0,
+        connect_timeout=args.connect_timeout,
+        allowed_classes=args.allowed_classes,
+        max_message_size=args.max_message_size,
     )
     print(f"flarelite: poc run of {job.meta.name} succeeded; logs in {workspace}/<site>/log.txt")
     return 0
@@ -90,11 +96,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sim.add_argument("--tls", choices=["clear", "tls", "mtls"], default="clear", help="secure the gRPC connections")
     sim.add_argument("--direct-p2p", action="store_true", help="sites talk to each other directly, not via the server")
+    sim.add_argument("--connect-timeout", type=float, default=60.0, help="seconds a site waits for the server")
+    from .launch import add_allow_class, add_max_message_size, add_site_arguments
+
+    add_allow_class(sim)
+    add_max_message_size(sim)
     sim.set_defaults(func=_simulator)
     check = sub.add_parser("check", help="validate a job folder and print its apps")
     check.add_argument("job_folder")
     check.set_defaults(func=_check)
-    from .launch import add_site_arguments
 
     srv = sub.add_parser("server", help="run a job's server and wait for its sites to join")
     add_site_arguments(srv, "server", deploy=True)
@@ -108,6 +118,9 @@ def build_parser() -> argparse.ArgumentParser:
     poc.add_argument("-w", "--workspace", default="/tmp/flarelite/poc")
     poc.add_argument("-p", "--protocol", choices=["unix", "grpc"], default="grpc", help="grpc: TCP on 127.0.0.1")
     poc.add_argument("--mode", "--security", dest="mode", choices=["clear", "tls", "mtls"], default="clear")
+    poc.add_argument("--connect-timeout", type=float, default=60.0, help="seconds a site waits for the server")
+    add_allow_class(poc)
+    add_max_message_size(poc)
     poc.set_defaults(func=_poc)
     from .certs import add_cert_commands
 

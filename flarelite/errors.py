@@ -14,6 +14,9 @@
     │   ├── TransportClosed         the protocol (or the peer) has been stopped
     │   └── ProtocolError           a frame that breaks the wire rules
     └── RunFailedError              a job run that ended in failure (RuntimeError too)
+
+    RunInterrupted (a SystemExit)   SIGTERM or SIGINT stopped a run; uncaught, it ends the program quietly
+                                    with status 128 + the signal's number (no `except Exception` swallows it)
 """
 
 from __future__ import annotations
@@ -70,3 +73,15 @@ class RunFailedError(FlareliteError, RuntimeError):
         self.reason = reason
         self.site = site
         super().__init__(f"run failed at {site}: {reason}" if site else f"run failed: {reason}")
+
+
+class RunInterrupted(SystemExit):
+    """A run stopped by SIGTERM or SIGINT; ``code`` is 128 + ``signum``, ``message`` the line already printed."""
+
+    def __init__(self, signum: int, message: str) -> None:
+        super().__init__(128 + signum)
+        self.signum = signum
+        self.message = message
+
+    def __str__(self) -> str:
+        return self.message

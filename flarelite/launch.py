@@ -2,7 +2,12 @@
 
 The simulator starts one such process per site; ``flarelite server`` and ``flarelite client`` call the same
 functions. A site process works in its own folder (``WS/<site>``), logs to ``WS/<site>/log.txt`` and to the
-console, writes ``WS/<site>/run_result.json``, and exits 0 when the run succeeded, 1 when it failed.
+console, writes ``WS/<site>/run_result.json``, and exits 0 when the run succeeded, 1 when it failed, and
+128 + the signal's number when SIGTERM or SIGINT (or, for the simulator's processes, the death of the process
+that started them: ``--parent-pid``) ended it. ``run_result.json`` says what happened:
+``{"ok": bool, "failure": str | None, "sites": {site: fate}, "interrupted": str | None}``, the fates being
+``"ok"``, ``"died: <why>"``, ``"failed: <why>"`` or ``"not part of the run"`` (the server's file lists every
+site; a client's lists itself).
 """
 
 from __future__ import annotations
@@ -39,9 +44,46 @@ def grpc_protocol(name: str, **options: Any) -> Any:
     return GrpcCommunicationProtocol(name, **options)
 
 
-def _write_result(folder: str, failure: str | None) -> None:
-    with open(os.path.join(folder, RESULT_FILE), "w", encoding="utf-8") as f:
-        json.dump({"ok": failure is None, "failure": failure}, f)
+def _write_result(folder: str, failure: str | None, sites: dict[str, str], interrupted: str | None = None) -> None:
+    result = {"ok": failure is None, "failure": failure, "sites": sites, "interrupted": interrupted}
+    tmp = os.path.join(folder, RESULT_FILE + ".tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(result, f)
+    os.replace(tmp, os.path.join(folder, RESULT_FILE))
+
+
+def _stopper(runtime: Any, folder: str, parent_pid: int | None, sites: Any) -> Any:
+    """Handle SIGTERM/SIGINT and the parent's death: end ``runtime``'s run, write the result on a late exit."""
+    from .stopping import SiteStopper
+
+    def on_stop(reason: str) -> bool:
+        runtime.log.warning("%s: ending the run", reason)
+        joined = runtime.joined()  # a site still looking for its server has no run to end: it leaves at once
+        runtime.interrupt(reason)
+        return joined
+
+    def on_deadline(reason: str) -> None:
+        runtime.log.warning("%s: exiting now (the run did not end in time, or had not started)", reason)
+        _write_result(folder, runtime.failure or reason, sites(), reason)
+
+    return SiteStopper(on_stop, on_deadline, parent_pid=parent_pid).install()
+
+
+def _remove_own_files(listen: str, temp_dirs: Any, parent_pid: int | None) -> None:
+    """The server's socket file goes with it; the parent's temporary folders too when the parent is gone."""
+    import shutil
+    import stat
+
+    if listen.startswith("unix://"):
+        path = listen[len("unix://") :]
+        try:
+            if stat.S_ISSOCK(os.lstat(path).st_mode):
+                os.unlink(path)
+        except OSError:
+            pass
+    if parent_pid is not None and os.getppid() != parent_pid:
+        for folder in temp_dirs:
+            shutil.rmtree(folder, ignore_errors=True)
 
 
 def run_server(
@@ -55,14 +97,25 @@ def run_server(
     min_clients: int | None = None,
     ready_timeout: float = 120.0,
     end_timeout: float = 30.0,
+    allowed_classes: list[str] | tuple[str, ...] = (),
+    client_lost_timeout: float = 10.0,
+    heartbeat_timeout: float | None = None,
+    parent_pid: int | None = None,
+    temp_dirs: list[str] | tuple[str, ...] = (),
+    max_message_size: int | str | None = None,
 ) -> int:
     """Run the job's server site; return 0 when the run succeeded.
 
     ``clients`` names the sites the run waits for; None means the job's named sites, or, for a job deployed
     to ``@ALL``, whichever sites join until ``min_clients`` (default: the job's) are ready. Sites that join
     without a job of their own get their app (config and custom code) shipped over their connection.
+    ``allowed_classes``: class paths or module prefixes the job config may name beyond flarelite's and the job's
+    custom/ modules (added to ``WS/server/local/resources.json``'s ``class_allow_list``).
+    ``max_message_size``: the largest message (bytes, or a size like ``"4G"``) the server accepts and relays
+    (default 2 GiB).
     """
     from .job_config.models import load_job
+    from .runtime.allowlist import ClassPolicy
     from .runtime.apps import pack_app
     from .runtime.logs import open_site_log, setup_logging
     from .runtime.server import ServerRuntime
@@ -93,7 +146,13 @@ def run_server(
 
     server = ServerRuntime(
         job_id=job_id,
-        protocol=grpc_protocol(SiteType.SERVER, listen=listen, tls=tls),
+        protocol=grpc_protocol(
+            SiteType.SERVER,
+            listen=listen,
+            tls=tls,
+            max_message_size=message_limit(max_message_size),
+            **_heartbeat(heartbeat_timeout),
+        ),
         run_dir=folder,
         workspace_root=os.path.abspath(workspace),
         app_config=app.server.model_dump(),
@@ -103,10 +162,16 @@ def run_server(
         app_for_client=app_for_client,
         ready_timeout=ready_timeout,
         end_timeout=end_timeout,
+        class_policy=ClassPolicy.for_site(folder, allowed=allowed_classes, custom_dirs=[app.custom_dir]),
+        client_lost_timeout=client_lost_timeout,
     )
-    failure = server.run()
-    _write_result(folder, failure)
-    return 0 if failure is None else 1
+    stopper = _stopper(server, folder, parent_pid, server.site_fates)
+    try:
+        failure = server.run()
+    finally:
+        _remove_own_files(listen, temp_dirs, parent_pid)
+    _write_result(folder, failure, server.site_fates(), stopper.reason)
+    return stopper.exit_code or (0 if failure is None else 1)
 
 
 def run_client(
@@ -121,20 +186,40 @@ def run_client(
     direct_p2p: bool = False,
     p2p_listen: str | None = None,
     p2p_advertise: str | None = None,
+    allowed_classes: list[str] | tuple[str, ...] = (),
+    allow_custom_code: bool = False,
+    server_lost_timeout: float = 30.0,
+    heartbeat_timeout: float | None = None,
+    parent_pid: int | None = None,
+    max_message_size: int | str | None = None,
 ) -> int:
     """Run client site ``name``; with no ``job_folder`` its app comes from the server. Return 0 on success.
 
+    Joining a server means running the code it ships (the app's custom/ modules): the site runs it only when
+    the server is authenticated (``tls`` in tls or mtls mode, against the project CA) or ``allow_custom_code``
+    is set; otherwise it refuses the app and tells the server why. ``allowed_classes``: class paths or module
+    prefixes the app's config may name beyond flarelite's and custom/'s (added to
+    ``WS/<name>/local/resources.json``'s ``class_allow_list``).
+
     ``direct_p2p``: the site also listens (``p2p_listen``) and exchanges frames with peers directly, falling
-    back to the server's relay when a direct connection fails.
+    back to the server's relay when a direct connection fails. ``connect_timeout``: how long (seconds) the site
+    waits for the server at start, saying every few seconds what it waits for. ``max_message_size``: the
+    largest message (bytes, or a size like ``"4G"``) the site accepts (default 2 GiB).
     """
+    from .communication.protocol import site_name_problem
+    from .runtime.allowlist import ClassPolicy
     from .runtime.client import ClientRuntime
     from .runtime.logs import open_site_log, setup_logging
 
+    problem = site_name_problem(name)
+    if problem:
+        raise ConfigError(f"--name {name!r} cannot be a site's name: {problem}")
     folder = os.path.join(os.path.abspath(workspace), name)
     os.makedirs(folder, exist_ok=True)
     setup_logging()
     open_site_log(name, folder)
     app_config = None
+    custom_dirs: list[str] = []
     if job_folder is not None:
         from .job_config.models import load_job
 
@@ -143,6 +228,8 @@ def run_client(
             raise ConfigError(f"app {app.name!r} deployed to {name!r} has no client config")
         _use_custom(app.custom_dir)
         app_config = app.client.model_dump()
+        custom_dirs.append(app.custom_dir)
+    authenticated = getattr(tls, "mode", tls) in ("tls", "mtls")
     client = ClientRuntime(
         name=name,
         job_id=job_id,
@@ -154,16 +241,68 @@ def run_client(
             direct_p2p=direct_p2p,
             p2p_listen=p2p_listen,
             p2p_advertise=p2p_advertise,
+            max_message_size=message_limit(max_message_size),
+            **_heartbeat(heartbeat_timeout),
         ),
         run_dir=folder,
         workspace_root=os.path.abspath(workspace),
         app_config=app_config,
         join_timeout=connect_timeout,
-        server_lost_timeout=30.0,
+        server_lost_timeout=server_lost_timeout,
+        class_policy=ClassPolicy.for_site(folder, allowed=allowed_classes, custom_dirs=custom_dirs),
+        allow_custom_code=allow_custom_code or authenticated,
     )
+
+    def fate() -> dict[str, str]:
+        return {name: "ok" if client.failure is None else f"failed: {client.failure}"}
+
+    stopper = _stopper(client, folder, parent_pid, fate)
     failure = client.run()
-    _write_result(folder, failure)
-    return 0 if failure is None else 1
+    _write_result(folder, failure, fate(), stopper.reason)
+    return stopper.exit_code or (0 if failure is None else 1)
+
+
+def message_limit(value: int | str | None) -> int:
+    """The ``max_message_size`` option in bytes (see ``flarelite.communication.sizes``)."""
+    from .communication.sizes import max_message_size
+
+    return max_message_size(value)
+
+
+def size_argument(text: str) -> int:
+    """argparse type of ``--max-message-size``: bytes, or a size with K, M, G or T (binary)."""
+    try:
+        return message_limit(text)
+    except ConfigError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def add_allow_class(p: argparse.ArgumentParser) -> None:
+    """The ``--allow-class PREFIX`` option (repeatable) of every command that builds a job's components."""
+    p.add_argument(
+        "--allow-class",
+        dest="allowed_classes",
+        action="append",
+        default=[],
+        metavar="PREFIX",
+        help="let the job config build classes under PREFIX (e.g. torch.nn or mypkg.models.Net); repeatable. "
+        "flarelite's classes and the job's custom/ modules are always allowed; see also WS/<site>/local/resources.json",
+    )
+
+
+def add_max_message_size(p: argparse.ArgumentParser) -> None:
+    """The ``--max-message-size`` option, the same on every command that runs sites."""
+    p.add_argument(
+        "--max-message-size",
+        type=size_argument,
+        default=None,
+        metavar="SIZE",
+        help="largest message a site accepts: bytes or a size like 512K, 64M, 4G (binary units; default 2G)",
+    )
+
+
+def _heartbeat(timeout: float | None) -> dict[str, float]:
+    return {} if timeout is None else {"heartbeat_timeout": timeout, "heartbeat_interval": timeout / 5}
 
 
 def _use_custom(custom_dir: str) -> None:
@@ -187,6 +326,8 @@ def add_site_arguments(p: argparse.ArgumentParser, role: str, *, deploy: bool) -
     p.set_defaults(mode="clear")
     p.add_argument("--certs", default=None, help="folder made by `flarelite provision` (ca.crt, <site>.crt/.key)")
     p.add_argument("--job-id", default=None, help="the run's id (default: the job's name)")
+    add_max_message_size(p)
+    add_allow_class(p)
     if role == "server":
         p.add_argument("job_folder", help="the job folder (meta.json and its apps)")
         p.add_argument(
@@ -198,7 +339,21 @@ def add_site_arguments(p: argparse.ArgumentParser, role: str, *, deploy: bool) -
         )
         p.add_argument("--clients", default=None, help="comma-separated sites to wait for (default: the job's)")
         p.add_argument("--min-clients", type=int, default=None, help="start once this many sites are ready")
-        p.add_argument("--ready-timeout", type=float, default=120.0 if not deploy else 600.0)
+        p.add_argument(
+            "--ready-timeout",
+            "--connect-timeout",
+            dest="ready_timeout",
+            type=float,
+            default=120.0 if not deploy else 600.0,
+            help="seconds to wait for the sites to connect and be ready",
+        )
+        p.add_argument(
+            "--client-lost-timeout",
+            type=float,
+            default=10.0,
+            help="seconds a site that lost its connection has to come back before its tasks end as CLIENT_DEAD",
+        )
+        p.add_argument("--temp-dir", dest="temp_dirs", action="append", default=[], help=argparse.SUPPRESS)
     else:
         if not deploy:
             p.add_argument("job_folder", nargs="?", default=None)
@@ -207,6 +362,38 @@ def add_site_arguments(p: argparse.ArgumentParser, role: str, *, deploy: bool) -
         p.add_argument("--direct-p2p", action="store_true", help="talk to peers directly, not through the server")
         p.add_argument("--p2p-listen", default=None, help="where to accept peers (default 127.0.0.1:0)")
         p.add_argument("--p2p-advertise", default=None, help="the address peers dial (default: the bound one)")
+        p.add_argument(
+            "--allow-custom-code",
+            action="store_true",
+            help="run the custom/ code the server ships even in clear mode, where the server is not authenticated "
+            "(with --tls or --mtls it runs anyway: joining a server means running the code it ships)",
+        )
+        p.add_argument(
+            "--connect-timeout",
+            type=float,
+            default=60.0,
+            help="seconds to wait for the server at start (a line every few seconds says what it waits for)",
+        )
+        p.add_argument(
+            "--server-lost-timeout",
+            type=float,
+            default=30.0,
+            help="seconds to wait for the server to come back after a lost connection before the site gives up",
+        )
+
+
+def _process_options(args: argparse.Namespace, role: str) -> dict[str, Any]:
+    """The options that control the site process itself (its parent, liveness, what it cleans up)."""
+    options: dict[str, Any] = {
+        "parent_pid": getattr(args, "parent_pid", None),
+        "heartbeat_timeout": getattr(args, "heartbeat_timeout", None),
+        "max_message_size": args.max_message_size,
+    }
+    if role == "server":
+        options.update(client_lost_timeout=args.client_lost_timeout, temp_dirs=args.temp_dirs)
+    else:
+        options["server_lost_timeout"] = args.server_lost_timeout
+    return options
 
 
 def run_site(args: argparse.Namespace, role: str) -> int:
@@ -224,6 +411,8 @@ def run_site(args: argparse.Namespace, role: str) -> int:
             job_id=job_id,
             min_clients=args.min_clients,
             ready_timeout=args.ready_timeout,
+            allowed_classes=args.allowed_classes,
+            **_process_options(args, role),
         )
     return run_client(
         getattr(args, "job_folder", None),
@@ -235,6 +424,10 @@ def run_site(args: argparse.Namespace, role: str) -> int:
         direct_p2p=args.direct_p2p,
         p2p_listen=args.p2p_listen,
         p2p_advertise=args.p2p_advertise,
+        connect_timeout=args.connect_timeout,
+        allowed_classes=args.allowed_classes,
+        allow_custom_code=args.allow_custom_code,
+        **_process_options(args, role),
     )
 
 
@@ -243,7 +436,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m flarelite.launch", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="role", required=True)
     for role in ("server", "client"):
-        add_site_arguments(sub.add_parser(role), role, deploy=False)
+        p = sub.add_parser(role)
+        add_site_arguments(p, role, deploy=False)
+        # set by the simulator: the process that started this one (this one ends when it dies), and liveness
+        p.add_argument("--parent-pid", type=int, default=None, help=argparse.SUPPRESS)
+        p.add_argument("--heartbeat-timeout", type=float, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     try:
         return run_site(args, args.role)

@@ -37,6 +37,7 @@ def run_job(tmp_path, workflows, executors, n_clients=3, **kwargs) -> int:
     kwargs.setdefault("protocol", "memory")  # the components report to the test through module state
     kwargs.setdefault("ready_timeout", 20)
     kwargs.setdefault("end_timeout", 10)
+    kwargs.setdefault("allowed_classes", ["sim_components"])  # tests/sim_components.py: not in the job's custom/
     return run_simulation(folder, str(tmp_path / "ws"), n_clients=n_clients, **kwargs)
 
 

@@ -42,6 +42,10 @@ def test_a_run_that_fails_exits_non_zero_with_the_reason(tmp_path):
     proc = flarelite("simulator", folder, "-w", str(tmp_path / "ws"), "-n", "2")
     assert proc.returncode == 1
     assert "flarelite: error: run failed" in proc.stderr
+    assert "'no_such_module.Controller' is not allowed" in proc.stderr
+    assert "--allow-class no_such_module.Controller" in proc.stderr
+    proc = flarelite("simulator", folder, "-w", str(tmp_path / "ws"), "-n", "2", "--allow-class", "no_such_module")
+    assert proc.returncode == 1
     assert "cannot import module 'no_such_module'" in proc.stderr
 
 

@@ -22,7 +22,14 @@ def test_disconnected_site_ends_its_tasks_and_is_taken_back(tmp_path):
     )
     assert (
         run_simulation(
-            folder, str(tmp_path / "ws"), n_clients=3, hub=hub, protocol="memory", ready_timeout=10, end_timeout=10
+            folder,
+            str(tmp_path / "ws"),
+            n_clients=3,
+            hub=hub,
+            protocol="memory",
+            ready_timeout=10,
+            end_timeout=10,
+            allowed_classes=["sim_components"],  # tests/sim_components.py shares its state with this test
         )
         == 0
     )

@@ -54,6 +54,8 @@ def received(ws, site):
 def test_server_and_clients_started_from_the_cli(tmp_path, hello_job, certs, security):
     address = f"127.0.0.1:{free_port()}"
     sec = [] if security == "clear" else ["--mtls", "--certs", certs]
+    # in clear mode the server is not authenticated: the sites run the code it ships only when told to
+    consent = ["--allow-custom-code"] if security == "clear" else []
     ws = tmp_path / "ws"
     server = subprocess.Popen(
         cli("server", hello_job, "--address", address, "-w", str(ws), *sec),
@@ -63,7 +65,7 @@ def test_server_and_clients_started_from_the_cli(tmp_path, hello_job, certs, sec
     )
     clients = [
         subprocess.Popen(
-            cli("client", "--name", name, "--server", address, "-w", str(ws / "c"), *sec),
+            cli("client", "--name", name, "--server", address, "-w", str(ws / "c"), *sec, *consent),
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,

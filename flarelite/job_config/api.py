@@ -606,6 +606,9 @@ class FedJob:
         protocol: str = "unix",
         tls: str = "clear",
         direct_p2p: bool = False,
+        connect_timeout: float = 60.0,
+        allowed_classes: list[str] | None = None,
+        max_message_size: int | str | None = None,
     ) -> int:
         """Export the job to a temporary folder and run it in the simulator; return 0 when the run succeeds.
 
@@ -614,7 +617,12 @@ class FedJob:
         site runs concurrently). ``log_config`` is the path of a JSON logging dict config. ``protocol``:
         ``"unix"`` (default: one process per site, gRPC over a Unix socket), ``"grpc"`` (processes, gRPC over
         TCP loopback) or ``"memory"`` (every site in this process); ``tls``: ``"clear"``, ``"tls"`` or ``"mtls"``;
-        ``direct_p2p``: sites talk to each other directly instead of through the server (gRPC protocols).
+        ``direct_p2p``: sites talk to each other directly instead of through the server (gRPC protocols);
+        ``connect_timeout``: seconds each site waits for the server at start (it says so every few seconds).
+        The sites build the classes of the objects this script put in the job (and flarelite's, and its custom/
+        modules'); ``allowed_classes`` adds class paths or module prefixes for anything else a config names.
+        ``max_message_size``: the largest message a site accepts, in bytes or as a size like ``"64M"`` (binary
+        units; default 2 GiB); a larger one fails with a clear error at its sender or its receiver.
 
         Raises:
             ValueError: invalid arguments, or ``n_clients`` given for a job with per-site targets.
@@ -639,6 +647,8 @@ class FedJob:
             raise ValueError(f"clients must be a list of site names, got {clients!r}")
         if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
             raise ValueError(f"threads must be a positive int, got {threads!r}")
+        if isinstance(connect_timeout, bool) or not isinstance(connect_timeout, (int, float)) or connect_timeout <= 0:
+            raise ValueError(f"connect_timeout must be a positive number of seconds, got {connect_timeout!r}")
         if gpu is not None:
             _log.info("gpu=%r ignored: the flarelite simulator does not assign GPUs to sites", gpu)
         if log_config is not None:
@@ -657,6 +667,10 @@ class FedJob:
                     protocol=protocol,
                     tls=tls,
                     direct_p2p=direct_p2p,
+                    connect_timeout=connect_timeout,
+                    allowed_classes=[*(allowed_classes or []), *_recorded_classes(job_dir)],
+                    temp_dirs=[tmp],
+                    max_message_size=max_message_size,
                 )
             finally:
                 _forget_folder(os.path.realpath(tmp))
@@ -664,6 +678,35 @@ class FedJob:
 
 def _where(obj: Any, cid: str, part: _TargetApp) -> str:
     return f"{type(obj).__name__} (id {cid!r} on {part.target!r})"
+
+
+def _recorded_classes(job_dir: str) -> list[str]:
+    """The classes the job's own objects were recorded as, outside flarelite and custom/ (simulator_run's sites
+    build them: the user's script put them in the job, so its user is the operator who allows them)."""
+    found: set[str] = set()
+    for app in sorted(os.listdir(job_dir)):
+        config_dir = os.path.join(job_dir, app, "config")
+        custom = os.path.join(job_dir, app, "custom")
+        for name in (JobConstants.SERVER_JOB_CONFIG, JobConstants.CLIENT_JOB_CONFIG):
+            path = os.path.join(config_dir, name)
+            if not os.path.isfile(path):
+                continue
+            with open(path, encoding="utf-8") as f:
+                stack = [json.load(f)]
+            while stack:
+                value = stack.pop()
+                if isinstance(value, dict):
+                    if isinstance(value.get("path"), str) and set(value) <= {"path", "args", "id", "name"}:
+                        top = value["path"].split(".")[0]
+                        in_custom = os.path.exists(os.path.join(custom, top + ".py")) or os.path.isdir(
+                            os.path.join(custom, top)
+                        )
+                        if top != "flarelite" and not in_custom:
+                            found.add(value["path"])
+                    stack.extend(value.values())
+                elif isinstance(value, list):
+                    stack.extend(value)
+    return sorted(found)
 
 
 def _strings(value: Any) -> list[str]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import queue
 import threading
 import time
-import traceback
+from collections import OrderedDict
 from typing import Any
 
 from ..apis.event_type import EventType
@@ -15,15 +15,16 @@ from ..apis.fl_context import peer_context_from_props
 from ..apis.shareable import ReservedHeaderKey, Shareable, make_reply
 from ..apis.signal import Signal
 from ..communication.protocol import CommunicationProtocol, Frame
-from ..errors import CodecError, ConnectError, TransportError
-from .apps import install_app
+from ..errors import CodecError, ConfigError, ConnectError, TransportError
+from .allowlist import ClassPolicy
+from .apps import app_custom_dir, custom_code_refusal, install_app
 from .components import build_component
 from .frames import Kind, frame_payload, frame_shareable, make_frame
 from .logs import bind_thread
 from .site import SiteRuntime
 
 _END = object()
-_CHECK_SERVER = object()
+KEPT_RESULTS = 2  # the latest results kept to answer a task the server sends again after a lost connection
 
 
 class ClientRuntime(SiteRuntime):
@@ -42,6 +43,8 @@ class ClientRuntime(SiteRuntime):
         drain_timeout: float = 10.0,
         server_lost_timeout: float = 60.0,
         aux_workers: int = 16,
+        class_policy: ClassPolicy | None = None,
+        allow_custom_code: bool = False,
     ) -> None:
         super().__init__(
             name=name,
@@ -52,6 +55,8 @@ class ClientRuntime(SiteRuntime):
             aux_workers=aux_workers,
         )
         self.app_config = app_config
+        self.class_policy = class_policy or ClassPolicy()  # which classes the config may name
+        self.allow_custom_code = allow_custom_code  # run custom/ code the server ships (tls/mtls, or opted in)
         self.join_timeout = join_timeout
         self.drain_timeout = drain_timeout
         self.server_lost_timeout = server_lost_timeout
@@ -61,6 +66,9 @@ class ClientRuntime(SiteRuntime):
         self._welcome = threading.Event()
         self._current: tuple[str, Signal] | None = None
         self._aborted_tasks: set[str] = set()
+        self._task_ids: set[str] = set()  # every task received: a task sent again is not run twice
+        self._done_ids: set[str] = set()
+        self._results: OrderedDict[str, Frame] = OrderedDict()  # task id -> its result frame (the latest ones)
         self._lock = threading.Lock()
         self._opened = False
         self._shipped: dict | None = None
@@ -106,7 +114,7 @@ class ClientRuntime(SiteRuntime):
                 self.send_frame(SiteType.SERVER, hello)
                 break
             except ConnectError:
-                if time.monotonic() > deadline:
+                if time.monotonic() > deadline or self.abort_signal.triggered:
                     raise
                 time.sleep(delay)
                 delay = min(delay * 2, 0.5)
@@ -117,7 +125,12 @@ class ClientRuntime(SiteRuntime):
         if self.app_config is None:
             if self._shipped is None:
                 raise ConnectError(f"{self.name}: the server sent no app")
+            refusal = None if self.allow_custom_code else custom_code_refusal(self._shipped, self.name)
+            if refusal:
+                self._fatal(refusal)  # the server is told why
+                raise ConfigError(refusal)
             self.app_config = install_app(self._shipped, self.run_dir, self.name)
+            self.class_policy = self.class_policy.with_custom_dirs([app_custom_dir(self.run_dir, self._shipped)])
 
     def _build(self) -> None:
         cfg = self.app_config
@@ -125,7 +138,7 @@ class ClientRuntime(SiteRuntime):
             raise RuntimeError(f"{self.name}: no app to build (it neither had a job nor got one from the server)")
         for i, entry in enumerate(cfg.get("executors", [])):
             where = f"{self.name}: executors[{i}]"
-            executor = build_component(entry["executor"], where)
+            executor = build_component(entry["executor"], where, self.class_policy)
             if not isinstance(executor, Executor):
                 raise TypeError(f"{where}: {entry['executor'].get('path')} is not an Executor")
             cid = entry.get("id") or ("executor" if len(cfg["executors"]) == 1 else f"executor_{i}")
@@ -136,12 +149,12 @@ class ClientRuntime(SiteRuntime):
                 self.executors[task_name] = executor
         for entry in cfg.get("components", []):
             cid = entry.get("id")
-            self.components[cid] = build_component(entry, f"{self.name}: component {cid!r}")
+            self.components[cid] = build_component(entry, f"{self.name}: component {cid!r}", self.class_policy)
 
     def _fatal(self, reason: str, exc: BaseException | None = None) -> None:
         if self.record_failure(reason):
             if exc is not None:
-                self.log.error("cannot go on: %s\n%s", reason, "".join(traceback.format_exception(exc)).rstrip())
+                self.log.error("cannot go on: %s", reason, exc_info=exc)
             else:
                 self.log.error("cannot go on: %s", reason)
             self.abort_signal.trigger(reason)
@@ -155,12 +168,6 @@ class ClientRuntime(SiteRuntime):
             item = self._inbox.get()
             if item is _END:
                 return
-            if item is _CHECK_SERVER:
-                lost_at = self._server_lost_at
-                if lost_at is not None and time.monotonic() - lost_at >= self.server_lost_timeout:
-                    self._fatal(f"lost the connection to the server for more than {self.server_lost_timeout}s")
-                    return
-                continue
             self._run_task(item)
 
     def on_peer(self, name: str, connected: bool) -> None:
@@ -171,7 +178,7 @@ class ClientRuntime(SiteRuntime):
         if not connected:
             self._server_lost_at = time.monotonic()
             self.log.warning("lost the connection to the server; waiting up to %ss for it", self.server_lost_timeout)
-            timer = threading.Timer(self.server_lost_timeout, self._inbox.put, args=(_CHECK_SERVER,))
+            timer = threading.Timer(self.server_lost_timeout, self._check_server)
             timer.daemon = True
             timer.start()
         elif self._server_lost_at is not None:
@@ -181,6 +188,12 @@ class ClientRuntime(SiteRuntime):
                 self._send_control(Kind.HELLO)
             except TransportError as exc:
                 self.log.error("could not join the server again: %s", exc)
+
+    def _check_server(self) -> None:
+        """The server has been gone for ``server_lost_timeout``: unless it came back, end this site's run."""
+        lost_at = self._server_lost_at
+        if lost_at is not None and time.monotonic() - lost_at >= self.server_lost_timeout - 0.01:
+            self.interrupt(f"lost the connection to the server for more than {self.server_lost_timeout}s")
 
     def _finish(self) -> None:
         current = self._current
@@ -203,6 +216,19 @@ class ClientRuntime(SiteRuntime):
         """End this site's run: the server is told and ends the run everywhere."""
         self._fatal(f"aborted at {self.name}: {reason}")
 
+    def joined(self) -> bool:
+        """Whether the server has answered this site's hello (there is a run to end)."""
+        return self._welcome.is_set() and self._opened
+
+    def interrupt(self, reason: str) -> None:
+        """End this site's run now (a signal, or its parent process died): the server is told, the task aborted."""
+        self._fatal(reason)
+        current = self._current
+        if current is not None:
+            current[1].trigger(reason)
+        self._welcome.set()
+        self._inbox.put(_END)
+
     def fire_and_forget_aux_request(
         self, topic: str, request: Shareable, fl_ctx: Any, optional: bool = False, secure: bool = False
     ) -> dict:
@@ -220,7 +246,7 @@ class ClientRuntime(SiteRuntime):
             return
         kind = frame.kind
         if kind == Kind.TASK:
-            self._inbox.put(frame)
+            self._on_task(frame)
         elif kind == Kind.WELCOME or kind == Kind.START:
             try:
                 body = frame_payload(frame)
@@ -249,6 +275,29 @@ class ClientRuntime(SiteRuntime):
             self._inbox.put(_END)
         else:
             self.log.warning("ignored unknown frame kind %r from the server", kind)
+
+    def _on_task(self, frame: Frame) -> None:
+        """Queue a new task; a task sent again (after a lost connection) is answered, never run twice."""
+        task_id = frame.msg_id
+        with self._lock:
+            seen = task_id in self._task_ids
+            self._task_ids.add(task_id)
+            done = task_id in self._done_ids
+            kept = self._results.get(task_id)
+        if not seen:
+            self._inbox.put(frame)
+            return
+        if not done:
+            self.log.info("task %r (%s) was sent again; it is already queued or running here", frame.topic, task_id)
+            return
+        if kept is None:  # ran long ago: its result was sent, and is no longer kept
+            reply = make_reply(
+                ReturnCode.EXECUTION_RESULT_ERROR,
+                {ReservedHeaderKey.ERROR: f"task {task_id} already ran at {self.name}; its result is no longer kept"},
+            )
+            kept = self._result_frame(frame, reply)
+        self.log.info("task %r (%s) was sent again; it already ran here: its result goes again", frame.topic, task_id)
+        threading.Thread(target=self._deliver_result, args=(frame.topic, kept), daemon=True).start()
 
     def _abort_task(self, task_id: str) -> None:
         with self._lock:
@@ -330,20 +379,33 @@ class ClientRuntime(SiteRuntime):
         self.fire_event(EventType.AFTER_TASK_EXECUTION, fl_ctx)
         return result
 
-    def _send_result(self, task: Frame, result: Shareable) -> None:
+    def _result_frame(self, task: Frame, result: Shareable) -> Frame:
         result.set_header(ReservedHeaderKey.TASK_NAME, task.topic)
         result.set_header(ReservedHeaderKey.TASK_ID, task.msg_id)
         result.set_peer_props({ReservedKey.IDENTITY_NAME: self.name, ReservedKey.RUN_NUM: self.job_id})
         try:
-            frame = make_frame(Kind.RESULT, result, ref_id=task.msg_id, topic=task.topic)
+            return make_frame(Kind.RESULT, result, ref_id=task.msg_id, topic=task.topic)
         except CodecError as exc:
             self.log.error("result of task %r cannot be sent: %s", task.topic, exc)
             reply = make_reply(ReturnCode.EXECUTION_RESULT_ERROR, {ReservedHeaderKey.ERROR: str(exc)})
             reply.set_header(ReservedHeaderKey.TASK_NAME, task.topic)
             reply.set_header(ReservedHeaderKey.TASK_ID, task.msg_id)
             reply.set_peer_props({ReservedKey.IDENTITY_NAME: self.name, ReservedKey.RUN_NUM: self.job_id})
-            frame = make_frame(Kind.RESULT, reply, ref_id=task.msg_id, topic=task.topic)
+            return make_frame(Kind.RESULT, reply, ref_id=task.msg_id, topic=task.topic)
+
+    def _send_result(self, task: Frame, result: Shareable) -> None:
+        frame = self._result_frame(task, result)
+        with self._lock:  # kept, so that a task the server sends again is answered without running it again
+            self._done_ids.add(task.msg_id)
+            self._results[task.msg_id] = frame
+            while len(self._results) > KEPT_RESULTS:
+                self._results.popitem(last=False)
+        self._deliver_result(task.topic, frame)
+
+    def _deliver_result(self, task_name: str, frame: Frame) -> None:
         try:
             self.send_frame(SiteType.SERVER, frame)
         except TransportError as exc:
-            self.log.error("result of task %r not delivered to the server: %s", task.topic, exc)
+            self.log.warning(
+                "result of task %r not delivered to the server (%s); it goes again if the server asks", task_name, exc
+            )

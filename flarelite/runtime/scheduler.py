@@ -3,6 +3,11 @@
 API calls (broadcast, send, relay, cancel) run on the caller's thread; results, client departures and
 deadlines are handled on the scheduler's own thread. Both hold one re-entrant lock, and the task callbacks
 (before/after_task_sent_cb, result_received_cb, task_done_cb) run under it, one at a time.
+
+A client whose connection drops is *away*: its outstanding tasks are kept, and sent again (same task ids, so
+the client answers a task it already ran with the result it kept) when it joins again. A client away for
+longer than ``lost_timeout`` is *dead*: its tasks end (CLIENT_DEAD where nobody else can answer), even for a
+task without a timeout, so no wait outlives a site that is gone for good.
 """
 
 from __future__ import annotations
@@ -66,12 +71,16 @@ class _Op:
 class TaskScheduler(WFCommSpec):
     """Runs the server's tasks on client sites (the controller's communicator)."""
 
-    def __init__(self, server: ServerRuntime) -> None:
+    def __init__(self, server: ServerRuntime, *, lost_timeout: float = 10.0) -> None:
         self.server = server
+        self.lost_timeout = lost_timeout
         self._lock = threading.RLock()
         self._ops: dict[str, _Op] = {}
         self._client_tasks: dict[str, tuple[_Op, ClientTask]] = {}
-        self._dead: dict[str, float] = {}
+        self._dead: dict[str, float] = {}  # gone for good (away longer than lost_timeout): when it left
+        self._away: dict[str, float] = {}  # connection lost, may come back: when it left
+        self.results_received = 0  # task results matched to a standing task
+        self.tasks_ended_dead = 0  # tasks that ended CLIENT_DEAD
         self._events: queue.Queue = queue.Queue()
         self._thread = threading.Thread(target=self._loop, name=f"{server.name}-tasks", daemon=True)
         self._stopped = False
@@ -202,7 +211,13 @@ class TaskScheduler(WFCommSpec):
 
     def get_client_disconnect_time(self, client_name: str) -> float | None:
         """Return when ``client_name`` left, or None if it is connected."""
-        return self._dead.get(client_name)
+        with self._lock:
+            return self._away.get(client_name, self._dead.get(client_name))
+
+    def lost_sites(self) -> list[str]:
+        """Return the clients that are away or dead now."""
+        with self._lock:
+            return sorted({*self._away, *self._dead})
 
     # inputs from the server runtime ------------------------------------------------------------------
     def on_result(self, frame: Frame) -> None:
@@ -210,14 +225,22 @@ class TaskScheduler(WFCommSpec):
         self._events.put(("result", frame))
 
     def client_down(self, name: str) -> None:
-        """``name`` left: it gets no new tasks; tasks waiting on it move on or end."""
+        """``name``'s connection dropped: its tasks wait ``lost_timeout`` for it to come back, then end."""
         with self._lock:
-            self._dead.setdefault(name, time.time())
-        self._events.put(("down", name))
+            self._mark_away(name)
+            pending = [op.task.name for op in self._ops.values() if name in op.outstanding]
+        self.server.log.warning(
+            "%s lost its connection; %s up to %ss for it to come back",
+            name,
+            f"its tasks {pending} wait" if pending else "waiting",
+            self.lost_timeout,
+        )
+        self._wake()
 
     def client_up(self, name: str) -> None:
-        """``name`` is back: it gets new tasks, and the standing broadcasts it missed."""
-        with self._lock:
+        """``name`` joined again: its outstanding tasks are sent again, and the standing broadcasts it missed."""
+        with self._lock:  # new tasks go to it from now on
+            self._away.pop(name, None)
             self._dead.pop(name, None)
         self._events.put(("up", name))
 
@@ -276,25 +299,43 @@ class TaskScheduler(WFCommSpec):
         if name in self._dead:
             return False
         self._callback(task.before_task_sent_cb, "before_task_sent_cb", client_task=ct, fl_ctx=fl_ctx)
+        self._client_tasks[ct.id] = (op, ct)
+        op.outstanding[name] = ct
+        ct.task_sent_time = time.time()
+        if name in self._away:  # sent when it joins again, or ended when it does not
+            return True
+        if not self._send_task(op, ct):
+            return True
+        self._callback(task.after_task_sent_cb, "after_task_sent_cb", client_task=ct, fl_ctx=fl_ctx)
+        return True
+
+    def _send_task(self, op: _Op, ct: ClientTask) -> bool:
+        """Send ``ct`` to its client; on a transport failure the client is away (the task is kept for it)."""
+        task, name = op.task, ct.client.name
         data = make_copy(task.data)
         data.set_header(ReservedHeaderKey.TASK_NAME, task.name)
         data.set_header(ReservedHeaderKey.TASK_ID, ct.id)
         data.set_peer_props({ReservedKey.IDENTITY_NAME: self.server.name, ReservedKey.RUN_NUM: self.server.job_id})
         frame = make_frame(Kind.TASK, data, msg_id=ct.id, topic=task.name)
-        self._client_tasks[ct.id] = (op, ct)
-        op.outstanding[name] = ct
-        ct.task_sent_time = time.time()
         ct.task_send_count += 1
         try:
             self.server.send_frame(name, frame)
         except TransportError as exc:
-            self.server.log.error("task %r could not be sent to %s: %s", task.name, name, exc)
-            self._client_tasks.pop(ct.id, None)
-            op.outstanding.pop(name, None)
-            self._dead.setdefault(name, time.time())
+            self.server.log.warning(
+                "task %r could not be sent to %s (%s); it is kept for %s for up to %ss",
+                task.name,
+                name,
+                exc,
+                name,
+                self.lost_timeout,
+            )
+            self._mark_away(name)
             return False
-        self._callback(task.after_task_sent_cb, "after_task_sent_cb", client_task=ct, fl_ctx=fl_ctx)
         return True
+
+    def _mark_away(self, name: str) -> None:
+        if name not in self._dead and name not in self._away:
+            self._away[name] = time.time()
 
     def _advance(self, op: _Op, fl_ctx: FLContext | None = None, raise_errors: bool = False) -> None:
         """send/relay: hand the task to the next target, or end it when none is left."""
@@ -368,6 +409,16 @@ class TaskScheduler(WFCommSpec):
                     self._drop_client_task(op, name, abort=True)
             self._advance(op)
 
+    def _expire_away(self, now: float) -> None:
+        """Clients away for longer than ``lost_timeout`` are dead: what waits on them moves on or ends."""
+        for name, since in list(self._away.items()):
+            if now - since >= self.lost_timeout:
+                del self._away[name]
+                self._process_dead(name, since)
+
+    def _away_deadline(self) -> float | None:
+        return min(self._away.values()) + self.lost_timeout if self._away else None
+
     def _drop_client_task(self, op: _Op, name: str, abort: bool) -> None:
         ct = op.outstanding.pop(name, None)
         if ct is None:
@@ -390,6 +441,8 @@ class TaskScheduler(WFCommSpec):
         task = op.task
         if task.completion_status is None:
             task.completion_status = status
+        if status == TaskCompletionStatus.CLIENT_DEAD:
+            self.tasks_ended_dead += 1
         for name in list(op.outstanding):
             self._drop_client_task(op, name, abort=True)
         self._ops.pop(task.id, None)
@@ -417,6 +470,9 @@ class TaskScheduler(WFCommSpec):
             timeout = None
             with self._lock:
                 deadlines = [d for d in (op.deadline() for op in self._ops.values()) if d is not None]
+                away = self._away_deadline()
+                if away is not None:
+                    deadlines.append(away)
             if deadlines:
                 timeout = max(0.0, min(deadlines) - time.time()) + 0.001
             try:
@@ -429,33 +485,44 @@ class TaskScheduler(WFCommSpec):
             try:
                 if what == "result":
                     self._process_result(arg)
-                elif what == "down":
-                    self._process_down(arg)
                 elif what == "up":
                     self._process_up(arg)
                 with self._lock:
                     now = time.time()
+                    self._expire_away(now)
                     for op in list(self._ops.values()):
                         self._evaluate(op, now)
             except Exception:
                 self.server.log.exception("task scheduler error while handling %s", what)
 
-    def _process_down(self, name: str) -> None:
-        with self._lock:
-            self._dead.setdefault(name, time.time())
-            for op in list(self._ops.values()):
-                if name in op.outstanding:
-                    self._drop_client_task(op, name, abort=False)
-                    if op.method in (SEND, RELAY):
-                        self._advance(op)
-                self._evaluate(op)
+    def _process_dead(self, name: str, since: float) -> None:
+        self._dead.setdefault(name, since)
+        pending = [op.task.name for op in self._ops.values() if name in op.outstanding]
+        self.server.log.warning(
+            "%s lost its connection %.0fs ago and did not come back; it is dead%s",
+            name,
+            time.time() - since,
+            f" (its tasks {pending} end)" if pending else "",
+        )
+        self.server.site_dead(name, f"lost its connection and did not come back within {self.lost_timeout}s")
+        for op in list(self._ops.values()):
+            if name in op.outstanding:
+                self._drop_client_task(op, name, abort=False)
+                if op.method in (SEND, RELAY):
+                    self._advance(op)
+            self._evaluate(op)
 
     def _process_up(self, name: str) -> None:
         with self._lock:
-            if name in self._dead:
-                return
+            self._away.pop(name, None)
+            self._dead.pop(name, None)
             for op in list(self._ops.values()):
-                missed = name in op.targets and name not in op.responded and name not in op.outstanding
+                ct = op.outstanding.get(name)
+                if ct is not None:  # it may never have got it, or its result was lost: the same task again
+                    self.server.log.info("%s joined again: sending it task %r (%s) again", name, op.task.name, ct.id)
+                    self._send_task(op, ct)
+                    continue
+                missed = name in op.targets and name not in op.responded
                 if op.method == BCAST and missed:
                     self.server.log.info("%s is back: sending it task %r", name, op.task.name)
                     try:
@@ -485,6 +552,7 @@ class TaskScheduler(WFCommSpec):
                 self.server.result_of_unknown_task(name, frame.topic, frame.ref_id, result, fl_ctx)
                 return
             op, ct = entry
+            self.results_received += 1
             self._client_tasks.pop(ct.id, None)
             op.outstanding.pop(name, None)
             op.responded.add(name)

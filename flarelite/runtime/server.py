@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import threading
 import time
-import traceback
 from typing import Any, Callable
 
 from ..apis.client import Client
@@ -17,11 +16,15 @@ from ..apis.impl.controller import Controller
 from ..apis.shareable import Shareable
 from ..communication.protocol import CommunicationProtocol, Frame
 from ..errors import CodecError, TransportError
+from .allowlist import ClassPolicy
 from .components import build_component
+from .fates import SiteFates
 from .frames import Kind, frame_payload, make_frame
 from .logs import bind_thread
 from .scheduler import TaskScheduler
 from .site import SiteRuntime
+
+WAIT_NOTE_INTERVAL = 5.0  # seconds between the lines that say which sites the server still waits for
 
 
 class ServerRuntime(SiteRuntime, ServerEngineSpec):
@@ -42,7 +45,9 @@ class ServerRuntime(SiteRuntime, ServerEngineSpec):
         ready_timeout: float = 120.0,
         end_timeout: float = 30.0,
         abort_grace: float = 10.0,
+        client_lost_timeout: float = 10.0,
         aux_workers: int = 16,
+        class_policy: ClassPolicy | None = None,
     ) -> None:
         super().__init__(
             name=SiteType.SERVER,
@@ -53,6 +58,7 @@ class ServerRuntime(SiteRuntime, ServerEngineSpec):
             aux_workers=aux_workers,
         )
         self.app_config = app_config
+        self.class_policy = class_policy or ClassPolicy()  # which classes the config may name
         self.expected = list(clients) if clients is not None else None  # None: whoever joins (min_clients)
         self.min_clients = len(clients) if clients is not None else max(1, min_clients)
         self.mandatory = list(mandatory_clients or [])
@@ -64,7 +70,8 @@ class ServerRuntime(SiteRuntime, ServerEngineSpec):
         self.end_timeout = end_timeout
         self.abort_grace = abort_grace
         self.workflows: list[tuple[str, Controller]] = []
-        self.scheduler = TaskScheduler(self)
+        self.scheduler = TaskScheduler(self, lost_timeout=client_lost_timeout)  # a lost site's tasks wait this long
+        self.fates = SiteFates()
         self._cv = threading.Condition()
         self._joined: set[str] = set()
         self._ready: set[str] = set()
@@ -92,6 +99,7 @@ class ServerRuntime(SiteRuntime, ServerEngineSpec):
     def open(self) -> None:
         """Start the server's transport endpoint."""
         if not self._opened:
+            self.protocol.set_admission(self.connect_refusal)  # non-members are refused at the transport's door
             self.protocol.start(self.on_frame, self.on_peer)
             self._opened = True
 
@@ -116,6 +124,7 @@ class ServerRuntime(SiteRuntime, ServerEngineSpec):
                 self._broadcast_control(Kind.START, payload={"sites": self.sites})
                 self.log.info("all %d sites ready; the run starts", len(self.clients))
                 self._run_workflows(fl_ctx)
+                self._judge_losses()
         except Exception as exc:
             self.abort_run(f"{exc}", exc=exc)
         finally:
@@ -126,7 +135,7 @@ class ServerRuntime(SiteRuntime, ServerEngineSpec):
         cfg = self.app_config
         for i, entry in enumerate(cfg.get("workflows", [])):
             wid = entry.get("id") or f"workflow_{i}"
-            comp = build_component(entry, f"server: workflow {wid!r}")
+            comp = build_component(entry, f"server: workflow {wid!r}", self.class_policy)
             if not isinstance(comp, Controller):
                 raise TypeError(f"server: workflow {wid!r} ({entry.get('path')}) is not a Controller")
             comp.set_communicator(self.scheduler)
@@ -134,7 +143,7 @@ class ServerRuntime(SiteRuntime, ServerEngineSpec):
             self.workflows.append((wid, comp))
         for entry in cfg.get("components", []):
             cid = entry.get("id")
-            self.components[cid] = build_component(entry, f"server: component {cid!r}")
+            self.components[cid] = build_component(entry, f"server: component {cid!r}", self.class_policy)
         if not self.workflows:
             raise ValueError("the server app has no workflow: add a Controller with job.to_server(controller)")
 
@@ -145,13 +154,18 @@ class ServerRuntime(SiteRuntime, ServerEngineSpec):
 
     def _wait_ready(self) -> bool:
         deadline = time.monotonic() + self.ready_timeout
+        next_note = time.monotonic() + WAIT_NOTE_INTERVAL
         with self._cv:
             while not self._can_start() and self.failure is None:
-                left = deadline - time.monotonic()
+                now = time.monotonic()
+                left = deadline - now
                 if left <= 0:
                     self.abort_run(self._not_ready_reason())
                     return False
-                self._cv.wait(left)
+                if now >= next_note:  # say what the run waits for, every few seconds
+                    self.log.info("%s; giving up in %.0fs", self._waiting_for(), left)
+                    next_note = now + WAIT_NOTE_INTERVAL
+                self._cv.wait(min(left, max(0.0, next_note - now)))
             if self.failure is not None:
                 return False
             late = sorted(set(self.clients) - self._ready)  # joined but not ready: not part of this run
@@ -160,9 +174,17 @@ class ServerRuntime(SiteRuntime, ServerEngineSpec):
             self.sites = [SiteType.SERVER, *self.clients]
             self._started = True
         for name in late:
+            self.fates.not_in_run(name)
             self.log.warning("%s was not ready when the run started; it is not part of the run", name)
             self._tell_end(name, "the run started without this site (it was not ready in time)")
         return True
+
+    def _waiting_for(self) -> str:
+        if self.expected is not None:
+            missing = sorted(set(self.expected) - self._ready)
+            joined = sorted(set(missing) & self._joined)
+            return f"waiting for sites {missing}" + (f" ({joined} joined, not ready yet)" if joined else "")
+        return f"waiting for {self.min_clients} sites to be ready (ready: {sorted(self._ready)})"
 
     def _not_ready_reason(self) -> str:
         if self.expected is not None:
@@ -230,7 +252,7 @@ class ServerRuntime(SiteRuntime, ServerEngineSpec):
         """End the run now because of ``reason``; the run is reported as failed."""
         if self.record_failure(reason) or exc is not None:
             if exc is not None:
-                self.log.error("run aborted: %s\n%s", reason, "".join(traceback.format_exception(exc)).rstrip())
+                self.log.error("run aborted: %s", reason, exc_info=exc)  # the traceback keeps its lines
             else:
                 self.log.error("run aborted: %s", reason)
         self.abort_signal.trigger(reason)
@@ -291,8 +313,13 @@ class ServerRuntime(SiteRuntime, ServerEngineSpec):
                 self._ready.add(name)
                 self._cv.notify_all()
         elif kind == Kind.FATAL:
+            self.fates.failed(name, frame.topic)
             self.abort_run(f"site {name} failed: {frame.topic}")
         elif kind == Kind.BYE:
+            if frame.topic and frame.topic != self.failure:  # not just the server's own reason, echoed
+                self.fates.failed(name, frame.topic)
+            else:
+                self.fates.ended(name)
             with self._cv:
                 self._gone.add(name)
                 self._cv.notify_all()
@@ -331,23 +358,38 @@ class ServerRuntime(SiteRuntime, ServerEngineSpec):
         except TransportError as exc:
             self.log.error("cannot answer %s: %s", name, exc)
         if rejoined:
+            self.fates.back(name)
             self.scheduler.client_up(name)
             ctx = self.new_context()
             ctx.set_prop(FLContextKey.RECONNECTED_CLIENT_NAME, name, private=True, sticky=False)
             self.fire_event(EventType.CLIENT_RECONNECTED, ctx)
 
-    def _admit(self, name: str) -> str:
-        """Why ``name`` may not join (empty when it may); new sites join until the run starts."""
+    def connect_refusal(self, name: str) -> str | None:
+        """Why ``name`` may not connect (None when it may): the job's named sites; for a job deployed to @ALL,
+        new names until the run starts, afterwards only the sites of the run."""
         with self._cv:
             if name in self.clients:
-                return ""
+                return None
             if self.expected is not None:
                 return f"{name!r} is not a site of this job (its sites are {self.expected})"
             if self._started or self._ending:
                 return f"the run has already started without {name!r}"
-            self.clients[name] = Client(name)
-            self.sites = [SiteType.SERVER, *self.clients]
-            return ""
+            return None
+
+    def _admit(self, name: str) -> str:
+        """Why ``name`` may not join (empty when it may); new sites join until the run starts."""
+        with self._cv:
+            refusal = self.connect_refusal(name)
+            if refusal is None and name not in self.clients:
+                self.clients[name] = Client(name)
+                self.sites = [SiteType.SERVER, *self.clients]
+            return refusal or ""
+
+    def refuse_peer(self, name: str) -> str | None:
+        """Only the sites of this run reach the server's aux handlers."""
+        if name in self.clients:
+            return None
+        return f"{name!r} is not a site of this run (its sites are {sorted(self.clients)})"
 
     def on_peer(self, name: str, connected: bool) -> None:
         """A client left: fail its pending aux requests, end what waits on it, fire CLIENT_DISCONNECTED."""
@@ -367,12 +409,48 @@ class ServerRuntime(SiteRuntime, ServerEngineSpec):
                 self._cv.notify_all()
                 return
             self._cv.notify_all()
+        self.fates.died(name, "its connection was lost")
         self.scheduler.client_down(name)
         ctx = self.new_context()
         ctx.set_prop(FLContextKey.DISCONNECTED_CLIENT_NAME, name, private=True, sticky=False)
         self.fire_event(EventType.CLIENT_DISCONNECTED, ctx)
         if not ready:
             self.abort_run(f"site {name} left before it was ready")
+
+    def joined(self) -> bool:
+        """The server always has a run to end (see ClientRuntime.joined)."""
+        return True
+
+    def interrupt(self, reason: str) -> None:
+        """End the run now (SIGTERM, SIGINT): the sites are told, and the end waits only briefly for them."""
+        self.end_timeout = min(self.end_timeout, 3.0)
+        self.abort_grace = min(self.abort_grace, 1.0)
+        self.abort_run(reason)
+
+    def site_dead(self, name: str, why: str) -> None:
+        """The scheduler gave up on ``name``: it lost its connection and did not come back in time."""
+        self.fates.died(name, why)
+
+    def site_fates(self) -> dict[str, str]:
+        """Return ``{site: fate}`` for every client site of the job (see SiteFates)."""
+        with self._cv:
+            names = list(dict.fromkeys([*(self.expected or []), *self._joined, *self.clients]))
+            joined, gone = set(self._joined), set(self._gone)
+        return self.fates.report(names, joined, gone)
+
+    def _judge_losses(self) -> None:
+        """The workflows ended: a run whose sites all died, or that got no result because sites died, failed."""
+        lost = sorted(set(self.scheduler.lost_sites()) | set(self.fates.dead()))
+        lost = [n for n in lost if n in self.clients]
+        if not lost or self.failure is not None:
+            return
+        why = ", ".join(f"{n} ({self.fates.get(n) or 'died: its connection was lost'})" for n in lost)
+        if len(lost) == len(self.clients):
+            self.abort_run(f"every site died: {why}")
+        elif self.scheduler.results_received == 0 and self.scheduler.tasks_ended_dead:
+            self.abort_run(f"the workflow got no task result because sites died: {why}")
+        else:
+            self.log.warning("the run finished without %d of its %d sites: %s", len(lost), len(self.clients), why)
 
     def result_of_unknown_task(
         self, name: str, task_name: str, task_id: str, result: Shareable, fl_ctx: FLContext

@@ -2,35 +2,38 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
+import shutil
+import signal
 import socket
 import subprocess
 import sys
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
+from typing import Any
 
 from ..apis.fl_constant import SiteType
-from ..errors import ConfigError, RunFailedError
+from ..errors import ConfigError, RunFailedError, RunInterrupted
 from ..launch import RESULT_FILE
+from ..stopping import signal_name
 
 _log = logging.getLogger("flarelite.simulator")
 _UNIX_PATH_MAX = 100  # sun_path holds 108 bytes on Linux; keep a margin
+SITE_LOST_TIMEOUT = 3.0  # one machine: a site whose connection dropped is back within a second, or gone
+SERVER_LOST_TIMEOUT = 5.0
 
 
 def server_address(protocol: str, workspace: str) -> tuple[str, str | None]:
-    """Where the server listens: a Unix socket in the workspace (or a short temp dir), or a free loopback port."""
+    """Where the server listens: a Unix socket in a private temp folder (mode 0700, removed after the run; the
+    sites' direct_p2p sockets go there too), or a free loopback port."""
     if protocol == "unix":
-        path = os.path.join(workspace, "server.sock")
-        tmp = None
-        if len(path) > _UNIX_PATH_MAX:
-            tmp = tempfile.mkdtemp(prefix="flarelite-")
-            path = os.path.join(tmp, "server.sock")
-        if os.path.exists(path):
-            os.unlink(path)
-        return f"unix://{path}", tmp
+        tmp = tempfile.mkdtemp(prefix="flarelite-")  # 0700 whatever the umask, and short enough for sun_path
+        return f"unix://{os.path.join(tmp, 'server.sock')}", tmp
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
         return f"127.0.0.1:{s.getsockname()[1]}", None
@@ -48,10 +51,11 @@ def provision_certs(workspace: str, names: list[str]) -> str:
     return folder
 
 
-def _pump(proc: subprocess.Popen, sink: object) -> None:
+def _pump(proc: subprocess.Popen, sink: object, quiet: threading.Event) -> None:
     assert proc.stdout is not None
     for line in iter(proc.stdout.readline, ""):
-        sink.write(line)  # type: ignore[attr-defined]
+        if not quiet.is_set():
+            sink.write(line)  # type: ignore[attr-defined]
     proc.stdout.close()
 
 
@@ -66,69 +70,109 @@ def run_processes(
     ready_timeout: float,
     end_timeout: float,
     direct_p2p: bool = False,
+    connect_timeout: float = 60.0,
+    allowed_classes: list[str] | tuple[str, ...] = (),
+    temp_dirs: list[str] | tuple[str, ...] = (),
+    max_message_size: int | str | None = None,
 ) -> int:
     """Start the server and one process per client, stream their console output, and wait for the run's end.
 
     As in a deployment, each client receives its app (config and custom code) from the server; each site
-    process works in ``workspace/<site>``.
+    process works in ``workspace/<site>``. The sites run the code their own server ships, in every mode
+    (``--allow-custom-code``); ``allowed_classes`` is passed to every site as ``--allow-class``, and
+    ``max_message_size`` (bytes, or a size like ``"64M"``; default 2 GiB) as ``--max-message-size``.
+
+    Every site process ends when this process dies (``--parent-pid``); the server process then removes the
+    socket files and ``temp_dirs`` (folders the caller made for the run). On SIGTERM or SIGINT this process
+    stops the sites, removes the socket files, prints one line and raises RunInterrupted. A run that succeeded
+    although some sites died returns 0 and names them in a warning (and in ``server/run_result.json``).
 
     Raises:
-        RunFailedError: a site failed or its process died; the message says which and why.
+        RunFailedError: the run failed, or a site failed; the message says which and why.
+        RunInterrupted: SIGTERM or SIGINT stopped the run (exit status 128 + the signal's number).
     """
     if tls not in ("clear", "tls", "mtls"):
         raise ConfigError(f"tls must be 'clear', 'tls' or 'mtls', got {tls!r}")
     address, tmp = server_address(protocol, workspace)
     certs = provision_certs(workspace, names) if tls != "clear" else None
     common = ["-w", workspace, "--mode", tls, "--job-id", job_id] + (["--certs", certs] if certs else [])
+    if max_message_size is not None:
+        from ..communication.sizes import max_message_size as message_limit
+
+        common += ["--max-message-size", str(message_limit(max_message_size))]
+    if allowed_classes:
+        from ..runtime.allowlist import check_entries  # the runtime loads only when there is something to check
+
+        common += [f"--allow-class={entry}" for entry in check_entries(allowed_classes, "allowed_classes")]
     # as in a deployment, the clients get their app from the server (and do not parse the job themselves)
     server_cmd = ["server", job_folder, *common, "--listen", address, "--clients", ",".join(names)]
-    commands = {SiteType.SERVER: [*server_cmd, "--ready-timeout", str(ready_timeout)]}
+    server_cmd += ["--ready-timeout", str(ready_timeout), "--client-lost-timeout", str(SITE_LOST_TIMEOUT)]
+    commands = {SiteType.SERVER: server_cmd + [f"--temp-dir={d}" for d in [*temp_dirs, *([tmp] if tmp else [])]]}
     for name in names:
         commands[name] = ["client", *common, "--name", name, "--server", address]
+        commands[name] += ["--connect-timeout", str(connect_timeout), "--allow-custom-code"]
+        commands[name] += ["--server-lost-timeout", str(SERVER_LOST_TIMEOUT)]
         if direct_p2p:
             commands[name].append("--direct-p2p")
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     procs: dict[str, subprocess.Popen] = {}
     pumps = []
+    quiet = threading.Event()  # set once interrupted: the sites' last words stay in their log.txt
     try:
-        for name, args in commands.items():
-            folder = os.path.join(workspace, name)
-            os.makedirs(folder, exist_ok=True)
-            results = os.path.join(folder, RESULT_FILE)
-            if os.path.exists(results):
-                os.unlink(results)
-            procs[name] = subprocess.Popen(
-                [sys.executable, "-m", "flarelite.launch", *args],
-                cwd=folder,
-                env=env,
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.STDOUT,
-                text=True,
-                bufsize=1,
-            )
-            pump = threading.Thread(target=_pump, args=(procs[name], sys.stderr), daemon=True)
-            pump.start()
-            pumps.append(pump)
-        codes = _wait(procs, end_timeout)
+        with _interrupts() as interrupted:
+            try:
+                for name, args in commands.items():
+                    folder = os.path.join(workspace, name)
+                    os.makedirs(folder, exist_ok=True)
+                    results = os.path.join(folder, RESULT_FILE)
+                    if os.path.exists(results):
+                        os.unlink(results)
+                    procs[name] = subprocess.Popen(
+                        [sys.executable, "-m", "flarelite.launch", *args, "--parent-pid", str(os.getpid())],
+                        cwd=folder,
+                        env=env,
+                        stdin=subprocess.DEVNULL,
+                        stdout=subprocess.PIPE,
+                        stderr=subprocess.STDOUT,
+                        text=True,
+                        bufsize=1,
+                        start_new_session=True,  # a Ctrl-C reaches this process only, which then stops the sites
+                    )
+                    pump = threading.Thread(target=_pump, args=(procs[name], sys.stderr, quiet), daemon=True)
+                    pump.start()
+                    pumps.append(pump)
+                codes = _wait(procs, end_timeout)
+            except KeyboardInterrupt as exc:
+                quiet.set()
+                signum = getattr(exc, "signum", signal.SIGINT)
+                stopped = _stop(procs)
+                what = f"interrupted ({signal_name(signum)}); stopped {stopped} site processes"
+                interrupted.message = f"flarelite: {what}"
+                raise
     finally:
-        for proc in procs.values():
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
+        _stop(procs)
         for pump in pumps:
             pump.join(5)
-        if tmp:
-            import shutil
+        _remove(address, tmp)
+    return _outcome(workspace, codes)
 
-            shutil.rmtree(tmp, ignore_errors=True)
+
+def _outcome(workspace: str, codes: dict[str, int]) -> int:
+    """0 when the server's run succeeded (sites that died are named in a warning); else RunFailedError."""
+    server = _result(os.path.join(workspace, SiteType.SERVER, RESULT_FILE))
+    fates: dict[str, str] = dict(server.get("sites") or {})
     problems: list[tuple[str, str]] = []  # (site, what went wrong there), the server's first
+    lost: list[str] = []
     for name, code in sorted(codes.items(), key=lambda item: item[0] != SiteType.SERVER):
         if code == 0:
             continue
-        reason = _reason(os.path.join(workspace, name, RESULT_FILE))
-        if code < 0:
-            problems.append((name, f"process killed by signal {-code}"))
+        reason = _result(os.path.join(workspace, name, RESULT_FILE)).get("failure")
+        what = f"process killed by signal {-code}" if code < 0 else None
+        if name != SiteType.SERVER and codes[SiteType.SERVER] == 0 and fates.get(name, "").startswith("died"):
+            lost.append(f"{name} ({fates[name]}{'; ' + what if what else ''})")
+            continue  # the run went on without it
+        if what:
+            problems.append((name, what))
         elif reason and any(reason in seen or seen in reason for _, seen in problems):
             continue  # the server told every site why the run ended: say it once
         else:
@@ -137,11 +181,84 @@ def run_processes(
         raise RunFailedError(problems[0][1], site=problems[0][0])
     if problems:
         raise RunFailedError("; ".join(f"{name}: {what}" for name, what in problems))
+    if lost:
+        _log.warning("the run succeeded without %d of its sites: %s", len(lost), ", ".join(lost))
     return 0
 
 
+class _Signalled(KeyboardInterrupt):
+    """Raised by this module's signal handler in the main thread."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+class _Interrupted:
+    """What the interrupt handling learnt: the signal and the one line to print."""
+
+    message: str | None = None
+
+
+@contextlib.contextmanager
+def _interrupts() -> Iterator[_Interrupted]:
+    """SIGTERM (and SIGINT, where Python's own handler is in place) interrupt the run; once the sites are
+    stopped, one line is printed and RunInterrupted (exit status 128 + the signal's number) is raised.
+    """
+    state = _Interrupted()
+    previous: dict[int, Any] = {}
+    if threading.current_thread() is threading.main_thread():
+
+        def handler(signum: int, frame: object) -> None:
+            raise _Signalled(signum)
+
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            if signal.getsignal(sig) in (signal.SIG_DFL, signal.default_int_handler):
+                previous[sig] = signal.signal(sig, handler)
+    try:
+        yield state
+    except KeyboardInterrupt as exc:
+        for sig in (signal.SIGTERM, signal.SIGINT):  # a second signal now would cut the cleanup short
+            if sig in previous:
+                signal.signal(sig, signal.SIG_IGN)
+        print(state.message or "flarelite: interrupted", file=sys.stderr, flush=True)
+        if isinstance(exc, _Signalled):
+            raise RunInterrupted(exc.signum, state.message or "interrupted") from None
+        raise  # a KeyboardInterrupt of the caller's own handler (a notebook's): theirs to handle
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+
+def _stop(procs: dict[str, subprocess.Popen], grace: float = 5.0) -> int:
+    """SIGTERM every site process still running, SIGKILL what is left after ``grace``; return how many ran."""
+    running = [p for p in procs.values() if p.poll() is None]
+    for proc in running:
+        try:
+            proc.terminate()
+        except OSError:
+            pass
+    deadline = time.monotonic() + grace
+    for proc in running:
+        try:
+            proc.wait(max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    return len(running)
+
+
+def _remove(address: str, tmp: str | None) -> None:
+    if address.startswith("unix://"):
+        path = address[len("unix://") :]
+        if os.path.exists(path):
+            os.unlink(path)
+    if tmp:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
 def _wait(procs: dict[str, subprocess.Popen], end_timeout: float) -> dict[str, int]:
-    """Wait for the server; then give the clients time to finish before they are killed.
+    """Wait for the server; then give the clients time to finish before they are stopped.
 
     After a successful run the clients get ``end_timeout``; after a failed one only a few seconds, since a
     client that never reached the server would otherwise wait for it in vain.
@@ -152,20 +269,24 @@ def _wait(procs: dict[str, subprocess.Popen], end_timeout: float) -> dict[str, i
             server.wait(0.2)
         except subprocess.TimeoutExpired:
             pass
-    deadline = time.monotonic() + (end_timeout if server.returncode == 0 else min(end_timeout, 3.0))
+    wait = end_timeout if server.returncode == 0 else min(end_timeout, 3.0)
+    deadline = time.monotonic() + wait
+    late = {}
     for name, proc in procs.items():
         try:
             proc.wait(max(0.1, deadline - time.monotonic()))
         except subprocess.TimeoutExpired:
-            _log.error("%s did not end within %ss of the server; stopping it", name, end_timeout)
-            proc.kill()
-            proc.wait()
+            late[name] = proc
+    if late:
+        _log.error("%s did not end within %ss of the server; stopping them", ", ".join(late), wait)
+        _stop(late, grace=2.0)
     return {name: proc.returncode for name, proc in procs.items()}
 
 
-def _reason(path: str) -> str | None:
+def _result(path: str) -> dict:
     try:
         with open(path, encoding="utf-8") as f:
-            return json.load(f).get("failure")
+            result = json.load(f)
     except (OSError, ValueError):
-        return None
+        return {}
+    return result if isinstance(result, dict) else {}

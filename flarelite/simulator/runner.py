@@ -9,6 +9,7 @@ import threading
 from typing import TYPE_CHECKING
 
 from ..apis.fl_constant import SiteType, WorkspaceConstants
+from ..communication.protocol import site_name_problem
 from ..errors import ConfigError, RunFailedError
 from ..job_config.models import JobDefinition, load_job
 
@@ -26,9 +27,9 @@ def resolve_clients(job: JobDefinition, n_clients: int | None, clients: list[str
     if clients:
         if isinstance(clients, str):
             clients = [c.strip() for c in clients.split(",") if c.strip()]
-        bad = [c for c in clients if not isinstance(c, str) or not c or c in (SiteType.SERVER, SiteType.ALL)]
+        bad = [c for c in clients if site_name_problem(c)]
         if bad:
-            raise ConfigError(f"invalid client names {bad}: names must be non-empty and not 'server' or '@ALL'")
+            raise ConfigError(f"invalid client names {bad}: {site_name_problem(bad[0])}")
         if len(set(clients)) != len(clients):
             raise ConfigError(f"client names must be unique, got {clients}")
         if n_clients is not None and n_clients != len(clients):
@@ -73,6 +74,10 @@ def run_simulation(
     ready_timeout: float = 120.0,
     end_timeout: float = 30.0,
     hub: InMemoryHub | None = None,
+    connect_timeout: float = 60.0,
+    allowed_classes: list[str] | tuple[str, ...] = (),
+    temp_dirs: list[str] | tuple[str, ...] = (),
+    max_message_size: int | str | None = None,
 ) -> int:
     """Run the job in ``job_folder`` on this machine; return 0 when the run succeeds.
 
@@ -84,10 +89,22 @@ def run_simulation(
     Every site runs concurrently (synchronous peer-to-peer algorithms need all sites alive at once), so
     ``threads`` is accepted for NVFlare compatibility only. Each site gets ``workspace/<site>/`` (its working
     directory in the processes modes) with its ``log.txt``. ``hub`` lets a test reach the in-memory network.
+    ``connect_timeout``: how long (seconds) each site waits for the server at start (saying so every few seconds).
+    ``allowed_classes``: class paths or module prefixes (``"torch.nn"``, ``"mypkg.models.Net"``) the job config
+    may name beyond flarelite's classes and the job's custom/ modules; anything else is refused (see
+    ``flarelite.runtime.allowlist``). The sites run the custom/ code their simulator's server ships.
+    ``max_message_size``: the largest message any site accepts, in bytes or as a size like ``"64M"`` (binary
+    units; default 2 GiB, every protocol); a larger one reaches its receiver as an error, which answers it.
+
+    ``temp_dirs``: folders the caller made for this run (the exported job), removed by the server's process if
+    this process is killed (processes modes). A site that dies while the others finish the workflow does not
+    fail the run: it is named in a warning and in ``workspace/server/run_result.json`` (processes modes). A run
+    in which every site died, or whose workflow got no result because sites died, fails.
 
     Raises:
         ConfigError: the job folder or the arguments are invalid.
-        RunFailedError: the run failed (a component could not be built, a workflow raised, a site died...).
+        RunFailedError: the run failed (a component could not be built, a workflow raised, every site died...).
+        RunInterrupted: SIGTERM or SIGINT stopped the run (processes modes; the sites are stopped first).
     """
     if protocol not in ("unix", "grpc", "memory"):
         raise ConfigError(f"protocol must be 'unix', 'grpc' or 'memory', got {protocol!r}")
@@ -95,6 +112,9 @@ def run_simulation(
         raise ConfigError("direct_p2p needs a gRPC protocol ('unix' or 'grpc'); in memory every site is direct")
     if protocol == "memory" and tls != "clear":
         raise ConfigError(f"tls={tls!r} needs a gRPC protocol ('unix' or 'grpc'); the in-memory one has no wire")
+    from ..communication.sizes import max_message_size as message_limit
+
+    limit = message_limit(max_message_size)
     job = load_job(job_folder)
     names = resolve_clients(job, n_clients, clients)
     if threads is not None and threads < len(names):
@@ -114,12 +134,18 @@ def run_simulation(
             ready_timeout=ready_timeout,
             end_timeout=end_timeout,
             direct_p2p=direct_p2p,
+            connect_timeout=connect_timeout,
+            allowed_classes=allowed_classes,
+            temp_dirs=temp_dirs,
+            max_message_size=limit,
         )
     # the in-process mode's pieces, loaded only here: the processes mode's parent never needs them
     from ..communication.memory import InMemoryCommunicationProtocol, InMemoryHub
+    from ..runtime.allowlist import ClassPolicy
     from ..runtime.client import ClientRuntime
     from ..runtime.logs import close_site_log, open_site_log, restore_level, setup_logging
     from ..runtime.server import ServerRuntime
+    from .processes import SERVER_LOST_TIMEOUT, SITE_LOST_TIMEOUT
 
     for app in job.apps.values():
         if os.path.isdir(app.custom_dir) and app.custom_dir not in sys.path:
@@ -132,25 +158,35 @@ def run_simulation(
     site_dirs = {name: os.path.join(workspace, name) for name in [SiteType.SERVER, *names]}
     for name, folder in site_dirs.items():
         open_site_log(name, folder)
+    custom_dirs = [app.custom_dir for app in job.apps.values()]  # one process: every app's modules are loaded
+
+    def policy(name: str) -> ClassPolicy:
+        return ClassPolicy.for_site(site_dirs[name], allowed=allowed_classes, custom_dirs=custom_dirs)
+
     try:
         server = ServerRuntime(
             job_id=job_id,
-            protocol=InMemoryCommunicationProtocol(SiteType.SERVER, hub=hub),
+            protocol=InMemoryCommunicationProtocol(SiteType.SERVER, hub=hub, max_message_size=limit),
             run_dir=site_dirs[SiteType.SERVER],
             workspace_root=workspace,
             app_config=server_app.server.model_dump(),
             clients=names,
             ready_timeout=ready_timeout,
             end_timeout=end_timeout,
+            class_policy=policy(SiteType.SERVER),
+            client_lost_timeout=SITE_LOST_TIMEOUT,
         )
         sites = [
             ClientRuntime(
                 name=name,
                 job_id=job_id,
-                protocol=InMemoryCommunicationProtocol(name, hub=hub),
+                protocol=InMemoryCommunicationProtocol(name, hub=hub, max_message_size=limit),
                 run_dir=site_dirs[name],
                 workspace_root=workspace,
                 app_config=job.app_for(name).client.model_dump(),  # type: ignore[union-attr]
+                join_timeout=connect_timeout,
+                server_lost_timeout=SERVER_LOST_TIMEOUT,
+                class_policy=policy(name),
             )
             for name in names
         ]
@@ -176,8 +212,10 @@ def run_simulation(
         for name in site_dirs:
             close_site_log(name)
         restore_level(previous_level)
-    if failure is None:
-        failure = next((f"{n}: {f}" for n, f in failures.items() if f), None)
+    if failure is None:  # a site the run went on without (it died) does not fail it: the server named it
+        fates = server.site_fates()
+        failure = next((f"{n}: {f}" for n, f in failures.items() if f and not fates[n].startswith("died")), None)
+        stuck = [t for t in stuck if not fates[t[: -len("-main")]].startswith("died")]
     if failure is not None:
         raise RunFailedError(failure)
     if stuck:
