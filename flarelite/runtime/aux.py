@@ -9,6 +9,7 @@ from __future__ import annotations
 import secrets
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any, Callable
 
 from ..apis.fl_constant import ReservedKey, ReturnCode, SiteType
@@ -17,12 +18,14 @@ from ..apis.shareable import ReservedHeaderKey, Shareable, make_reply
 from ..communication.protocol import Frame
 from ..errors import CodecError, TransportError, TransportTimeout
 from .frames import Kind, frame_shareable, make_frame
+from .logs import bind_thread
 from .workers import WorkerPool
 
 if TYPE_CHECKING:
     from .site import SiteRuntime
 
 _PRIMITIVES = (str, int, float, bool, type(None))
+_SEND_INLINE_BYTES = 1 << 20  # with several targets, larger requests are sent side by side (each may wait)
 
 
 def _error_reply(rc: str, message: str) -> Shareable:
@@ -74,6 +77,7 @@ class AuxRunner:
         self._ready = False
         self._held: list[Frame] = []
         self._stray = 0  # replies that matched no pending request (late, or forged): counted, logged sparingly
+        self._sender_pool: ThreadPoolExecutor | None = None  # sends that may wait, side by side (made on first use)
         self._pool = WorkerPool(site.name, max_workers)
 
     # handlers ----------------------------------------------------------------------------------------
@@ -150,6 +154,19 @@ class AuxRunner:
             frames[target] = template
         waiter = _Waiter(list(frames) if wait else [])
         deadline = time.monotonic() + timeout if wait else None
+        # several targets: a frame that may have to wait (a large one, or one whose target has no room now) is
+        # sent side by side with the others, so that a slow target costs only its own request its time
+        side_by_side = wait and len(frames) > 1
+        deferred: list[tuple[str, Frame, tuple[str, str]]] = []
+
+        def failed(target: str, key: tuple[str, str], exc: TransportError) -> None:
+            self._report(optional, "aux request on topic %r to %s could not be sent: %s", topic, target, exc)
+            if wait:
+                rc = ReturnCode.TIMEOUT if isinstance(exc, TransportTimeout) else ReturnCode.COMMUNICATION_ERROR
+                with self._lock:
+                    self._pending.pop(key, None)
+                waiter.settle(target, error=_error_reply(rc, f"{target}: {exc}"))
+
         for target, template in frames.items():
             msg_id = new_message_id()
             frame = Frame(
@@ -164,18 +181,29 @@ class AuxRunner:
             if wait:
                 with self._lock:
                     self._pending[key] = waiter
-            left = None if deadline is None else deadline - time.monotonic()
+            if side_by_side and template.nbytes > _SEND_INLINE_BYTES:
+                deferred.append((target, frame, key))
+                continue
             try:
-                if left is not None and left <= 0:
-                    raise TransportTimeout(f"no time left to send to {target} within {timeout}s")
-                self.site.send_frame(target, frame, timeout=left)
+                if side_by_side:
+                    self.site.send_frame(target, frame, timeout=0)  # now, if its target has room
+                else:
+                    self._send_by(target, frame, deadline, timeout)
+            except TransportTimeout as exc:
+                if side_by_side:
+                    deferred.append((target, frame, key))
+                else:
+                    failed(target, key, exc)
             except TransportError as exc:
-                self._report(optional, "aux request on topic %r to %s could not be sent: %s", topic, target, exc)
-                rc = ReturnCode.TIMEOUT if isinstance(exc, TransportTimeout) else ReturnCode.COMMUNICATION_ERROR
-                if wait:
-                    with self._lock:
-                        self._pending.pop(key, None)
-                    waiter.settle(target, error=_error_reply(rc, f"{target}: {exc}"))
+                failed(target, key, exc)
+        if deferred:
+            pool = self._senders()
+            sends = [(t, k, pool.submit(self._send_by, t, f, deadline, timeout)) for t, f, k in deferred]
+            for target, key, future in sends:  # each ends by the deadline: sent, failed or cancelled
+                try:
+                    future.result()
+                except TransportError as exc:
+                    failed(target, key, exc)
         if not wait:
             return {}
         assert deadline is not None
@@ -195,6 +223,24 @@ class AuxRunner:
         for target, frame in replies.items():
             results[target] = self._reply_from_frame(target, frame, topic)
         return {t: results[t] for t in target_requests if t in results}
+
+    def _send_by(self, target: str, frame: Frame, deadline: float | None, timeout: float) -> None:
+        """Send ``frame`` to ``target`` within what is left until ``deadline`` (None: no limit)."""
+        left = None if deadline is None else deadline - time.monotonic()
+        if left is not None and left <= 0:
+            raise TransportTimeout(f"no time left to send to {target} within {timeout}s")
+        self.site.send_frame(target, frame, timeout=left)
+
+    def _senders(self) -> ThreadPoolExecutor:
+        with self._lock:
+            if self._sender_pool is None:
+                self._sender_pool = ThreadPoolExecutor(
+                    max_workers=8,
+                    thread_name_prefix=f"{self.site.name}-aux-send",
+                    initializer=bind_thread,
+                    initargs=(self.site.name,),
+                )
+            return self._sender_pool
 
     def _reply_from_frame(self, target: str, frame: Frame, topic: str) -> Shareable:
         try:
@@ -336,6 +382,10 @@ class AuxRunner:
 
     def close(self, drain_timeout: float = 0.0) -> None:
         """Stop taking requests; handle those already received first, for up to ``drain_timeout`` seconds."""
+        with self._lock:
+            pool, self._sender_pool = self._sender_pool, None
+        if pool is not None:
+            pool.shutdown(wait=False)
         if not self._pool.shutdown(drain_timeout) and drain_timeout > 0:
             self.site.log.warning("aux handlers still running %ss after the end of the run", drain_timeout)
 

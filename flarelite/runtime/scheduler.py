@@ -15,6 +15,7 @@ from __future__ import annotations
 import queue
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
 from ..apis.client import Client
@@ -84,6 +85,7 @@ class TaskScheduler(WFCommSpec):
         self._events: queue.Queue = queue.Queue()
         self._thread = threading.Thread(target=self._loop, name=f"{server.name}-tasks", daemon=True)
         self._stopped = False
+        self._senders: ThreadPoolExecutor | None = None  # a broadcast's sends, side by side (made on first use)
 
     def start(self) -> None:
         """Start the scheduler thread."""
@@ -95,6 +97,8 @@ class TaskScheduler(WFCommSpec):
         self._events.put(None)
         if self._thread.is_alive() and threading.current_thread() is not self._thread:
             self._thread.join(timeout=5)
+        if self._senders is not None:
+            self._senders.shutdown(wait=False)
 
     # the WFCommSpec API ------------------------------------------------------------------------------
     def broadcast(
@@ -120,12 +124,14 @@ class TaskScheduler(WFCommSpec):
         )
         with self._lock:
             self._schedule(op)
+            batch: list[tuple[ClientTask, Frame]] = []
             try:
                 for name in names:
-                    self._dispatch(op, name, fl_ctx)
+                    self._dispatch(op, name, fl_ctx, batch)
             except Exception:
                 self._finish(op, TaskCompletionStatus.ERROR)
                 raise
+            self._send_batch(op, batch, fl_ctx)
             self._evaluate(op)
         self._wake()
 
@@ -289,8 +295,8 @@ class TaskScheduler(WFCommSpec):
         task.completion_status = None
         self._ops[task.id] = op
 
-    def _dispatch(self, op: _Op, name: str, fl_ctx: FLContext) -> bool:
-        """Send ``op.task`` to ``name``; return False if it could not be delivered."""
+    def _dispatch(self, op: _Op, name: str, fl_ctx: FLContext, batch: list | None = None) -> bool:
+        """Send ``op.task`` to ``name`` (or, given ``batch``, add its frame there); False if it cannot be delivered."""
         task = op.task
         ct = ClientTask(client=self.server.clients[name], task=task)
         task.client_tasks.append(ct)
@@ -304,34 +310,67 @@ class TaskScheduler(WFCommSpec):
         ct.task_sent_time = time.time()
         if name in self._away:  # sent when it joins again, or ended when it does not
             return True
+        if batch is not None:
+            batch.append((ct, self._task_frame(op, ct)))
+            return True
         if not self._send_task(op, ct):
             return True
         self._callback(task.after_task_sent_cb, "after_task_sent_cb", client_task=ct, fl_ctx=fl_ctx)
         return True
 
-    def _send_task(self, op: _Op, ct: ClientTask) -> bool:
-        """Send ``ct`` to its client; on a transport failure the client is away (the task is kept for it)."""
-        task, name = op.task, ct.client.name
+    def _task_frame(self, op: _Op, ct: ClientTask) -> Frame:
+        task = op.task
         data = make_copy(task.data)
         data.set_header(ReservedHeaderKey.TASK_NAME, task.name)
         data.set_header(ReservedHeaderKey.TASK_ID, ct.id)
         data.set_peer_props({ReservedKey.IDENTITY_NAME: self.server.name, ReservedKey.RUN_NUM: self.server.job_id})
-        frame = make_frame(Kind.TASK, data, msg_id=ct.id, topic=task.name)
         ct.task_send_count += 1
+        return make_frame(Kind.TASK, data, msg_id=ct.id, topic=task.name)
+
+    def _send_task(self, op: _Op, ct: ClientTask) -> bool:
+        """Send ``ct`` to its client; on a transport failure the client is away (the task is kept for it)."""
+        return self._sent(op, ct, self._deliver(ct.client.name, self._task_frame(op, ct)))
+
+    def _deliver(self, name: str, frame: Frame) -> TransportError | None:
+        """Send one task frame (no scheduler state is touched here: it may run on a sender thread)."""
         try:
             self.server.send_frame(name, frame)
         except TransportError as exc:
-            self.server.log.warning(
-                "task %r could not be sent to %s (%s); it is kept for %s for up to %ss",
-                task.name,
-                name,
-                exc,
-                name,
-                self.lost_timeout,
-            )
-            self._mark_away(name)
-            return False
-        return True
+            return exc
+        return None
+
+    def _sent(self, op: _Op, ct: ClientTask, error: TransportError | None) -> bool:
+        if error is None:
+            return True
+        name = ct.client.name
+        self.server.log.warning(
+            "task %r could not be sent to %s (%s); it is kept for %s for up to %ss",
+            op.task.name,
+            name,
+            error,
+            name,
+            self.lost_timeout,
+        )
+        self._mark_away(name)
+        return False
+
+    def _send_batch(self, op: _Op, batch: list[tuple[ClientTask, Frame]], fl_ctx: FLContext) -> None:
+        """Send a broadcast's frames side by side, so that a slow site delays only its own task; return when
+        every frame is sent or failed (the task data may then change), then run the after_task_sent_cbs."""
+        if len(batch) > 1:
+            if self._senders is None:
+                self._senders = ThreadPoolExecutor(
+                    max_workers=8,
+                    thread_name_prefix=f"{self.server.name}-send",
+                    initializer=bind_thread,
+                    initargs=(self.server.name,),
+                )
+            errors = list(self._senders.map(lambda item: self._deliver(item[0].client.name, item[1]), batch))
+        else:
+            errors = [self._deliver(ct.client.name, frame) for ct, frame in batch]
+        for (ct, _), error in zip(batch, errors):
+            if self._sent(op, ct, error):
+                self._callback(op.task.after_task_sent_cb, "after_task_sent_cb", client_task=ct, fl_ctx=fl_ctx)
 
     def _mark_away(self, name: str) -> None:
         if name not in self._dead and name not in self._away:

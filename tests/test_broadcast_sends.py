@@ -1,0 +1,75 @@
+"""A broadcast sends its task to every site side by side: a site that takes its task slowly (a slow link, a
+stalled reader) delays only its own copy, and the broadcast returns once every copy is sent or has failed."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+from flarelite.apis.controller_spec import Task
+from flarelite.apis.shareable import Shareable
+from flarelite.communication.memory import InMemoryCommunicationProtocol, InMemoryHub
+from flarelite.errors import TransportClosed
+from flarelite.runtime.frames import Kind
+from flarelite.runtime.server import ServerRuntime
+
+SITES = ["site-1", "site-2", "site-3", "site-4"]
+
+
+def make_server(tmp_path) -> ServerRuntime:
+    server = ServerRuntime(
+        job_id="j",
+        protocol=InMemoryCommunicationProtocol("server", hub=InMemoryHub()),
+        run_dir=str(tmp_path),
+        workspace_root=str(tmp_path),
+        app_config={},
+        clients=list(SITES),
+    )
+    server.scheduler.start()
+    return server
+
+
+def test_a_slow_site_does_not_hold_up_the_others(tmp_path):
+    server = make_server(tmp_path)
+    release = threading.Event()
+    sent: dict[str, float] = {}
+    after_cb: list[str] = []
+
+    def send_frame(target, frame, timeout=None):
+        if frame.kind != Kind.TASK:  # the aborts of the cleanup at the end
+            return
+        if target == "site-2":
+            assert release.wait(10), "the test never released site-2"
+        elif target == "site-4":
+            raise TransportClosed("site-4's connection closed while its task was written")
+        sent[target] = time.monotonic()
+
+    server.send_frame = send_frame  # type: ignore[method-assign]
+    task = Task(
+        name="train",
+        data=Shareable(),
+        after_task_sent_cb=lambda client_task, fl_ctx: after_cb.append(client_task.client.name),
+    )
+    done = threading.Event()
+
+    def broadcast() -> None:
+        server.scheduler.broadcast(task, server.new_context(), min_responses=0)
+        done.set()
+
+    began = time.monotonic()
+    threading.Thread(target=broadcast, daemon=True).start()
+    deadline = time.monotonic() + 10
+    while not {"site-1", "site-3"} <= set(sent) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    try:
+        assert {"site-1", "site-3"} <= set(sent), "the fast sites waited for the slow one"
+        assert max(sent.values()) - began < 5
+        assert not done.is_set(), "the broadcast returned before site-2's copy was sent"
+    finally:
+        release.set()
+    assert done.wait(10)
+    assert set(sent) == {"site-1", "site-2", "site-3"}
+    assert sorted(after_cb) == ["site-1", "site-2", "site-3"]  # not for the copy that failed
+    assert "site-4" in server.scheduler._away  # kept for it: re-sent if it comes back, CLIENT_DEAD if not
+    server.scheduler.cancel_all_tasks()
+    server.scheduler.stop()
