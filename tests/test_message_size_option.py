@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import time
 
 import pytest
 from support import comp, write_job
@@ -170,3 +171,19 @@ def test_simulator_run_takes_the_option(tmp_path):
         assert json.load(f) == {"site-2": ReturnCode.OK}
     with pytest.raises(ConfigError, match="is not a size"):
         job.simulator_run(str(tmp_path / "ws2"), n_clients=2, protocol="memory", max_message_size="lots")
+
+
+@pytest.mark.timeout(120)
+def test_a_limit_too_small_for_the_welcome_fails_the_run_at_once_saying_why(tmp_path):
+    """The sites are told why they cannot get their app, instead of waiting out their connect timeout."""
+    from flarelite.errors import RunFailedError
+
+    job = big_aux_job(tmp_path / "jobs", KiB, str(tmp_path / "rc.json"))
+    began = time.monotonic()
+    with pytest.raises(RunFailedError) as info:
+        run_simulation(
+            job, str(tmp_path / "ws"), n_clients=2, protocol="unix", max_message_size=600, connect_timeout=60
+        )
+    assert time.monotonic() - began < 40
+    assert "cannot send site-1 its welcome" in str(info.value) or "cannot send site-2 its welcome" in str(info.value)
+    assert "max_message_size" in str(info.value)

@@ -357,6 +357,8 @@ class ServerRuntime(SiteRuntime, ServerEngineSpec):
                 self.send_frame(name, Frame(kind=Kind.END, topic=self.failure or ""))
         except TransportError as exc:
             self.log.error("cannot answer %s: %s", name, exc)
+            # the site would wait out its join timeout for a welcome that cannot come: tell it why, in a word
+            self._tell_end(name, f"the server cannot send {name} its welcome: {exc}")
         if rejoined:
             self.fates.back(name)
             self.scheduler.client_up(name)
