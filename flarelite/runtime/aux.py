@@ -26,6 +26,8 @@ if TYPE_CHECKING:
 
 _PRIMITIVES = (str, int, float, bool, type(None))
 _SEND_INLINE_BYTES = 1 << 20  # with several targets, larger requests are sent side by side (each may wait)
+MAX_WAITING_PER_PEER = 1024  # requests one peer may have waiting for this site's handlers
+MAX_WAITING_BYTES_PER_PEER = 512 << 20  # and their bytes
 
 
 def _error_reply(rc: str, message: str) -> Shareable:
@@ -78,6 +80,8 @@ class AuxRunner:
         self._held: list[Frame] = []
         self._stray = 0  # replies that matched no pending request (late, or forged): counted, logged sparingly
         self._sender_pool: ThreadPoolExecutor | None = None  # sends that may wait, side by side (made on first use)
+        self._waiting: dict[str, list[int]] = {}  # peer -> [requests, bytes] received and not yet handled
+        self._drops: dict[str, tuple[int, float]] = {}  # peer -> (requests dropped since the last report, when)
         self._pool = WorkerPool(site.name, max_workers)
 
     # handlers ----------------------------------------------------------------------------------------
@@ -263,15 +267,60 @@ class AuxRunner:
 
     # receiving ---------------------------------------------------------------------------------------
     def on_request(self, frame: Frame) -> None:
-        """Called from the transport: hold the request until ready, else hand it to the worker pool."""
+        """Called from the transport: hold the request until ready, else hand it to the worker pool.
+
+        What one peer may have waiting here (held or queued, not yet handled) is bounded: past
+        ``MAX_WAITING_PER_PEER`` requests or ``MAX_WAITING_BYTES_PER_PEER`` bytes its requests are dropped (they
+        time out at the sender), logged once per peer every 10 s.
+        """
+        size = frame.nbytes
         with self._lock:
-            if not self._ready:
-                self._held.append(frame)
-                return
+            waiting = self._waiting.get(frame.sender)
+            if waiting is None:
+                waiting = self._waiting[frame.sender] = [0, 0]
+            over = waiting[0] >= MAX_WAITING_PER_PEER or waiting[1] + size > MAX_WAITING_BYTES_PER_PEER
+            if not over:
+                waiting[0] += 1
+                waiting[1] += size
+                if not self._ready:
+                    self._held.append(frame)
+                    return
+        if over:
+            self._dropped(frame, waiting)
+            return
         try:
             self._pool.submit(self._handle_request, frame)
         except RuntimeError:  # pool shut down: the site is ending
+            self._done_with(frame)
             self._reply(frame, _error_reply(ReturnCode.SERVICE_UNAVAILABLE, f"{self.site.name} is shutting down"))
+
+    def _done_with(self, frame: Frame) -> None:
+        with self._lock:
+            waiting = self._waiting.get(frame.sender)
+            if waiting is not None:
+                waiting[0] -= 1
+                waiting[1] -= frame.nbytes
+                if waiting[0] <= 0:
+                    del self._waiting[frame.sender]
+
+    def _dropped(self, frame: Frame, waiting: list[int]) -> None:
+        now = time.monotonic()
+        with self._lock:
+            count, last = self._drops.get(frame.sender, (0, 0.0))
+            count += 1
+            report = now - last >= 10.0
+            self._drops[frame.sender] = (0 if report else count, now if report else last)
+        if report:
+            self.site.log.warning(
+                "dropped %d aux request(s) from %s (topic %r): %d requests (%d bytes) from it are already waiting "
+                "here, the most one peer may have; they time out at %s",
+                count,
+                frame.sender,
+                frame.topic,
+                waiting[0],
+                waiting[1],
+                frame.sender,
+            )
 
     def on_reply(self, frame: Frame) -> None:
         """Called from the transport: settle the request this reply answers, if it went to the reply's sender."""
@@ -305,7 +354,10 @@ class AuxRunner:
             waiter.settle(name, error=_error_reply(ReturnCode.COMMUNICATION_ERROR, f"{name} disconnected"))
 
     def _handle_request(self, frame: Frame) -> None:
-        reply = self._process(frame)
+        try:
+            reply = self._process(frame)
+        finally:
+            self._done_with(frame)
         if frame.kind == Kind.AUX_REQUEST:
             self._reply(frame, reply)
 

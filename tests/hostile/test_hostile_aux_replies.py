@@ -29,6 +29,7 @@ from flarelite.runtime.client import ClientRuntime
 from flarelite.runtime.frames import Kind, make_frame
 
 SITES = ["server", "site-1", "site-2", "site-3"]
+_RUNTIMES: list = []  # the runtimes the world fixture started (the flood test reaches site-2 through it)
 
 
 @pytest.fixture(scope="module")
@@ -60,6 +61,7 @@ def world(pki):
             name=name, job_id="j", protocol=protocol, run_dir=folder, workspace_root=folder, app_config={}
         )
         rt.open()
+        _RUNTIMES.append(rt)
         started.append(rt.protocol)
         rt.sites = list(SITES)
         return rt
@@ -82,6 +84,7 @@ def world(pki):
     rogue.close()
     for ep in reversed(started):
         ep.stop()
+    _RUNTIMES.clear()
     shutil.rmtree(folder, ignore_errors=True)
 
 
@@ -193,3 +196,35 @@ def test_the_server_handlers_only_hear_sites_of_the_run(tmp_path):
     assert heard == []
     member = server.aux._process(request.addressed("site-1", "server"))
     assert member.get_return_code() == ReturnCode.OK and heard == ["t"]
+
+
+def test_a_flood_of_requests_is_bounded_per_peer_and_the_others_are_still_served(world, caplog):
+    """site-3 floods site-2, whose handlers are busy: what waits there from site-3 stays at MAX_WAITING_PER_PEER,
+    the rest is dropped (one log line), and site-1's request is still answered once a handler is free."""
+    import logging
+
+    from flarelite.runtime import aux as aux_module
+
+    site1, rogue, release = world
+    site2 = next(rt for rt in _RUNTIMES if rt.name == "site-2")
+    body = Shareable()
+    body.set_peer_props({ReservedKey.IDENTITY_NAME: "site-3", ReservedKey.RUN_NUM: "j"})
+    meta = make_frame(Kind.AUX_REQUEST, body).meta
+    caplog.set_level(logging.WARNING)
+    flood = aux_module.MAX_WAITING_PER_PEER + 2000
+    for i in range(flood):
+        rogue.frame(target="site-2", kind=Kind.AUX_POST, msg_id=f"f{i}", topic="echo", job_id="j", meta=meta)
+    rogue.heartbeat()
+    assert _wait(lambda: "dropped" in caplog.text and "from site-3" in caplog.text, timeout=30), caplog.text[-2000:]
+    waiting = site2.aux._waiting.get("site-3", [0, 0])
+    assert waiting[0] <= aux_module.MAX_WAITING_PER_PEER
+    out: dict = {}
+    asker = threading.Thread(
+        target=lambda: out.update(site1.send_aux_request("site-2", "echo", Shareable(), 30, site1.new_context()))
+    )
+    asker.start()
+    assert _wait(lambda: "site-1" in site2.aux._waiting)  # queued behind the flood, not dropped
+    release.set()
+    asker.join(40)
+    assert from_shareable(out["site-2"]).data == {"from": "site-2"}
+    assert caplog.text.count("aux request(s) from site-3") <= 3  # one line per peer every 10 s, not one per drop
