@@ -35,6 +35,7 @@ if TYPE_CHECKING:
     from .server import ServerRuntime
 
 BCAST, SEND, RELAY = "bcast", "send", "relay"
+MAX_QUEUED_RESULTS = 64  # result frames of one client that may wait for the scheduler thread
 
 
 class _Op:
@@ -86,6 +87,9 @@ class TaskScheduler(WFCommSpec):
         self._thread = threading.Thread(target=self._loop, name=f"{server.name}-tasks", daemon=True)
         self._stopped = False
         self._senders: ThreadPoolExecutor | None = None  # a broadcast's sends, side by side (made on first use)
+        self._queued_lock = threading.Lock()
+        self._queued_results: dict[str, int] = {}  # client -> its result frames waiting for the scheduler thread
+        self._dropped_results: dict[str, tuple[int, float]] = {}  # client -> (dropped since last report, when)
 
     def start(self) -> None:
         """Start the scheduler thread."""
@@ -227,7 +231,33 @@ class TaskScheduler(WFCommSpec):
 
     # inputs from the server runtime ------------------------------------------------------------------
     def on_result(self, frame: Frame) -> None:
-        """A RESULT frame arrived (transport thread): queue it for the scheduler thread."""
+        """A RESULT frame arrived (transport thread): queue it for the scheduler thread.
+
+        A client has a few tasks at a time, so at most ``MAX_QUEUED_RESULTS`` of its results wait here; more are
+        a flood (or a bug), dropped with one log line per client every 10 s.
+        """
+        name = frame.sender
+        with self._queued_lock:
+            queued = self._queued_results.get(name, 0)
+            if queued < MAX_QUEUED_RESULTS:
+                self._queued_results[name] = queued + 1
+                dropped = 0
+            else:
+                dropped, since = self._dropped_results.get(name, (0, 0.0))
+                dropped += 1
+                now = time.monotonic()
+                report = now - since >= 10.0
+                self._dropped_results[name] = (0, now) if report else (dropped, since)
+                if not report:
+                    return
+        if dropped:
+            self.server.log.warning(
+                "dropped %d result frame(s) from %s: %d of its results are already waiting to be processed",
+                dropped,
+                name,
+                MAX_QUEUED_RESULTS,
+            )
+            return
         self._events.put(("result", frame))
 
     def client_down(self, name: str) -> None:
@@ -571,6 +601,12 @@ class TaskScheduler(WFCommSpec):
 
     def _process_result(self, frame: Frame) -> None:
         name = frame.sender
+        with self._queued_lock:
+            left = self._queued_results.get(name, 1) - 1
+            if left > 0:
+                self._queued_results[name] = left
+            else:
+                self._queued_results.pop(name, None)
         try:
             result = frame_shareable(frame, self.server.tensor_device)
         except CodecError as exc:

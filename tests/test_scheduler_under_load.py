@@ -1,5 +1,6 @@
-"""A broadcast sends its task to every site side by side: a site that takes its task slowly (a slow link, a
-stalled reader) delays only its own copy, and the broadcast returns once every copy is sent or has failed."""
+"""The server's task scheduler under slow and hostile clients: a broadcast sends its task to every site side by
+side (a site that takes its task slowly delays only its own copy, and the broadcast returns once every copy is
+sent or has failed), and a client's flood of result frames is bounded."""
 
 from __future__ import annotations
 
@@ -72,4 +73,33 @@ def test_a_slow_site_does_not_hold_up_the_others(tmp_path):
     assert sorted(after_cb) == ["site-1", "site-2", "site-3"]  # not for the copy that failed
     assert "site-4" in server.scheduler._away  # kept for it: re-sent if it comes back, CLIENT_DEAD if not
     server.scheduler.cancel_all_tasks()
+    server.scheduler.stop()
+
+
+def test_a_flood_of_result_frames_is_bounded_per_client(tmp_path, caplog):
+    """A client has a few tasks at a time: at most MAX_QUEUED_RESULTS of its results wait for the scheduler."""
+    import logging
+
+    from flarelite.communication.protocol import Frame
+    from flarelite.runtime import scheduler as scheduler_module
+
+    server = ServerRuntime(
+        job_id="j",
+        protocol=InMemoryCommunicationProtocol("server", hub=InMemoryHub()),
+        run_dir=str(tmp_path),
+        workspace_root=str(tmp_path),
+        app_config={},
+        clients=list(SITES),
+    )
+    caplog.set_level(logging.WARNING)
+    for i in range(5000):  # the scheduler thread is not started: nothing is taken off its queue
+        server.scheduler.on_result(Frame(kind=Kind.RESULT, sender="site-1", ref_id=f"forged-{i}"))
+    server.scheduler.on_result(Frame(kind=Kind.RESULT, sender="site-2", ref_id="late"))
+    assert server.scheduler._events.qsize() == scheduler_module.MAX_QUEUED_RESULTS + 1  # site-2's still went in
+    assert caplog.text.count("result frame(s) from site-1") == 1
+    server.scheduler.start()
+    deadline = time.monotonic() + 10
+    while server.scheduler._queued_results and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert server.scheduler._queued_results == {}  # processed (as results of unknown tasks): room again
     server.scheduler.stop()
