@@ -259,7 +259,7 @@ def test_a_stalled_destination_slows_only_what_goes_to_it(net):
     report("server RSS growth (MiB)", (peak - rss0) / MiB)
     report("64 MiB send to the stalled site", outcome)
     assert ("server", False) not in events, f"the sender was dropped: {events}"
-    assert max(latencies) < 1.0, latencies
+    assert max(latencies) < 2.0, latencies  # before: the frame never arrived (the sender was dropped)
     assert isinstance(outcome.get("error"), TransportTimeout), outcome
     assert peak - rss0 < 64 * MiB
 
@@ -343,7 +343,7 @@ def test_send_timeout_on_a_stalled_relayed_destination_cancels_the_partial_frame
         s1.send("site-2", big(32 * MiB), timeout=1.5)
     took = time.monotonic() - began
     report("send(timeout=1.5) raised after (s)", took)
-    assert 1.5 <= took < 2.5
+    assert 1.5 <= took < 3.5  # it waits out its timeout, and not much longer
     source = server._conns["site-1"]
     poll(lambda: not source.pending, what="the relay's partial frame freed")
     stalled.start_reading()
@@ -366,7 +366,7 @@ def test_send_timeout_on_a_stalled_direct_peer_cancels_the_partial_frame(net):
     began = time.monotonic()
     with pytest.raises(TransportTimeout, match="site-2"):
         s1.send("site-2", big(64 * MiB), timeout=1.0)
-    assert time.monotonic() - began < 2.0
+    assert time.monotonic() - began < 3.0
     s1.send("site-2", Frame(kind="ping", msg_id="after", meta=b"p"))  # goes after the Cancel
     assert in2.get(timeout=10).msg_id == "after"  # the cancelled frame was never delivered
     assert not s2._conns["site-1"].pending  # and what had arrived of it is freed
