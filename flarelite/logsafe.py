@@ -1,15 +1,22 @@
-"""Log lines never carry raw control characters: a name a peer sent (``"site-1\\x1b[2J\\nFAKE LINE"``) is written
+"""Log lines never carry raw control characters, and a peer cannot flood them.
+
+A name a peer sent (``"site-1\\x1b[2J\\nFAKE LINE"``) is written
 escaped (``site-1\\x1b[2J\\nFAKE LINE``), so it can neither forge a log line nor drive the operator's terminal.
 
 ``EscapeControls`` is a ``logging.Filter``: put it on a handler (``runtime.logs`` puts it on the site log files
 and the console) or on a logger (the gRPC transport puts it on ``flarelite.grpc``). It rewrites the record once:
 the values formatted into the message are escaped whole (newlines included); the message template, which is
 the program's own text, keeps its newlines and tabs.
+
+``RateLimit`` says when a line that a peer can cause again and again (a bad stream, a refused frame, a dropped
+request) may be written again: once per key per interval, the rest counted for the next line.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
+import time
 from typing import Any
 
 _NAMED = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
@@ -97,3 +104,32 @@ def install(logger: logging.Logger | logging.Handler) -> None:
     """Add the shared ``EscapeControls`` filter to ``logger`` (or a handler) once."""
     if ESCAPE_CONTROLS not in logger.filters:
         logger.addFilter(ESCAPE_CONTROLS)
+
+
+class RateLimit:
+    """Once per key per ``interval`` seconds; the occurrences in between are counted. Thread-safe.
+
+    At most ``max_keys`` keys are remembered (past that, the quiet ones are forgotten).
+    """
+
+    def __init__(self, interval: float = 10.0, max_keys: int = 4096) -> None:
+        self.interval = interval
+        self.max_keys = max_keys
+        self._last: dict[str, float] = {}
+        self._quiet: dict[str, int] = {}
+        self._lock = threading.Lock()
+
+    def check(self, key: str) -> tuple[int, float] | None:
+        """None: stay quiet (this one is counted). Else write the line: (how many were kept quiet for ``key``
+        since its last line, seconds since that line, or ``interval`` for its first)."""
+        now = time.monotonic()
+        with self._lock:
+            last = self._last.get(key)
+            if last is not None and now - last < self.interval:
+                self._quiet[key] = self._quiet.get(key, 0) + 1
+                return None
+            if len(self._last) > self.max_keys:
+                self._last = {k: t for k, t in self._last.items() if now - t < self.interval}
+                self._quiet = {k: n for k, n in self._quiet.items() if k in self._last}
+            self._last[key] = now
+            return self._quiet.pop(key, 0), (now - last if last is not None else self.interval)

@@ -12,6 +12,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any, Callable
 
+from .. import logsafe
 from ..apis.fl_constant import ReservedKey, ReturnCode, SiteType
 from ..apis.fl_context import FLContext, peer_context_from_props
 from ..apis.shareable import ReservedHeaderKey, Shareable, make_reply
@@ -81,7 +82,7 @@ class AuxRunner:
         self._stray = 0  # replies that matched no pending request (late, or forged): counted, logged sparingly
         self._sender_pool: ThreadPoolExecutor | None = None  # sends that may wait, side by side (made on first use)
         self._waiting: dict[str, list[int]] = {}  # peer -> [requests, bytes] received and not yet handled
-        self._drops: dict[str, tuple[int, float]] = {}  # peer -> (requests dropped since the last report, when)
+        self._drop_log = logsafe.RateLimit()  # one line per peer every 10 s about its dropped requests
         self._pool = WorkerPool(site.name, max_workers)
 
     # handlers ----------------------------------------------------------------------------------------
@@ -304,13 +305,9 @@ class AuxRunner:
                     del self._waiting[frame.sender]
 
     def _dropped(self, frame: Frame, waiting: list[int]) -> None:
-        now = time.monotonic()
-        with self._lock:
-            count, last = self._drops.get(frame.sender, (0, 0.0))
-            count += 1
-            report = now - last >= 10.0
-            self._drops[frame.sender] = (0 if report else count, now if report else last)
-        if report:
+        allowed = self._drop_log.check(frame.sender)
+        if allowed is not None:
+            count = allowed[0] + 1  # this one too
             self.site.log.warning(
                 "dropped %d aux request(s) from %s (topic %r): %d requests (%d bytes) from it are already waiting "
                 "here, the most one peer may have; they time out at %s",

@@ -18,6 +18,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
+from .. import logsafe
 from ..apis.client import Client
 from ..apis.controller_spec import ClientTask, SendOrder, Task, TaskCompletionStatus
 from ..apis.event_type import EventType
@@ -89,7 +90,7 @@ class TaskScheduler(WFCommSpec):
         self._senders: ThreadPoolExecutor | None = None  # a broadcast's sends, side by side (made on first use)
         self._queued_lock = threading.Lock()
         self._queued_results: dict[str, int] = {}  # client -> its result frames waiting for the scheduler thread
-        self._dropped_results: dict[str, tuple[int, float]] = {}  # client -> (dropped since last report, when)
+        self._drop_log = logsafe.RateLimit()  # one line per client every 10 s about its dropped results
 
     def start(self) -> None:
         """Start the scheduler thread."""
@@ -239,26 +240,20 @@ class TaskScheduler(WFCommSpec):
         name = frame.sender
         with self._queued_lock:
             queued = self._queued_results.get(name, 0)
-            if queued < MAX_QUEUED_RESULTS:
+            full = queued >= MAX_QUEUED_RESULTS
+            if not full:
                 self._queued_results[name] = queued + 1
-                dropped = 0
-            else:
-                dropped, since = self._dropped_results.get(name, (0, 0.0))
-                dropped += 1
-                now = time.monotonic()
-                report = now - since >= 10.0
-                self._dropped_results[name] = (0, now) if report else (dropped, since)
-                if not report:
-                    return
-        if dropped:
+        if not full:
+            self._events.put(("result", frame))
+            return
+        allowed = self._drop_log.check(name)
+        if allowed is not None:
             self.server.log.warning(
                 "dropped %d result frame(s) from %s: %d of its results are already waiting to be processed",
-                dropped,
+                allowed[0] + 1,  # this one too
                 name,
                 MAX_QUEUED_RESULTS,
             )
-            return
-        self._events.put(("result", frame))
 
     def client_down(self, name: str) -> None:
         """``name``'s connection dropped: its tasks wait ``lost_timeout`` for it to come back, then end."""

@@ -19,6 +19,7 @@ from typing import Any
 
 import grpc
 
+from ... import logsafe
 from ...errors import ConfigError, ProtocolError
 from ..protocol import CommunicationProtocol, Frame, FrameHandler, PeerHandler
 from ..sizes import max_message_size as check_max_message_size
@@ -44,7 +45,6 @@ _DISCARD = object()
 
 DEFAULT_RELAY_WINDOW = 8 << 20  # bytes a client may have in the relay per target (and queue per destination)
 DEFAULT_MAX_OPEN_FRAMES = 256  # frames one connection may have started and not finished, delivered here
-_REFUSAL_LOG_INTERVAL = 10.0  # seconds between log lines about refused frames from one connection
 
 
 class _Relay:
@@ -111,7 +111,7 @@ class EndpointCore(CommunicationProtocol):
         self.max_open_frames = max_open_frames  # per connection, frames being received for this endpoint
         # per connection, bytes announced by those frames (what they can come to hold)
         self.max_pending_bytes = max_pending_bytes if max_pending_bytes is not None else 4 * max_message_size
-        self._refusals: dict[str, tuple[float, int]] = {}  # per sender: last refusal logged, refusals since
+        self._refusal_log = logsafe.RateLimit()  # one line per sender every 10 s about refused frames
         if direct_p2p and listen is not None:
             raise ConfigError(f"{self!r}: direct_p2p is for client sites (server=...), not the server")
         self.direct_p2p = direct_p2p
@@ -315,12 +315,10 @@ class EndpointCore(CommunicationProtocol):
 
     def _log_refusal(self, conn: Connection, kind: str, problem: str) -> None:
         """One log line per sender every few seconds, however many frames it gets refused."""
-        now = time.monotonic()
-        last, since = self._refusals.get(conn.name, (0.0, 0))
-        if now - last < _REFUSAL_LOG_INTERVAL and last:
-            self._refusals[conn.name] = (last, since + 1)
+        allowed = self._refusal_log.check(conn.name)
+        if allowed is None:
             return
-        self._refusals[conn.name] = (now, 0)
+        since = allowed[0]
         more = f" ({since} more refused since the last report)" if since else ""
         _log.error("%s: refused the body of a %s frame from %s: %s%s", self.address, kind, conn.name, problem, more)
 

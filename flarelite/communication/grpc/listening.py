@@ -50,25 +50,17 @@ class _StreamLog:
     """One log line per peer address per ``interval`` about bad or refused streams; the rest are counted."""
 
     def __init__(self, interval: float = STREAM_LOG_INTERVAL) -> None:
-        self.interval = interval
-        self._last: dict[str, float] = {}
-        self._suppressed: dict[str, int] = {}
+        self._limit = logsafe.RateLimit(interval)
 
     def __call__(self, level: int, peer: str, msg: str, *args: Any, site: str | None = None) -> None:
         key = _peer_host(peer)
-        now = time.monotonic()
-        last = self._last.get(key)
-        if last is not None and now - last < self.interval:
-            self._suppressed[key] = self._suppressed.get(key, 0) + 1
+        allowed = self._limit.check(key)
+        if allowed is None:
             return
-        if len(self._last) > 4096:  # bounded: forget the quiet addresses
-            self._last = {k: t for k, t in self._last.items() if now - t < self.interval}
-            self._suppressed = {k: n for k, n in self._suppressed.items() if k in self._last}
-        self._last[key] = now
-        hidden = self._suppressed.pop(key, 0)
+        hidden, elapsed = allowed
         if hidden:
             msg += " (%d more such streams from %s in the last %.0fs were not logged)"
-            args = (*args, hidden, key, now - last if last is not None else self.interval)
+            args = (*args, hidden, key, elapsed)
         _log.log(level, msg, *args, extra={"site": site})  # ``site``: whose log file it goes to
 
 
