@@ -150,7 +150,7 @@ def run_server(
             SiteType.SERVER,
             listen=listen,
             tls=tls,
-            max_message_size=message_limit(max_message_size),
+            max_message_size=max_message_size,  # checked by the endpoint (ConfigError)
             **_heartbeat(heartbeat_timeout),
         ),
         run_dir=folder,
@@ -241,7 +241,7 @@ def run_client(
             direct_p2p=direct_p2p,
             p2p_listen=p2p_listen,
             p2p_advertise=p2p_advertise,
-            max_message_size=message_limit(max_message_size),
+            max_message_size=max_message_size,  # checked by the endpoint (ConfigError)
             **_heartbeat(heartbeat_timeout),
         ),
         run_dir=folder,
@@ -262,17 +262,12 @@ def run_client(
     return stopper.exit_code or (0 if failure is None else 1)
 
 
-def message_limit(value: int | str | None) -> int:
-    """The ``max_message_size`` option in bytes (see ``flarelite.communication.sizes``)."""
-    from .communication.sizes import max_message_size
-
-    return max_message_size(value)
-
-
 def size_argument(text: str) -> int:
     """argparse type of ``--max-message-size``: bytes, or a size with K, M, G or T (binary)."""
+    from .communication.sizes import max_message_size
+
     try:
-        return message_limit(text)
+        return max_message_size(text)
     except ConfigError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
