@@ -387,11 +387,9 @@ class ClientRuntime(SiteRuntime):
             return make_frame(Kind.RESULT, result, ref_id=task.msg_id, topic=task.topic)
         except CodecError as exc:
             self.log.error("result of task %r cannot be sent: %s", task.topic, exc)
-            reply = make_reply(ReturnCode.EXECUTION_RESULT_ERROR, {ReservedHeaderKey.ERROR: str(exc)})
-            reply.set_header(ReservedHeaderKey.TASK_NAME, task.topic)
-            reply.set_header(ReservedHeaderKey.TASK_ID, task.msg_id)
-            reply.set_peer_props({ReservedKey.IDENTITY_NAME: self.name, ReservedKey.RUN_NUM: self.job_id})
-            return make_frame(Kind.RESULT, reply, ref_id=task.msg_id, topic=task.topic)
+            return self._result_frame(
+                task, make_reply(ReturnCode.EXECUTION_RESULT_ERROR, {ReservedHeaderKey.ERROR: str(exc)})
+            )
 
     def _send_result(self, task: Frame, result: Shareable) -> None:
         frame = self._result_frame(task, result)
