@@ -23,7 +23,6 @@ from ..launch import RESULT_FILE
 from ..stopping import signal_name
 
 _log = logging.getLogger("flarelite.simulator")
-_UNIX_PATH_MAX = 100  # sun_path holds 108 bytes on Linux; keep a margin
 SITE_LOST_TIMEOUT = 3.0  # one machine: a site whose connection dropped is back within a second, or gone
 SERVER_LOST_TIMEOUT = 5.0
 
@@ -153,7 +152,8 @@ def run_processes(
         _stop(procs)
         for pump in pumps:
             pump.join(5)
-        _remove(address, tmp)
+        if tmp:  # the private socket folder, with every socket in it
+            shutil.rmtree(tmp, ignore_errors=True)
     return _outcome(workspace, codes)
 
 
@@ -246,15 +246,6 @@ def _stop(procs: dict[str, subprocess.Popen], grace: float = 5.0) -> int:
             proc.kill()
             proc.wait()
     return len(running)
-
-
-def _remove(address: str, tmp: str | None) -> None:
-    if address.startswith("unix://"):
-        path = address[len("unix://") :]
-        if os.path.exists(path):
-            os.unlink(path)
-    if tmp:
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _wait(procs: dict[str, subprocess.Popen], end_timeout: float) -> dict[str, int]:
