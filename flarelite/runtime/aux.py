@@ -9,7 +9,6 @@ from __future__ import annotations
 import secrets
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any, Callable
 
 from .. import logsafe
@@ -19,7 +18,6 @@ from ..apis.shareable import ReservedHeaderKey, Shareable, make_reply
 from ..communication.protocol import Frame
 from ..errors import CodecError, TransportError, TransportTimeout
 from .frames import Kind, frame_shareable, make_frame
-from .logs import bind_thread
 from .workers import WorkerPool
 
 if TYPE_CHECKING:
@@ -80,7 +78,6 @@ class AuxRunner:
         self._ready = False
         self._held: list[Frame] = []
         self._stray = 0  # replies that matched no pending request (late, or forged): counted, logged sparingly
-        self._sender_pool: ThreadPoolExecutor | None = None  # sends that may wait, side by side (made on first use)
         self._waiting: dict[str, list[int]] = {}  # peer -> [requests, bytes] received and not yet handled
         self._drop_log = logsafe.RateLimit()  # one line per peer every 10 s about its dropped requests
         self._pool = WorkerPool(site.name, max_workers)
@@ -202,7 +199,7 @@ class AuxRunner:
             except TransportError as exc:
                 failed(target, key, exc)
         if deferred:
-            pool = self._senders()
+            pool = self.site.sender_pool()
             sends = [(t, k, pool.submit(self._send_by, t, f, deadline, timeout)) for t, f, k in deferred]
             for target, key, future in sends:  # each ends by the deadline: sent, failed or cancelled
                 try:
@@ -235,17 +232,6 @@ class AuxRunner:
         if left is not None and left <= 0:
             raise TransportTimeout(f"no time left to send to {target} within {timeout}s")
         self.site.send_frame(target, frame, timeout=left)
-
-    def _senders(self) -> ThreadPoolExecutor:
-        with self._lock:
-            if self._sender_pool is None:
-                self._sender_pool = ThreadPoolExecutor(
-                    max_workers=8,
-                    thread_name_prefix=f"{self.site.name}-aux-send",
-                    initializer=bind_thread,
-                    initargs=(self.site.name,),
-                )
-            return self._sender_pool
 
     def _reply_from_frame(self, target: str, frame: Frame, topic: str) -> Shareable:
         try:
@@ -431,10 +417,7 @@ class AuxRunner:
 
     def close(self, drain_timeout: float = 0.0) -> None:
         """Stop taking requests; handle those already received first, for up to ``drain_timeout`` seconds."""
-        with self._lock:
-            pool, self._sender_pool = self._sender_pool, None
-        if pool is not None:
-            pool.shutdown(wait=False)
+        self.site.close_sender_pool()
         if not self._pool.shutdown(drain_timeout) and drain_timeout > 0:
             self.site.log.warning("aux handlers still running %ss after the end of the run", drain_timeout)
 

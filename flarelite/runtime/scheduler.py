@@ -15,7 +15,6 @@ from __future__ import annotations
 import queue
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
 from .. import logsafe
@@ -87,7 +86,6 @@ class TaskScheduler(WFCommSpec):
         self._events: queue.Queue = queue.Queue()
         self._thread = threading.Thread(target=self._loop, name=f"{server.name}-tasks", daemon=True)
         self._stopped = False
-        self._senders: ThreadPoolExecutor | None = None  # a broadcast's sends, side by side (made on first use)
         self._queued_lock = threading.Lock()
         self._queued_results: dict[str, int] = {}  # client -> its result frames waiting for the scheduler thread
         self._drop_log = logsafe.RateLimit()  # one line per client every 10 s about its dropped results
@@ -102,8 +100,6 @@ class TaskScheduler(WFCommSpec):
         self._events.put(None)
         if self._thread.is_alive() and threading.current_thread() is not self._thread:
             self._thread.join(timeout=5)
-        if self._senders is not None:
-            self._senders.shutdown(wait=False)
 
     # the WFCommSpec API ------------------------------------------------------------------------------
     def broadcast(
@@ -383,14 +379,9 @@ class TaskScheduler(WFCommSpec):
         """Send a broadcast's frames side by side, so that a slow site delays only its own task; return when
         every frame is sent or failed (the task data may then change), then run the after_task_sent_cbs."""
         if len(batch) > 1:
-            if self._senders is None:
-                self._senders = ThreadPoolExecutor(
-                    max_workers=8,
-                    thread_name_prefix=f"{self.server.name}-send",
-                    initializer=bind_thread,
-                    initargs=(self.server.name,),
-                )
-            errors = list(self._senders.map(lambda item: self._deliver(item[0].client.name, item[1]), batch))
+            errors = list(
+                self.server.sender_pool().map(lambda item: self._deliver(item[0].client.name, item[1]), batch)
+            )
         else:
             errors = [self._deliver(ct.client.name, frame) for ct, frame in batch]
         for (ct, _), error in zip(batch, errors):

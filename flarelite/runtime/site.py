@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 from abc import abstractmethod
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from ..apis.engine_spec import EngineSpec
@@ -15,7 +16,9 @@ from ..apis.signal import Signal
 from ..communication.protocol import CommunicationProtocol, Frame
 from .aux import AuxRunner, resolve_targets
 from .frames import Kind
-from .logs import SiteLogger
+from .logs import SiteLogger, bind_thread
+
+SENDER_THREADS = 8  # frames to several sites that may each have to wait go out on this many threads
 
 
 class SiteRuntime(EngineSpec):
@@ -56,6 +59,8 @@ class SiteRuntime(EngineSpec):
         )
         self.aux = AuxRunner(self, max_workers=aux_workers)
         self.tensor_device: Any = None  # where received torch tensors go (None: the CPU)
+        self._sender_pool: ThreadPoolExecutor | None = None
+        self._sender_lock = threading.Lock()
 
     def adopt_job_id(self, job_id: str) -> None:
         """Take the job id the server runs (a site that joined without a job of its own learns it on welcome)."""
@@ -171,6 +176,26 @@ class SiteRuntime(EngineSpec):
         return f"unknown target {target!r}: the sites of this job are {', '.join(self.sites)}"
 
     # frames ------------------------------------------------------------------------------------------
+    def sender_pool(self) -> ThreadPoolExecutor:
+        """The threads that send frames side by side (a broadcast's copies, an aux request's targets), so that
+        a slow site delays only what goes to it; made on first use."""
+        with self._sender_lock:
+            if self._sender_pool is None:
+                self._sender_pool = ThreadPoolExecutor(
+                    max_workers=SENDER_THREADS,
+                    thread_name_prefix=f"{self.name}-send",
+                    initializer=bind_thread,
+                    initargs=(self.name,),
+                )
+            return self._sender_pool
+
+    def close_sender_pool(self) -> None:
+        """Let the sender threads go (a later send makes new ones)."""
+        with self._sender_lock:
+            pool, self._sender_pool = self._sender_pool, None
+        if pool is not None:
+            pool.shutdown(wait=False)
+
     def send_frame(self, target: str, frame: Frame, timeout: float | None = None) -> None:
         """Stamp ``frame`` with this job and send it to ``target``, waiting at most ``timeout`` seconds for room.
 
