@@ -31,6 +31,7 @@ from .wire import (
     DEFAULT_MAX_MESSAGE_SIZE,
     MAX_BUFFERS,
     Assembly,
+    ChunkCursor,
     Inbound,
     Skip,
     body_size,
@@ -47,34 +48,16 @@ DEFAULT_RELAY_WINDOW = 8 << 20  # bytes a client may have in the relay per targe
 DEFAULT_MAX_OPEN_FRAMES = 256  # frames one connection may have started and not finished, delivered here
 
 
-class _Relay:
+class _Relay(ChunkCursor):
     """A frame passing through the server: who sends it, where its chunks go (``out`` None: dropped, only
-    credited), and the buffer sizes it announced, so that a chunk that breaks them is refused here and never
-    reaches (and disconnects) the destination."""
+    credited), and where its next chunk must go, so that a chunk that breaks its announced sizes is refused here
+    and never reaches (and disconnects) the destination."""
 
-    __slots__ = ("source", "dest", "out", "stream", "target", "sizes", "index", "filled")
+    __slots__ = ("source", "dest", "out", "stream", "target")
 
     def __init__(self, source: Connection, dest: Connection | None, out: Outgoing | None, h: pb.Header) -> None:
+        super().__init__(h)
         self.source, self.dest, self.out, self.stream, self.target = source, dest, out, h.stream, h.target
-        self.sizes = [*h.buffer_sizes, h.meta_size] if h.meta_size else list(h.buffer_sizes)
-        self.index = 0
-        self.filled = 0
-        self._skip()
-
-    def _skip(self) -> None:
-        while self.index < len(self.sizes) and self.filled == self.sizes[self.index]:
-            self.index += 1
-            self.filled = 0
-
-    def add(self, chunk: pb.Chunk, n: int) -> bool:
-        """Account one chunk of ``n`` bytes; True when the frame is complete. ValueError if it breaks the sizes."""
-        if chunk.buffer != self.index or self.index >= len(self.sizes):
-            raise ValueError(f"chunk for buffer {chunk.buffer} while buffer {self.index} is being filled")
-        self.filled += n
-        if self.filled > self.sizes[self.index]:
-            raise ValueError(f"chunk overflows buffer {self.index} ({self.filled} > {self.sizes[self.index]} bytes)")
-        self._skip()
-        return self.index >= len(self.sizes)
 
 
 class EndpointCore(CommunicationProtocol):
@@ -341,7 +324,7 @@ class EndpointCore(CommunicationProtocol):
         except ValueError as exc:
             raise ProtocolError(f"{conn.name}: {exc} (stream {chunk.stream})") from None
         except MemoryError as exc:
-            remaining = state.nbytes - sum(state.sizes[: state.index]) - state.filled - len(chunk.data)
+            remaining = state.remaining  # the chunk that found no memory is counted in already
             del pending[chunk.stream]  # frees what it held
             self._refuse(conn, state.frame, str(exc), chunk.stream, remaining, pending)
             return
@@ -417,9 +400,10 @@ class EndpointCore(CommunicationProtocol):
         source = relay.source
         self._relay_admit(source, relay.target, cost)
         try:
-            complete = relay.add(chunk, n)
+            relay.advance(chunk)
         except ValueError as exc:
             raise ProtocolError(f"{source.name}: {exc} (stream {source_stream}, to {relay.target})") from exc
+        complete = relay.complete
         if complete:
             del pending[source_stream]
         out = relay.out

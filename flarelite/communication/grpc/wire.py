@@ -137,25 +137,19 @@ def _allocate(size: int) -> Any:
         raise MemoryError(f"cannot reserve {size} bytes for an incoming buffer: {exc}") from exc
 
 
-class Assembly:
-    """Collects the chunks of one incoming frame; its memory follows the bytes actually received.
+class ChunkCursor:
+    """Where the next chunk of a frame must go: its buffers' announced sizes, the one being filled, how full.
 
-    A buffer gets memory when its first chunk arrives (a small one at once, a large one as a mapping whose pages
-    are committed as chunks are copied in), so a header announcing gigabytes costs nothing until they come.
-    The finished buffers are exactly the announced sizes, contiguous and writable (bytearray or mmap), each byte
-    copied once.
+    The one rule for chunks, kept by the receiver (``Assembly``) and by the relay alike: buffers are filled in
+    order, none beyond its announced size, nothing after the last.
     """
 
-    __slots__ = ("frame", "sizes", "nbytes", "meta_chunked", "parts", "index", "filled")
+    __slots__ = ("sizes", "index", "filled")
 
     def __init__(self, header: pb.Header) -> None:
-        self.frame = header_from_proto(header)
         self.sizes = array("Q", header.buffer_sizes)
-        self.meta_chunked = header.meta_size > 0
-        if self.meta_chunked:
+        if header.meta_size:
             self.sizes.append(header.meta_size)
-        self.nbytes = sum(self.sizes)  # announced
-        self.parts: list[Any] = []  # the non-empty buffers reached so far; the last one is being filled
         self.index = 0  # the buffer being filled
         self.filled = 0  # bytes of it received
         self._skip_done()
@@ -171,6 +165,47 @@ class Assembly:
         """True when every buffer is filled."""
         return self.index >= len(self.sizes)
 
+    @property
+    def remaining(self) -> int:
+        """Bytes announced and not yet received."""
+        return sum(self.sizes[self.index :]) - self.filled
+
+    def advance(self, chunk: pb.Chunk) -> tuple[int, int]:
+        """Account ``chunk``; return where it starts in its buffer and that buffer's size.
+
+        Raises:
+            ValueError: the chunk is out of order, overflows its buffer or comes after the frame is complete.
+        """
+        if chunk.buffer != self.index or self.complete:
+            state = "the frame is complete" if self.complete else f"buffer {self.index} is being filled"
+            raise ValueError(f"chunk for buffer {chunk.buffer} while {state}")
+        size, start = self.sizes[self.index], self.filled
+        end = start + len(chunk.data)
+        if end > size:
+            raise ValueError(f"chunk overflows buffer {self.index} ({end} > {size} bytes)")
+        self.filled = end
+        self._skip_done()
+        return start, size
+
+
+class Assembly(ChunkCursor):
+    """Collects the chunks of one incoming frame; its memory follows the bytes actually received.
+
+    A buffer gets memory when its first chunk arrives (a small one at once, a large one as a mapping whose pages
+    are committed as chunks are copied in), so a header announcing gigabytes costs nothing until they come.
+    The finished buffers are exactly the announced sizes, contiguous and writable (bytearray or mmap), each byte
+    copied once.
+    """
+
+    __slots__ = ("frame", "nbytes", "meta_chunked", "parts")
+
+    def __init__(self, header: pb.Header) -> None:
+        super().__init__(header)
+        self.frame = header_from_proto(header)
+        self.meta_chunked = header.meta_size > 0
+        self.nbytes = sum(self.sizes)  # announced
+        self.parts: list[Any] = []  # the non-empty buffers reached so far; the last one is being filled
+
     def add(self, chunk: pb.Chunk) -> None:
         """Copy one chunk in place.
 
@@ -178,25 +213,16 @@ class Assembly:
             ValueError: the chunk is out of order, overflows its buffer or comes after the frame is complete.
             MemoryError: no memory for the buffer the chunk starts.
         """
-        if chunk.buffer != self.index or self.complete:
-            state = "the frame is complete" if self.complete else f"buffer {self.index} is being filled"
-            raise ValueError(f"chunk for buffer {chunk.buffer} while {state}")
+        start, size = self.advance(chunk)
         data = chunk.data
-        size, start = self.sizes[self.index], self.filled
         end = start + len(data)
-        if end > size:
-            raise ValueError(f"chunk overflows buffer {self.index} ({end} > {size} bytes)")
         if end == start:
             return
         if start == 0:
             self.parts.append(bytearray(data) if end == size else _allocate(size))
             if end == size:
-                self.filled = end
-                self._skip_done()
                 return
         self.parts[-1][start:end] = data
-        self.filled = end
-        self._skip_done()
 
     def finish(self) -> Frame:
         """The complete frame."""
