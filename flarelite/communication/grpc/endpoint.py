@@ -28,7 +28,6 @@ from .listening import Listening
 from .wire import (
     MAX_BUFFERS,
     chunks_of,
-    envelopes_of,
     frame_size,
     header_to_proto,
 )
@@ -210,9 +209,7 @@ class GrpcCommunicationProtocol(Listening, Dialing):
             return
         out_frame = frame.addressed(self.address, target)
         if size <= self.chunk_size:  # small: encode now (copies), queue, return
-            envs = list(envelopes_of(out_frame, stream, self.chunk_size))
-            costed = [(envs[0], header_cost(envs[0]))] + [(e, len(e.chunk.data) + CHUNK_OVERHEAD) for e in envs[1:]]
-            out = Outgoing.of(costed, target=target, stream=stream)
+            out = Outgoing.of(list(_costed(out_frame, stream, self.chunk_size)), target=target, stream=stream)
             self._queue(conn, out, size + QUEUED_OVERHEAD, deadline, on_loop)
             return
         done = threading.Event()
