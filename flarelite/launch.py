@@ -163,6 +163,7 @@ def run_server(
         ready_timeout=ready_timeout,
         end_timeout=end_timeout,
         class_policy=ClassPolicy.for_site(folder, allowed=allowed_classes, custom_dirs=[app.custom_dir]),
+        app_dir=app.path,
         client_lost_timeout=client_lost_timeout,
     )
     stopper = _stopper(server, folder, parent_pid, server.site_fates)
@@ -219,6 +220,7 @@ def run_client(
     setup_logging()
     open_site_log(name, folder)
     app_config = None
+    app_dir = None
     custom_dirs: list[str] = []
     if job_folder is not None:
         from .job_config.models import load_job
@@ -228,6 +230,7 @@ def run_client(
             raise ConfigError(f"app {app.name!r} deployed to {name!r} has no client config")
         _use_custom(app.custom_dir)
         app_config = app.client.model_dump()
+        app_dir = app.path
         custom_dirs.append(app.custom_dir)
     authenticated = getattr(tls, "mode", tls) in ("tls", "mtls")
     client = ClientRuntime(
@@ -251,6 +254,7 @@ def run_client(
         server_lost_timeout=server_lost_timeout,
         class_policy=ClassPolicy.for_site(folder, allowed=allowed_classes, custom_dirs=custom_dirs),
         allow_custom_code=allow_custom_code or authenticated,
+        app_dir=app_dir,
     )
 
     def fate() -> dict[str, str]:

@@ -121,7 +121,7 @@ class FLContext:
         return self.get_prop(ReservedKey.RUN_ABORT_SIGNAL)
 
     def get_workspace(self) -> Any:
-        """Return the site's workspace folder (a path string)."""
+        """Return the site's Workspace (``get_run_dir``, ``get_app_dir``, ``get_app_custom_dir`` ...)."""
         return self.get_prop(ReservedKey.WORKSPACE_OBJECT)
 
     def get_run_dir(self) -> str | None:

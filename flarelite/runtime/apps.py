@@ -8,6 +8,7 @@ folder is opened with ``O_NOFOLLOW`` and every file is created with ``O_CREAT | 
 
 from __future__ import annotations
 
+import json
 import os
 import posixpath
 import re
@@ -16,6 +17,7 @@ import stat
 import sys
 from typing import Any
 
+from ..apis.fl_constant import JobConstants
 from ..errors import ConfigError
 
 MAX_APP_BYTES = 256 << 20  # an app larger than this is refused (custom code, not data)
@@ -164,7 +166,9 @@ def _write_tree(root: str, entries: list[tuple[tuple[str, ...], bytes]], site: s
 
 
 def install_app(payload: dict, run_dir: str, site: str) -> dict:
-    """Write a shipped app under ``run_dir/<app name>/custom`` (made fresh), put that on sys.path, return its config.
+    """Write a shipped app under ``run_dir/<app name>/`` (custom/ and config/, made fresh); return its config.
+
+    custom/ goes on sys.path; config/ holds the client config as JSON, where NVFlare keeps it.
 
     Raises:
         ConfigError: the payload is malformed, or a file name is not a plain relative path, collides with
@@ -189,6 +193,10 @@ def install_app(payload: dict, run_dir: str, site: str) -> dict:
     os.mkdir(os.path.join(app_dir, "custom"), 0o700)
     custom = os.path.join(app_dir, "custom")
     _write_tree(custom, entries, site)
+    config_dir = os.path.join(app_dir, "config")
+    os.mkdir(config_dir, 0o700)
+    with open(os.path.join(config_dir, JobConstants.CLIENT_JOB_CONFIG), "w", encoding="utf-8") as f:
+        json.dump(config, f, indent=2)  # what the site runs, where NVFlare keeps it (the config is plain JSON)
     if custom not in sys.path:
         sys.path.insert(0, custom)
     return config

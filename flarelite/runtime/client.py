@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import queue
 import threading
 import time
@@ -45,6 +46,7 @@ class ClientRuntime(SiteRuntime):
         aux_workers: int = 16,
         class_policy: ClassPolicy | None = None,
         allow_custom_code: bool = False,
+        app_dir: str | None = None,
     ) -> None:
         super().__init__(
             name=name,
@@ -53,6 +55,7 @@ class ClientRuntime(SiteRuntime):
             run_dir=run_dir,
             workspace_root=workspace_root,
             aux_workers=aux_workers,
+            app_dir=app_dir,
         )
         self.app_config = app_config
         self.class_policy = class_policy or ClassPolicy()  # which classes the config may name
@@ -130,6 +133,7 @@ class ClientRuntime(SiteRuntime):
                 self._fatal(refusal)  # the server is told why
                 raise ConfigError(refusal)
             self.app_config = install_app(self._shipped, self.run_dir, self.name)
+            self.workspace.app_dir = os.path.dirname(app_custom_dir(self.run_dir, self._shipped))
             self.class_policy = self.class_policy.with_custom_dirs([app_custom_dir(self.run_dir, self._shipped)])
 
     def _build(self) -> None:

@@ -48,6 +48,7 @@ class ServerRuntime(SiteRuntime, ServerEngineSpec):
         client_lost_timeout: float = 10.0,
         aux_workers: int = 16,
         class_policy: ClassPolicy | None = None,
+        app_dir: str | None = None,
     ) -> None:
         super().__init__(
             name=SiteType.SERVER,
@@ -56,6 +57,7 @@ class ServerRuntime(SiteRuntime, ServerEngineSpec):
             run_dir=run_dir,
             workspace_root=workspace_root,
             aux_workers=aux_workers,
+            app_dir=app_dir,
         )
         self.app_config = app_config
         self.class_policy = class_policy or ClassPolicy()  # which classes the config may name

@@ -13,6 +13,7 @@ from ..apis.fl_constant import ReservedKey, SiteType
 from ..apis.fl_context import FLContext, FLContextManager
 from ..apis.shareable import Shareable
 from ..apis.signal import Signal
+from ..apis.workspace import Workspace
 from ..communication.protocol import CommunicationProtocol, Frame
 from .aux import AuxRunner, resolve_targets
 from .frames import Kind
@@ -33,12 +34,14 @@ class SiteRuntime(EngineSpec):
         run_dir: str,
         workspace_root: str,
         aux_workers: int = 16,
+        app_dir: str | None = None,
     ) -> None:
         self.name = name
         self.job_id = job_id
         self.protocol = protocol
         self.run_dir = run_dir
         self.workspace_root = workspace_root
+        self.workspace = Workspace(workspace_root, name, run_dir, app_dir)
         self.abort_signal = Signal()
         self.components: dict[str, Any] = {}
         self.sites: list[str] = [SiteType.SERVER]
@@ -52,7 +55,7 @@ class SiteRuntime(EngineSpec):
             job_id=job_id,
             private_stickers={
                 ReservedKey.RUN_ABORT_SIGNAL: self.abort_signal,
-                ReservedKey.WORKSPACE_OBJECT: workspace_root,
+                ReservedKey.WORKSPACE_OBJECT: self.workspace,
                 ReservedKey.WORKSPACE_ROOT: workspace_root,
                 ReservedKey.APP_ROOT: run_dir,
             },
@@ -106,9 +109,9 @@ class SiteRuntime(EngineSpec):
         """Return ``{id: component}``."""
         return dict(self.components)
 
-    def get_workspace(self) -> str:
-        """Return the workspace root folder."""
-        return self.workspace_root
+    def get_workspace(self) -> Workspace:
+        """Return this site's Workspace (its run folder and its app folder)."""
+        return self.workspace
 
     def set_tensor_device(self, device: Any) -> None:
         """Put the torch tensors this site receives on ``device`` (None: the CPU, the default)."""

@@ -174,6 +174,7 @@ def run_simulation(
             ready_timeout=ready_timeout,
             end_timeout=end_timeout,
             class_policy=policy(SiteType.SERVER),
+            app_dir=server_app.path,
             client_lost_timeout=SITE_LOST_TIMEOUT,
         )
         sites = [
@@ -187,6 +188,7 @@ def run_simulation(
                 join_timeout=connect_timeout,
                 server_lost_timeout=SERVER_LOST_TIMEOUT,
                 class_policy=policy(name),
+                app_dir=job.app_for(name).path,
             )
             for name in names
         ]

@@ -94,7 +94,12 @@ def test_pre_planted_symlinks_are_not_followed(site_dir, outside):
 def test_the_app_folder_is_fresh_for_each_run(site_dir):
     install_app(payload({"old.py": b"1", "pkg/stale.py": b"2"}), site_dir, "site-1")
     install_app(payload({"new.py": b"3"}), site_dir, "site-1")
-    assert tree(os.path.join(site_dir, "app_site-1")) == ["custom", "custom/new.py"]
+    assert tree(os.path.join(site_dir, "app_site-1")) == [
+        "config",
+        "config/config_fed_client.json",
+        "custom",
+        "custom/new.py",
+    ]
 
 
 @pytest.mark.parametrize("name", ["..", ".hidden", "a/b", "local", "x" * 200, "a\x00", ""])

@@ -1,0 +1,1 @@
+"""Abstract bases of app_common: FLModel, ModelLearnable, persistors, aggregators, generators, locators."""

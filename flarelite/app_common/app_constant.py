@@ -1,0 +1,95 @@
+"""Names the app_common workflows, aggregators and widgets share (fl_ctx keys, task names, model file names)."""
+
+from __future__ import annotations
+
+
+class AppConstants:
+    """fl_ctx keys, header names and defaults used by app_common (NVFlare's values)."""
+
+    CONFIG_PATH = "config_path"
+    MODEL_NETWORK = "model_network"
+    MULTI_GPU = "multi_gpu"
+    TRAIN_CONTEXT = "train_context"
+    DEVICE = "device"
+    MODEL_NAME = "model_name"
+    MODEL_URL = "model_url"
+    START_ROUND = "start_round"
+    CURRENT_ROUND = "current_round"
+    CONTRIBUTION_ROUND = "contribution_round"
+    NUM_ROUNDS = "num_rounds"
+    WAIT_AFTER_MIN_CLIENTS = "wait_after_min_clients"
+    NUM_TOTAL_EPOCHS = "num_total_epochs"
+    NUM_EPOCHS_CURRENT_ROUND = "num_epochs_current_round"
+    NUM_TOTAL_STEPS = "num_total_steps"
+    NUM_STEPS_CURRENT_ROUND = "num_steps_current_round"
+    GLOBAL_MODEL = "global_model"
+    LOG_DIR = "model_log_dir"
+    CKPT_PRELOAD_PATH = "ckpt_preload_path"
+    DXO = "DXO"
+    PHASE = "_phase_"
+    PHASE_INIT = "_init_"
+    PHASE_TRAIN = "train"
+    PHASE_FINISHED = "_finished_"
+    STATUS_WAIT = "_status_wait_"
+    STATUS_DONE = "_status_done_"
+    STATUS_TRAINING = "_status_training_"
+    TASK_TRAIN = "train"
+    TASK_GET_WEIGHTS = "get_weights"
+    TASK_SUBMIT_MODEL = "submit_model"
+    TASK_VALIDATION = "validate"
+    DEFAULT_AGGREGATOR_ID = "aggregator"
+    DEFAULT_PERSISTOR_ID = "persistor"
+    DEFAULT_SHAREABLE_GENERATOR_ID = "shareable_generator"
+    SUBMIT_MODEL_NAME = "submit_model_name"
+    VALIDATE_TYPE = "_validate_type"
+    MODEL_OWNER = "_model_owner_"
+    MODEL_TO_VALIDATE = "_model_to_validate_"
+    DATA_CLIENT = "_data_client_"
+    VALIDATION_RESULT = "_validation_result_"
+    CROSS_VAL_DIR = "cross_site_val"
+    CROSS_VAL_MODEL_DIR_NAME = "model_shareables"
+    CROSS_VAL_RESULTS_DIR_NAME = "result_shareables"
+    CROSS_VAL_MODEL_PATH = "_cross_val_model_path_"
+    CROSS_VAL_RESULTS_PATH = "_cross_val_results_path_"
+    RECEIVED_MODEL = "_received_model_"
+    RECEIVED_MODEL_OWNER = "_received_model_owner_"
+    CROSS_VAL_LOCAL_MODEL = "_cross_val_local_model_"
+    CROSS_VAL_GLOBAL_MODEL = "_cross_val_global_model_"
+    PARTICIPATING_CLIENTS = "_particpating_clients_"
+    MODEL_TO_VALIDATE_KEY = "_model_to_validate_key_"
+    AGGREGATION_RESULT = "_aggregation_result"
+    AGGREGATION_TRIGGERED = "_aggregation_triggered"
+    AGGREGATION_ACCEPTED = "_aggregation_accepted"
+    TRAINING_RESULT = "_training_result_"
+    TRAIN_SHAREABLE = "_train_shareable_"
+    TRAINED_MODEL = "_trained_model_"
+    AGGREGATION_WEIGHTS = "aggregation_weights"
+    LAST_ROUND = "last_round"
+    META_COOKIE = "cookie"
+    META_DATA = "meta_data"
+    DEFAULT_MODEL_NAME = "FL_global_model.pt"
+    DEFAULT_BEST_MODEL_NAME = "best_FL_global_model.pt"
+    GLOBAL_MODEL_FILE = "FL_global_model.pt"
+    VALIDATION_METRIC = "val_metric"
+    TASK_PROP_CALLBACK = "_task_callback_"
+
+
+class ValidateType:
+    """What a ``validate`` task asks for (header ``_validate_type``)."""
+
+    BEFORE_TRAIN_VALIDATE = "before_train_validate"
+    MODEL_VALIDATE = "model_validate"
+
+
+class ModelName:
+    """Names of the models a client can submit."""
+
+    BEST_MODEL = "best_model"
+    FINAL_MODEL = "final_model"
+
+
+class DefaultCheckpointFileName:
+    """File names of the PyTorch persistor's checkpoints."""
+
+    GLOBAL_MODEL = "FL_global_model.pt"
+    BEST_GLOBAL_MODEL = "best_FL_global_model.pt"

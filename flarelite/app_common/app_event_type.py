@@ -1,0 +1,37 @@
+"""Events fired by app_common workflows and components (NVFlare's names and values)."""
+
+from __future__ import annotations
+
+
+class AppEventType:
+    """Event types of app_common; each value is NVFlare's."""
+
+    TRAINING_STARTED = "_training_started"
+    TRAINING_FINISHED = "_training_finished"
+    ROUND_STARTED = "_round_started"
+    ROUND_DONE = "_round_done"
+    INITIAL_MODEL_LOADED = "_initial_model_loaded"
+    BEFORE_TRAIN_TASK = "_before_train_task"
+    RECEIVE_CONTRIBUTION = "_receive_contribution"
+    BEFORE_CONTRIBUTION_ACCEPT = "_before_contribution_accept"
+    AFTER_CONTRIBUTION_ACCEPT = "_after_contribution_accept"
+    BEFORE_AGGREGATION = "_before_aggregation"
+    END_AGGREGATION = "_end_aggregation"
+    AFTER_AGGREGATION = "_after_aggregation"
+    BEFORE_SHAREABLE_TO_LEARNABLE = "_before_model_update"
+    AFTER_SHAREABLE_TO_LEARNABLE = "_after_model_update"
+    BEFORE_LEARNABLE_PERSIST = "_before_save_model"
+    AFTER_LEARNABLE_PERSIST = "_after_save_model"
+    BEFORE_SEND_BEST_MODEL = "_before_send_best_model"
+    AFTER_SEND_BEST_MODEL = "_after_send_best_model"
+    LOCAL_BEST_MODEL_AVAILABLE = "_local_best_model_available"
+    GLOBAL_BEST_MODEL_AVAILABLE = "_global_best_model_available"
+    BEFORE_GET_VALIDATION_MODELS = "_before_get_validation_models"
+    AFTER_GET_VALIDATION_MODELS = "_after_get_validation_models"
+    SEND_MODEL_FOR_VALIDATION = "_send_model_for_validation"
+    BEFORE_VALIDATE_MODEL = "_before_validate_model"
+    AFTER_VALIDATE_MODEL = "_after_validate_model"
+    BEFORE_SUBMIT_VALIDATION_RESULTS = "_before_submit_validation_results"
+    AFTER_SUBMIT_VALIDATION_RESULTS = "_after_submit_validation_results"
+    VALIDATION_RESULT_RECEIVED = "_validation_result_received"
+    RECEIVE_BEST_MODEL = "_receive_best_model"

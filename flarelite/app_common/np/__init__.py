@@ -1,0 +1,1 @@
+"""numpy pieces: the NP persistor, locator, validator and recipes."""

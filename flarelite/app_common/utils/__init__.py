@@ -1,0 +1,1 @@
+"""Helpers of app_common (FLModelUtils, ...)."""
