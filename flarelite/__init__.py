@@ -1,7 +1,8 @@
 """flarelite: a small federated-learning runtime with NVFlare's API.
 
 The everyday names are re-exported here; module paths (``flarelite.apis.shareable`` ...) mirror NVFlare's.
-Importing flarelite never imports torch (nor the job-building code, until ``flarelite.FedJob`` is used).
+Importing flarelite never imports torch (nor the job-building code, until ``flarelite.FedJob`` or
+``flarelite.FilterType`` is used).
 """
 
 from .apis.controller_spec import ClientTask, SendOrder, Task, TaskCompletionStatus
@@ -29,6 +30,7 @@ __all__ = [
     "FLContext",
     "FLContextKey",
     "FedJob",
+    "FilterType",
     "FlareliteError",
     "MetaKey",
     "ReservedKey",
@@ -52,4 +54,8 @@ def __getattr__(name: str) -> object:
         from .job_config.api import FedJob
 
         return FedJob
+    if name == "FilterType":
+        from .job_config.defs import FilterType
+
+        return FilterType
     raise AttributeError(f"module 'flarelite' has no attribute {name!r}")

@@ -24,6 +24,9 @@ def _simulator(args: argparse.Namespace) -> int:
         connect_timeout=args.connect_timeout,
         allowed_classes=args.allowed_classes,
         max_message_size=args.max_message_size,
+        gpu=args.gpu,
+        log_config=args.log_config,
+        max_clients=args.max_clients,
     )
     print(f"flarelite: run of {args.job_folder} succeeded; logs in {args.workspace}/<site>/log.txt")
     return 0
@@ -79,14 +82,43 @@ def _poc(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     """Return the argument parser of the ``flarelite`` command."""
+    from . import __version__
+
     parser = argparse.ArgumentParser(prog="flarelite", description="flarelite: run federated jobs")
+    parser.add_argument("--version", action="version", version=f"flarelite {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     sim = sub.add_parser("simulator", help="run an exported job folder on this machine (a process per site by default)")
     sim.add_argument("job_folder", help="the job folder (meta.json and app folders), e.g. made by FedJob.export_job")
     sim.add_argument("-w", "--workspace", default="/tmp/flarelite/simulate_job", help="workspace folder")
     sim.add_argument("-n", "--n_clients", type=int, default=None, help="number of clients (site-1..site-N)")
     sim.add_argument("-c", "--clients", default=None, help="comma-separated client names")
-    sim.add_argument("-t", "--threads", type=int, default=None, help="accepted for NVFlare compatibility")
+    sim.add_argument(
+        "-t",
+        "--threads",
+        type=int,
+        default=None,
+        help="how many sites execute tasks at once (default: all; fewer make them take turns, which synchronous "
+        "peer-to-peer jobs cannot do)",
+    )
+    sim.add_argument(
+        "-gpu",
+        "--gpu",
+        default=None,
+        help="GPU ids, e.g. 0,1 (a device per site, round robin) or [0,1],[2] (groups): each site process gets its "
+        "CUDA_VISIBLE_DEVICES (ignored with -p memory)",
+    )
+    sim.add_argument(
+        "-l",
+        "--log_config",
+        default=None,
+        help="log config: concise, full, verbose, a level (info, debug, ...) or a JSON logging dictConfig file",
+    )
+    sim.add_argument("-m", "--max_clients", type=int, default=100, help="most clients allowed (default 100)")
+    sim.add_argument(
+        "--end_run_for_all",
+        action="store_true",
+        help="accepted for NVFlare compatibility: flarelite always ends the run (END_RUN) at every site",
+    )
     sim.add_argument(
         "-p",
         "--protocol",

@@ -103,6 +103,7 @@ def run_server(
     parent_pid: int | None = None,
     temp_dirs: list[str] | tuple[str, ...] = (),
     max_message_size: int | str | None = None,
+    max_concurrent_tasks: int | None = None,
 ) -> int:
     """Run the job's server site; return 0 when the run succeeded.
 
@@ -112,7 +113,8 @@ def run_server(
     ``allowed_classes``: class paths or module prefixes the job config may name beyond flarelite's and the job's
     custom/ modules (added to ``WS/server/local/resources.json``'s ``class_allow_list``).
     ``max_message_size``: the largest message (bytes, or a size like ``"4G"``) the server accepts and relays
-    (default 2 GiB).
+    (default 2 GiB). ``max_concurrent_tasks``: at most that many client tasks out at once (the simulator's
+    ``threads``; None: no limit).
     """
     from .job_config.models import load_job
     from .runtime.allowlist import ClassPolicy
@@ -165,6 +167,7 @@ def run_server(
         class_policy=ClassPolicy.for_site(folder, allowed=allowed_classes, custom_dirs=[app.custom_dir]),
         app_dir=app.path,
         client_lost_timeout=client_lost_timeout,
+        max_concurrent_tasks=max_concurrent_tasks,
     )
     stopper = _stopper(server, folder, parent_pid, server.site_fates)
     try:
@@ -390,6 +393,7 @@ def _process_options(args: argparse.Namespace, role: str) -> dict[str, Any]:
     }
     if role == "server":
         options.update(client_lost_timeout=args.client_lost_timeout, temp_dirs=args.temp_dirs)
+        options["max_concurrent_tasks"] = getattr(args, "max_concurrent_tasks", None)
     else:
         options["server_lost_timeout"] = args.server_lost_timeout
     return options
@@ -440,8 +444,16 @@ def main(argv: list[str] | None = None) -> int:
         # set by the simulator: the process that started this one (this one ends when it dies), and liveness
         p.add_argument("--parent-pid", type=int, default=None, help=argparse.SUPPRESS)
         p.add_argument("--heartbeat-timeout", type=float, default=None, help=argparse.SUPPRESS)
+        p.add_argument("--log-config", default=None, help=argparse.SUPPRESS)  # the simulator's -l
+        if role == "server":  # the simulator's -t: how many sites execute tasks at once
+            p.add_argument("--max-concurrent-tasks", type=int, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     try:
+        if args.log_config:
+            from .simulator.options import apply_log_config
+
+            site = SiteType.SERVER if args.role == "server" else args.name
+            apply_log_config(args.log_config, base_dir=os.path.join(os.path.abspath(args.workspace), site))
         return run_site(args, args.role)
     except FlareliteError as exc:
         print(f"flarelite {args.role}: error: {exc}", file=sys.stderr)

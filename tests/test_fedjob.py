@@ -476,7 +476,7 @@ def test_simulator_rejects_a_bad_log_config(m: ModuleType, tmp_path: Path) -> No
     job.to_server(m.HelloController())
     job.to_clients(m.HelloExecutor())
     with pytest.raises(ConfigError, match="log_config"):
-        job.simulator_run(str(tmp_path / "ws"), n_clients=1, log_config="concise")
+        job.simulator_run(str(tmp_path / "ws"), n_clients=1, log_config="no-such-mode")
 
 
 def test_simulator_run_end_to_end(m: ModuleType, tmp_path: Path) -> None:

@@ -2,15 +2,25 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import secrets
 import threading
+import time
+from collections.abc import Iterator
 from typing import Any, Callable
 
+from .engine_spec import ServerEngineSpec
 from .event_type import EventType
-from .fl_constant import FLContextKey, ReservedKey
+from .fl_constant import EventScope, FedEventHeader, FLContextKey, ReservedKey, SiteType
 from .fl_context import FLContext
+from .shareable import ReservedHeaderKey, Shareable
 
 _log_event_guard = threading.local()
+
+FED_EVENT_TOPIC = "fed.event"  # the aux topic federated events travel on
+FED_EVENT_PREFIX = "fed."  # receivers accept only federated event types that start with it
+_UNSET = object()
 
 
 def generate_log_prefix(fl_ctx: FLContext | None) -> str:
@@ -29,6 +39,29 @@ def generate_log_prefix(fl_ctx: FLContext | None) -> str:
         if task_id:
             parts.append(f"task_id={task_id}")
     return "[" + ", ".join(parts) + "]"
+
+
+@contextlib.contextmanager
+def _event_props(fl_ctx: FLContext, props: dict[str, Any]) -> Iterator[None]:
+    """Set private, non-sticky ``props`` on ``fl_ctx`` for the duration of an event, then put back what was there."""
+    previous = {k: fl_ctx.get_prop(k, _UNSET) for k in props}
+    for k, v in props.items():
+        fl_ctx.set_prop(k, v, private=True, sticky=False)
+    try:
+        yield
+    finally:
+        for k, v in previous.items():
+            if v is _UNSET:
+                fl_ctx.remove_prop(k, force_removal=True)
+            else:
+                fl_ctx.set_prop(k, v, private=True, sticky=False)
+
+
+def _target_names(targets: Any) -> Any:
+    """``targets`` as the ``_targets`` header holds it: None, a name, or a list of names (Client objects by name)."""
+    if isinstance(targets, (list, tuple, set)):
+        return [getattr(t, "name", t) for t in targets]
+    return getattr(targets, "name", targets)
 
 
 class FLComponent:
@@ -85,7 +118,67 @@ class FLComponent:
         if engine is None:
             raise RuntimeError(f"{self.name}.fire_event({event_type}): the FLContext has no engine")
         fl_ctx.set_prop(FLContextKey.EVENT_ORIGIN, self.name, private=True, sticky=False)
-        engine.fire_event(event_type, fl_ctx)
+        with _event_props(fl_ctx, {FLContextKey.EVENT_SCOPE: EventScope.LOCAL}):
+            engine.fire_event(event_type, fl_ctx)
+
+    def fire_fed_event(self, event_type: str, event_data: Shareable, fl_ctx: FLContext, targets: Any = None) -> None:
+        """Fire ``event_type`` here as a federated event, then send it to ``targets`` without waiting.
+
+        The local handlers see EVENT_SCOPE ``"federation"`` and EVENT_DATA ``event_data``; then the event goes to
+        the other sites as a fire-and-forget aux request on topic ``"fed.event"``, whose receivers fire it again
+        with EVENT_SCOPE ``"federation"`` and the sender as the peer context. ``targets``: site names; None sends
+        a client's event to the server and the server's to every client. Only event types that start with
+        ``"fed."`` are accepted by receivers; other types are fired here only (logged as an error). An event
+        received from another site (header ``_direction`` ``"in"``) is fired here only, never sent on.
+
+        flarelite differences: ``targets`` is honoured at clients too (NVFlare sends a client's event to the
+        server only); the fl_ctx's EVENT_DATA and EVENT_SCOPE are restored after the local handlers ran.
+
+        Raises:
+            TypeError: ``event_type`` is not a non-empty str, ``event_data`` not a Shareable, ``fl_ctx`` not an
+                FLContext, or ``targets`` is not None, a site name or a list of site names.
+            RuntimeError: the FLContext has no engine.
+        """
+        if not isinstance(event_type, str) or not event_type:
+            raise TypeError(f"{self.name}.fire_fed_event: event_type must be a non-empty str, got {event_type!r}")
+        if not isinstance(event_data, Shareable):
+            raise TypeError(
+                f"{self.name}.fire_fed_event({event_type}): event_data must be a Shareable, "
+                f"got {type(event_data).__name__}"
+            )
+        if not isinstance(fl_ctx, FLContext):
+            raise TypeError(f"{self.name}.fire_fed_event({event_type}): expected an FLContext, got {type(fl_ctx)}")
+        engine = fl_ctx.get_engine()
+        if engine is None:
+            raise RuntimeError(f"{self.name}.fire_fed_event({event_type}): the FLContext has no engine")
+        incoming = event_data.get_header(FedEventHeader.DIRECTION) == "in"
+        if not incoming:
+            event_data.set_header(FedEventHeader.EVENT_TYPE, event_type)
+            event_data.set_header(FedEventHeader.ORIGIN, fl_ctx.get_identity_name())
+            event_data.set_header(FedEventHeader.TIMESTAMP, time.time())
+            event_data.set_header(FedEventHeader.EVENT_ID, secrets.token_hex(16))
+            event_data.set_header(FedEventHeader.DIRECTION, "out")
+            event_data.set_header(FedEventHeader.TARGETS, _target_names(targets))
+        fl_ctx.set_prop(FLContextKey.EVENT_ORIGIN, self.name, private=True, sticky=False)
+        fed_props = {FLContextKey.EVENT_DATA: event_data, FLContextKey.EVENT_SCOPE: EventScope.FEDERATION}
+        with _event_props(fl_ctx, fed_props):
+            engine.fire_event(event_type, fl_ctx)
+        if incoming:
+            return
+        if not event_type.startswith(FED_EVENT_PREFIX):
+            self.log_error(
+                fl_ctx,
+                f"federated event {event_type!r} was fired here only: other sites accept only event types that "
+                f"start with {FED_EVENT_PREFIX!r}; name it {FED_EVENT_PREFIX + event_type!r}",
+                fire_event=False,
+            )
+            return
+        at_server = isinstance(engine, ServerEngineSpec) or fl_ctx.get_identity_name() == SiteType.SERVER
+        if targets is None and not at_server:
+            targets = SiteType.SERVER
+        request = Shareable({k: v for k, v in event_data.items() if k != ReservedHeaderKey.HEADERS})
+        request[ReservedHeaderKey.HEADERS] = dict(event_data.get(ReservedHeaderKey.HEADERS) or {})
+        engine.send_aux_request(targets, FED_EVENT_TOPIC, request, 0, fl_ctx)
 
     def fire_event_with_data(self, event_type: str, fl_ctx: FLContext, data_key: str, data: Any) -> None:
         """Set ``data_key`` in ``fl_ctx`` then fire ``event_type``."""

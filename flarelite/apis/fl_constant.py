@@ -163,6 +163,24 @@ class SiteType:
     ALL = "@ALL"
 
 
+class EventScope:
+    """Where an event was fired: at this site only, or as a federated event (``FLContextKey.EVENT_SCOPE``)."""
+
+    FEDERATION = "federation"
+    LOCAL = "local"
+
+
+class FedEventHeader:
+    """Headers a federated event's Shareable carries (``FLComponent.fire_fed_event``)."""
+
+    TIMESTAMP = "_timestamp"
+    EVENT_TYPE = "_event_type"
+    DIRECTION = "_direction"
+    ORIGIN = "_origin"
+    TARGETS = "_targets"
+    EVENT_ID = "_event_id"
+
+
 class ReservedTopic:
     """Topics reserved by the framework."""
 

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import logging
-import logging.config
 import os
 import shutil
 import sys
@@ -26,9 +25,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..apis.executor import Executor
+from ..apis.filter import Filter
 from ..apis.fl_constant import JobConstants, SiteType
 from ..apis.impl.controller import Controller
 from ..errors import ConfigError
+from .defs import FilterType
 from .exporter import ModuleCollector, record_component, snake_id, to_config_value
 
 _log = logging.getLogger("flarelite.job_config")
@@ -45,6 +46,7 @@ _RESERVED_APP_KEYS = {
 }
 _RESERVED_META_KEYS = {"name", "min_clients", "mandatory_clients", "deploy_map"}
 DEAD_CLIENT_GRACE_PERIOD = "dead_client_grace_period"
+_FILTER_CHAINS = {FilterType.TASK_DATA: "task_data_filters", FilterType.TASK_RESULT: "task_result_filters"}
 
 
 def validate_target_name(target: Any) -> None:
@@ -86,13 +88,23 @@ class _TargetApp:
     params: dict[str, Any] = field(default_factory=dict)
     files: list[_FileSource] = field(default_factory=list)
     oid_to_cid: dict[int, str] = field(default_factory=dict)
+    task_data_filters: list[tuple[list[str], list[Any]]] = field(default_factory=list)  # (tasks, filters in order)
+    task_result_filters: list[tuple[list[str], list[Any]]] = field(default_factory=list)
 
     @property
     def is_server(self) -> bool:
         return self.target == SiteType.SERVER
 
     def is_empty(self) -> bool:
-        return not (self.workflows or self.executors or self.components or self.params or self.files)
+        return not (
+            self.workflows
+            or self.executors
+            or self.components
+            or self.params
+            or self.files
+            or self.task_data_filters
+            or self.task_result_filters
+        )
 
     def ids(self) -> set[str]:
         return {i for i, _ in self.workflows} | {i for i, _, _ in self.executors} | {i for i, _ in self.components}
@@ -218,8 +230,8 @@ class FedJob:
 
         A ``str`` is a file or directory for the target's ``custom/`` folder (a directory's contents are
         copied); a ``dict`` holds app parameters written at the top level of the target's app config.
-        An object with ``add_to_fed_job(job, ctx, **kwargs)`` adds itself (executors take ``tasks=[...]``);
-        any other object is added as a component.
+        An object with ``add_to_fed_job(job, ctx, **kwargs)`` adds itself (executors take ``tasks=[...]``,
+        filters ``filter_type=FilterType.X`` and ``tasks=[...]``); any other object is added as a component.
 
         Raises:
             ValueError: invalid target or object; ConfigError (a ValueError) when the object cannot be
@@ -395,6 +407,57 @@ class FedJob:
         app.oid_to_cid.setdefault(id(obj), cid)
         return cid
 
+    def add_filter(self, obj: Filter, filter_type: str, tasks: list[str] | None, ctx: JobCtx) -> None:
+        """Add ``obj`` to ``ctx.target``'s task data or task result filters for ``tasks`` (None or empty: ``["*"]``).
+
+        Filters added for the same set of tasks run in the order added. The task sets of one chain in one app
+        (a site's own filters and the ``@ALL`` ones end up in the same app) must be equal or disjoint.
+
+        Raises:
+            ValueError: ``filter_type`` is not ``FilterType.TASK_DATA`` or ``FilterType.TASK_RESULT``, or
+                ``tasks`` is not a list of task names.
+            TypeError: ``obj`` is not a Filter.
+            RuntimeError: ``tasks`` overlaps a task set that already has filters in that chain without being equal.
+            ConfigError: the filter cannot be recorded in a job config.
+        """
+        app = self._app_for_ctx(ctx)
+        name = type(obj).__name__
+        if not isinstance(obj, Filter):
+            raise TypeError(f"{name} is not a Filter (flarelite.apis.filter.Filter); only filters go in filter chains")
+        chain = _FILTER_CHAINS.get(filter_type) if isinstance(filter_type, str) else None
+        if chain is None:
+            raise ValueError(
+                f"invalid filter_type {filter_type!r} for {name} on {app.target!r}: use FilterType.TASK_DATA "
+                f"({FilterType.TASK_DATA!r}) or FilterType.TASK_RESULT ({FilterType.TASK_RESULT!r})"
+            )
+        if not tasks:
+            tasks = ["*"]
+        if not isinstance(tasks, list) or not all(isinstance(t, str) and t for t in tasks):
+            raise ValueError(f"{name}: tasks must be a list of task names (or patterns such as '*'), got {tasks!r}")
+        wanted = list(dict.fromkeys(tasks))
+        if app.is_server:
+            neighbours = [app]
+        elif app.target == SiteType.ALL:
+            neighbours = [a for t, a in self._apps.items() if t != SiteType.SERVER]
+        else:
+            neighbours = [a for a in (app, self._apps.get(SiteType.ALL)) if a is not None]
+        for other in neighbours:
+            for task_set, _ in getattr(other, chain):
+                if set(task_set) != set(wanted) and set(task_set) & set(wanted):
+                    where = "" if other is app else f" (on {other.target!r}, which shares an app with {app.target!r})"
+                    raise RuntimeError(
+                        f"cannot add {name} to the {chain} of {app.target!r} for tasks {wanted}: they overlap the "
+                        f"task set {sorted(task_set)} that already has filters{where}; the task sets of one chain "
+                        "must be equal (its filters then run in the order added) or disjoint"
+                    )
+        record_component(obj, f"{name} ({chain} for tasks {wanted} on {app.target!r})")
+        entries = getattr(app, chain)
+        for task_set, filters in entries:
+            if set(task_set) == set(wanted):
+                filters.append(obj)
+                return
+        entries.append((wanted, [obj]))
+
     def add_resources(self, resources: list[str], ctx: JobCtx) -> None:
         """Add files or directories to ``ctx.target``'s ``custom/`` folder."""
         app = self._app_for_ctx(ctx)
@@ -483,7 +546,7 @@ class FedJob:
             for cid, obj in part.workflows:
                 config["workflows"].append({"id": cid, **record_component(obj, _where(obj, cid, part), modules)})
         config["components"] = self._components(parts, modules)
-        config.update(task_data_filters=[], task_result_filters=[])
+        config.update(self._filters(parts, modules, "the server app"))
         params: dict[str, Any] = {DEAD_CLIENT_GRACE_PERIOD: 0} if self.fail_fast else {}
         for part in parts:
             params.update(part.params)
@@ -511,7 +574,7 @@ class FedJob:
             executors.append(entry)
         config: dict[str, Any] = {"format_version": 2, "executors": executors}
         config["components"] = self._components(parts, modules)
-        config.update(task_data_filters=[], task_result_filters=[])
+        config.update(self._filters(parts, modules, f"app {app_name!r}"))
         params: dict[str, Any] = {}
         for part in parts:
             params.update(part.params)
@@ -525,6 +588,37 @@ class FedJob:
             for part in parts
             for cid, obj in part.components
         ]
+
+    @staticmethod
+    def _filters(parts: list[_TargetApp], modules: set[str], app_label: str) -> dict[str, list[dict[str, Any]]]:
+        """Return the apps' filter chains as NVFlare writes them: ``[{"tasks": [...], "filters": [{path, args}]}]``."""
+        out: dict[str, list[dict[str, Any]]] = {}
+        for chain in _FILTER_CHAINS.values():
+            merged: list[tuple[list[str], list[tuple[Any, _TargetApp]]]] = []
+            for part in parts:
+                for tasks, filters in getattr(part, chain):
+                    for merged_tasks, merged_filters in merged:
+                        if set(merged_tasks) == set(tasks):
+                            merged_filters.extend((f, part) for f in filters)
+                            break
+                        if set(merged_tasks) & set(tasks):
+                            raise ConfigError(
+                                f"{app_label}: the {chain} task sets {sorted(merged_tasks)} and {sorted(tasks)} "
+                                f"(on {part.target!r}) overlap; make them equal or disjoint"
+                            )
+                    else:
+                        merged.append((list(tasks), [(f, part) for f in filters]))
+            out[chain] = [
+                {
+                    "tasks": list(tasks),
+                    "filters": [
+                        record_component(f, f"{type(f).__name__} ({chain} for tasks {tasks} on {p.target!r})", modules)
+                        for f, p in filters
+                    ],
+                }
+                for tasks, filters in merged
+            ]
+        return out
 
     def _write_app(self, job_dir: str, plan: _AppPlan) -> None:
         app_dir = os.path.join(job_dir, plan.name)
@@ -613,8 +707,12 @@ class FedJob:
         """Export the job to a temporary folder and run it in the simulator; return 0 when the run succeeds.
 
         ``n_clients`` names the sites ``site-1..site-N`` for a job built with ``to_clients``; it cannot be used
-        with per-site ``to()`` targets. ``threads`` and ``gpu`` are accepted for NVFlare compatibility (every
-        site runs concurrently). ``log_config`` is the path of a JSON logging dict config. ``protocol``:
+        with per-site ``to()`` targets. ``threads`` (default: ``n_clients``, i.e. every site) is how many sites
+        execute a task at once; fewer make the sites take turns (a synchronous peer-to-peer job needs every site
+        at once). ``gpu`` (``"0,1"`` or ``"[0,1],[2]"``) gives each site process its ``CUDA_VISIBLE_DEVICES``, round
+        robin over the groups (not with ``protocol="memory"``). ``log_config``: ``"concise"``, ``"full"``,
+        ``"verbose"``, a level name, or the path of a JSON logging dict config, applied here and in every site
+        process (see ``flarelite.simulator.options``). ``protocol``:
         ``"unix"`` (default: one process per site, gRPC over a Unix socket), ``"grpc"`` (processes, gRPC over
         TCP loopback) or ``"memory"`` (every site in this process); ``tls``: ``"clear"``, ``"tls"`` or ``"mtls"``;
         ``direct_p2p``: sites talk to each other directly instead of through the server (gRPC protocols);
@@ -649,11 +747,13 @@ class FedJob:
             raise ValueError(f"threads must be a positive int, got {threads!r}")
         if isinstance(connect_timeout, bool) or not isinstance(connect_timeout, (int, float)) or connect_timeout <= 0:
             raise ValueError(f"connect_timeout must be a positive number of seconds, got {connect_timeout!r}")
-        if gpu is not None:
-            _log.info("gpu=%r ignored: the flarelite simulator does not assign GPUs to sites", gpu)
-        if log_config is not None:
-            _apply_log_config(log_config)
+        from ..simulator.options import check_log_config, parse_gpu
         from ..simulator.runner import run_simulation  # the simulator imports job_config: import it late
+
+        if gpu is not None:
+            parse_gpu(gpu)  # ConfigError (a ValueError) before the job is exported
+        if log_config is not None:
+            log_config = check_log_config(log_config)
 
         with tempfile.TemporaryDirectory(prefix="flarelite_job_") as tmp:
             job_dir = self.export_job(tmp)
@@ -671,6 +771,8 @@ class FedJob:
                     allowed_classes=[*(allowed_classes or []), *_recorded_classes(job_dir)],
                     temp_dirs=[tmp],
                     max_message_size=max_message_size,
+                    gpu=gpu,
+                    log_config=log_config,
                 )
             finally:
                 _forget_folder(os.path.realpath(tmp))
@@ -735,20 +837,6 @@ def _copy_source(fs: _FileSource, app_dir: str) -> None:
         shutil.copytree(fs.src, dest, dirs_exist_ok=True, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
     else:
         shutil.copyfile(fs.src, os.path.join(dest_root, os.path.basename(fs.src)))
-
-
-def _apply_log_config(log_config: str) -> None:
-    if not isinstance(log_config, str) or not os.path.isfile(log_config):
-        raise ConfigError(
-            f"log_config must be the path of a JSON file holding a logging dict config "
-            f"(see logging.config.dictConfig), got {log_config!r}"
-        )
-    try:
-        with open(log_config, encoding="utf-8") as f:
-            config = json.load(f)
-        logging.config.dictConfig(config)
-    except (OSError, json.JSONDecodeError, ValueError, TypeError, AttributeError, ImportError) as exc:
-        raise ConfigError(f"cannot apply log_config {log_config}: {exc}") from exc
 
 
 def _forget_folder(folder: str) -> None:

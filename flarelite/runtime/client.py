@@ -20,6 +20,7 @@ from ..errors import CodecError, ConfigError, ConnectError, TransportError
 from .allowlist import ClassPolicy
 from .apps import app_custom_dir, custom_code_refusal, install_app
 from .components import build_component
+from .filters import FilterChainType, FilterError, SiteFilters
 from .frames import Kind, frame_payload, frame_shareable, make_frame
 from .logs import bind_thread
 from .site import SiteRuntime
@@ -65,6 +66,7 @@ class ClientRuntime(SiteRuntime):
         self.server_lost_timeout = server_lost_timeout
         self._server_lost_at: float | None = None
         self.executors: dict[str, Executor] = {}
+        self.filters = SiteFilters(SiteType.CLIENT)
         self._inbox: queue.Queue = queue.Queue()
         self._welcome = threading.Event()
         self._current: tuple[str, Signal] | None = None
@@ -154,6 +156,7 @@ class ClientRuntime(SiteRuntime):
         for entry in cfg.get("components", []):
             cid = entry.get("id")
             self.components[cid] = build_component(entry, f"{self.name}: component {cid!r}", self.class_policy)
+        self.filters.load(self, cfg, self.class_policy)
 
     def _fatal(self, reason: str, exc: BaseException | None = None) -> None:
         if self.record_failure(reason):
@@ -204,6 +207,7 @@ class ClientRuntime(SiteRuntime):
         if current is not None:
             current[1].trigger("run ended")
         self.aux.close(drain_timeout=self.drain_timeout)  # requests already received are still handled
+        self.fed_events.close()  # federated events already received are fired before END_RUN (up to 2 s)
         fl_ctx = self.new_context()
         if self.components:
             self._fire(EventType.ABOUT_TO_END_RUN, fl_ctx)
@@ -356,6 +360,10 @@ class ClientRuntime(SiteRuntime):
                 "no executor for task %r; this site's executors handle %s", task_name, sorted(self.executors) or "none"
             )
             return make_reply(ReturnCode.TASK_UNKNOWN, {ReservedHeaderKey.ERROR: f"no executor for task {task_name!r}"})
+        try:
+            data = self.filters.apply(self, FilterChainType.TASK_DATA_CHAIN, task_name, data, fl_ctx)
+        except FilterError as exc:
+            return exc.reply(abort.triggered, like=data)
         fl_ctx.set_prop(FLContextKey.TASK_DATA, data, private=True, sticky=False)
         self.fire_event(EventType.BEFORE_TASK_EXECUTION, fl_ctx)
         try:
@@ -381,6 +389,12 @@ class ClientRuntime(SiteRuntime):
             result.set_cookie_jar(jar)
         fl_ctx.set_prop(FLContextKey.TASK_RESULT, result, private=True, sticky=False)
         self.fire_event(EventType.AFTER_TASK_EXECUTION, fl_ctx)
+        try:
+            result = self.filters.apply(self, FilterChainType.TASK_RESULT_CHAIN, task_name, result, fl_ctx)
+        except FilterError as exc:
+            return exc.reply(abort.triggered, like=result)
+        if jar and result.get_cookie_jar() is None:
+            result.set_cookie_jar(jar)
         return result
 
     def _result_frame(self, task: Frame, result: Shareable) -> Frame:

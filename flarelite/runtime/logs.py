@@ -65,13 +65,21 @@ class _SiteRouter(logging.Handler):
 _router = _SiteRouter()
 _install_lock = threading.Lock()
 _console: logging.Handler | None = None
+_pinned_level: int | None = None  # the root level a log config chose (simulator -l): setup_logging keeps it
+
+
+def pin_root_level(level: int | None) -> None:
+    """Keep the root logger's level as a log config set it (None: let ``setup_logging`` lower it to INFO)."""
+    global _pinned_level
+    _pinned_level = level
 
 
 def setup_logging(console: bool = True, level: int = logging.INFO) -> int:
     """Install the site router on the root logger (and a console handler if the root logger has none).
 
-    The root logger's level is lowered to ``level`` so the site log files get every record at that level;
-    the previous level is returned so the caller can restore it after the run.
+    The root logger's level is lowered to ``level`` so the site log files get every record at that level
+    (unless a log config pinned it: ``pin_root_level``); the previous level is returned so the caller can
+    restore it after the run.
     """
     global _console
     with _install_lock:
@@ -86,7 +94,7 @@ def setup_logging(console: bool = True, level: int = logging.INFO) -> int:
             _console.setFormatter(logsafe.EscapingFormatter(CONSOLE_FORMAT))
             logsafe.install(_console)
             root.addHandler(_console)
-        if root.level == logging.NOTSET or root.level > level:
+        if _pinned_level is None and (root.level == logging.NOTSET or root.level > level):
             root.setLevel(level)
         return previous
 

@@ -8,6 +8,11 @@ A client whose connection drops is *away*: its outstanding tasks are kept, and s
 the client answers a task it already ran with the result it kept) when it joins again. A client away for
 longer than ``lost_timeout`` is *dead*: its tasks end (CLIENT_DEAD where nobody else can answer), even for a
 task without a timeout, so no wait outlives a site that is gone for good.
+
+With ``max_concurrent_tasks`` (the simulator's ``threads``) at most that many client tasks are out at once,
+across every task and site: a dispatch beyond it is *held*, in order, and sent when a client task ends (its
+result came, or it was dropped), so the sites take turns as NVFlare's simulator threads make them. A held
+task runs its before/after_task_sent_cb when it is actually sent.
 """
 
 from __future__ import annotations
@@ -23,11 +28,12 @@ from ..apis.controller_spec import ClientTask, SendOrder, Task, TaskCompletionSt
 from ..apis.event_type import EventType
 from ..apis.fl_constant import FLContextKey, ReservedKey, ReturnCode
 from ..apis.fl_context import FLContext, peer_context_from_props
-from ..apis.shareable import ReservedHeaderKey, make_copy, make_reply
+from ..apis.shareable import ReservedHeaderKey, Shareable, make_copy, make_reply
 from ..apis.signal import Signal
 from ..apis.wf_comm_spec import WFCommSpec
 from ..communication.protocol import Frame
 from ..errors import CodecError, TransportError
+from .filters import FilterChainType, FilterError, structural_copy
 from .frames import Kind, frame_shareable, make_frame
 from .logs import bind_thread
 
@@ -50,6 +56,7 @@ class _Op:
         self.send_order: SendOrder = params.get("send_order", SendOrder.SEQUENTIAL)
         self.result_timeout: float = params.get("task_result_timeout", 0) or 0
         self.outstanding: dict[str, ClientTask] = {}
+        self.held: set[str] = set()  # targets waiting for a free slot (max_concurrent_tasks)
         self.responded: set[str] = set()
         self.tried: set[str] = set()
         self.next_index = 0
@@ -73,9 +80,16 @@ class _Op:
 class TaskScheduler(WFCommSpec):
     """Runs the server's tasks on client sites (the controller's communicator)."""
 
-    def __init__(self, server: ServerRuntime, *, lost_timeout: float = 10.0) -> None:
+    def __init__(
+        self, server: ServerRuntime, *, lost_timeout: float = 10.0, max_concurrent_tasks: int | None = None
+    ) -> None:
+        limit = max_concurrent_tasks
+        if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
+            raise ValueError(f"max_concurrent_tasks must be None or a positive int, got {max_concurrent_tasks!r}")
         self.server = server
         self.lost_timeout = lost_timeout
+        self.max_concurrent_tasks = max_concurrent_tasks
+        self._held: list[tuple[_Op, str]] = []  # dispatches waiting for a free slot, first come first served
         self._lock = threading.RLock()
         self._ops: dict[str, _Op] = {}
         self._client_tasks: dict[str, tuple[_Op, ClientTask]] = {}
@@ -317,7 +331,34 @@ class TaskScheduler(WFCommSpec):
         self._ops[task.id] = op
 
     def _dispatch(self, op: _Op, name: str, fl_ctx: FLContext, batch: list | None = None) -> bool:
-        """Send ``op.task`` to ``name`` (or, given ``batch``, add its frame there); False if it cannot be delivered."""
+        """Send ``op.task`` to ``name`` (or, given ``batch``, add its frame there), or hold it while every slot of
+        ``max_concurrent_tasks`` is taken; False if it cannot be delivered."""
+        if self.max_concurrent_tasks is not None and (
+            self._held or len(self._client_tasks) >= self.max_concurrent_tasks
+        ):
+            op.tried.add(name)
+            op.held.add(name)
+            self._held.append((op, name))
+            return True
+        return self._dispatch_now(op, name, fl_ctx, batch)
+
+    def _release_held(self) -> None:
+        """Send held dispatches, in order, while a slot of ``max_concurrent_tasks`` is free."""
+        while self._held and len(self._client_tasks) < (self.max_concurrent_tasks or 0):
+            op, name = self._held.pop(0)
+            op.held.discard(name)
+            if op.done.is_set():
+                continue
+            try:
+                delivered = self._dispatch_now(op, name, self.server.new_context())
+            except Exception:
+                self.server.log.exception("task %r could not be sent to %s; it ends with ERROR", op.task.name, name)
+                self._finish(op, TaskCompletionStatus.ERROR)
+                continue
+            if not delivered and op.method in (SEND, RELAY):
+                self._advance(op)
+
+    def _dispatch_now(self, op: _Op, name: str, fl_ctx: FLContext, batch: list | None = None) -> bool:
         task = op.task
         ct = ClientTask(client=self.server.clients[name], task=task)
         task.client_tasks.append(ct)
@@ -332,16 +373,20 @@ class TaskScheduler(WFCommSpec):
         if name in self._away:  # sent when it joins again, or ended when it does not
             return True
         if batch is not None:
-            batch.append((ct, self._task_frame(op, ct)))
+            frame = self._task_frame(op, ct)
+            if frame is not None:  # None: a task data filter failed; the client task ends with its error result
+                batch.append((ct, frame))
             return True
         if not self._send_task(op, ct):
             return True
         self._callback(task.after_task_sent_cb, "after_task_sent_cb", client_task=ct, fl_ctx=fl_ctx)
         return True
 
-    def _task_frame(self, op: _Op, ct: ClientTask) -> Frame:
+    def _task_frame(self, op: _Op, ct: ClientTask) -> Frame | None:
         task = op.task
-        data = make_copy(task.data)
+        data = self._filter_task_data(op, ct, make_copy(task.data))
+        if data is None:
+            return None
         data.set_header(ReservedHeaderKey.TASK_NAME, task.name)
         data.set_header(ReservedHeaderKey.TASK_ID, ct.id)
         data.set_peer_props({ReservedKey.IDENTITY_NAME: self.server.name, ReservedKey.RUN_NUM: self.server.job_id})
@@ -349,8 +394,55 @@ class TaskScheduler(WFCommSpec):
         return make_frame(Kind.TASK, data, msg_id=ct.id, topic=task.name)
 
     def _send_task(self, op: _Op, ct: ClientTask) -> bool:
-        """Send ``ct`` to its client; on a transport failure the client is away (the task is kept for it)."""
-        return self._sent(op, ct, self._deliver(ct.client.name, self._task_frame(op, ct)))
+        """Send ``ct`` to its client; on a transport failure the client is away (the task is kept for it).
+
+        False when it was not sent: its client is away, or a task data filter failed (see _filter_task_data).
+        """
+        frame = self._task_frame(op, ct)
+        if frame is None:
+            return False
+        return self._sent(op, ct, self._deliver(ct.client.name, frame))
+
+    def _filter_task_data(self, op: _Op, ct: ClientTask, data: Shareable) -> Shareable | None:
+        """Run the server's task data filters on ``ct``'s own copy of the task data (the peer is its client).
+
+        When a filter fails, the client task is not sent: it ends with a TASK_DATA_FILTER_ERROR result (queued
+        like a result from the client), rather than being tried again and again as NVFlare does; returns None.
+        """
+        task, name = op.task, ct.client.name
+        filters = self.server.filters
+        if filters.needs_copy(FilterChainType.TASK_DATA_CHAIN, task.name):
+            data = structural_copy(data)  # a filter changes this client's copy only
+        fl_ctx = self.server.new_context()
+        peer = {ReservedKey.IDENTITY_NAME: name, ReservedKey.RUN_NUM: self.server.job_id}
+        fl_ctx.set_peer_context(peer_context_from_props(peer))
+        fl_ctx.set_prop(FLContextKey.TASK_NAME, task.name, private=True, sticky=False)
+        fl_ctx.set_prop(FLContextKey.TASK_ID, ct.id, private=True, sticky=False)
+        try:
+            return filters.apply(self.server, FilterChainType.TASK_DATA_CHAIN, task.name, data, fl_ctx)
+        except FilterError as exc:
+            reply = exc.reply(like=data)  # with the task's cookies, as a client's reply has them
+            self.on_result(make_frame(Kind.RESULT, reply, sender=name, ref_id=ct.id, topic=task.name))
+            return None
+
+    def _filter_result(self, frame: Frame, result: Shareable, fl_ctx: FLContext) -> Shareable:
+        """Run the server's task result filters on an arrived result; a failing filter replaces it with a
+        TASK_RESULT_FILTER_ERROR reply (which keeps the result's peer props and cookies)."""
+        with self._lock:
+            entry = self._client_tasks.get(frame.ref_id)
+        if entry is not None:  # the task's data: e.g. ConvertWeights' base weights
+            fl_ctx.set_prop(FLContextKey.TASK_DATA, entry[0].task.data, private=True, sticky=False)
+        try:
+            filtered = self.server.filters.apply(
+                self.server, FilterChainType.TASK_RESULT_CHAIN, frame.topic, result, fl_ctx
+            )
+        except FilterError as exc:
+            filtered = exc.reply(like=result)
+            fl_ctx.set_prop(FLContextKey.TASK_RESULT, filtered, private=True, sticky=False)
+            return filtered
+        if filtered is not result and filtered.get_peer_props() is None:
+            filtered.set_peer_props(result.get_peer_props())
+        return filtered
 
     def _deliver(self, name: str, frame: Frame) -> TransportError | None:
         """Send one task frame (no scheduler state is touched here: it may run on a sender thread)."""
@@ -397,7 +489,7 @@ class TaskScheduler(WFCommSpec):
         if op.done.is_set():
             return
         fl_ctx = fl_ctx or self.server.new_context()
-        while not op.outstanding:
+        while not op.outstanding and not op.held:
             name = self._next_target(op)
             if name is None:
                 if op.method == RELAY and op.responded:
@@ -500,6 +592,9 @@ class TaskScheduler(WFCommSpec):
             self.tasks_ended_dead += 1
         for name in list(op.outstanding):
             self._drop_client_task(op, name, abort=True)
+        if op.held:  # never sent: nothing to abort
+            self._held = [(o, n) for o, n in self._held if o is not op]
+            op.held.clear()
         self._ops.pop(task.id, None)
         task.is_standing = False
         fl_ctx = self.server.new_context()
@@ -547,6 +642,8 @@ class TaskScheduler(WFCommSpec):
                     self._expire_away(now)
                     for op in list(self._ops.values()):
                         self._evaluate(op, now)
+                    if self._held:
+                        self._release_held()
             except Exception:
                 self.server.log.exception("task scheduler error while handling %s", what)
 
@@ -577,7 +674,7 @@ class TaskScheduler(WFCommSpec):
                     self.server.log.info("%s joined again: sending it task %r (%s) again", name, op.task.name, ct.id)
                     self._send_task(op, ct)
                     continue
-                missed = name in op.targets and name not in op.responded
+                missed = name in op.targets and name not in op.responded and name not in op.held
                 if op.method == BCAST and missed:
                     self.server.log.info("%s is back: sending it task %r", name, op.task.name)
                     try:
@@ -607,6 +704,7 @@ class TaskScheduler(WFCommSpec):
         fl_ctx.set_prop(FLContextKey.TASK_NAME, frame.topic, private=True, sticky=False)
         fl_ctx.set_prop(FLContextKey.TASK_ID, frame.ref_id, private=True, sticky=False)
         fl_ctx.set_prop(FLContextKey.TASK_RESULT, result, private=True, sticky=False)
+        result = self._filter_result(frame, result, fl_ctx)
         with self._lock:
             entry = self._client_tasks.get(frame.ref_id)
             if entry is None or entry[1].client.name != name or entry[0].done.is_set():

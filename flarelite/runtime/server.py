@@ -19,6 +19,7 @@ from ..errors import CodecError, TransportError
 from .allowlist import ClassPolicy
 from .components import build_component
 from .fates import SiteFates
+from .filters import SiteFilters
 from .frames import Kind, frame_payload, make_frame
 from .logs import bind_thread
 from .scheduler import TaskScheduler
@@ -49,6 +50,7 @@ class ServerRuntime(SiteRuntime, ServerEngineSpec):
         aux_workers: int = 16,
         class_policy: ClassPolicy | None = None,
         app_dir: str | None = None,
+        max_concurrent_tasks: int | None = None,
     ) -> None:
         super().__init__(
             name=SiteType.SERVER,
@@ -72,7 +74,11 @@ class ServerRuntime(SiteRuntime, ServerEngineSpec):
         self.end_timeout = end_timeout
         self.abort_grace = abort_grace
         self.workflows: list[tuple[str, Controller]] = []
-        self.scheduler = TaskScheduler(self, lost_timeout=client_lost_timeout)  # a lost site's tasks wait this long
+        self.filters = SiteFilters(SiteType.SERVER)  # run by the scheduler: task data out, task results in
+        # a lost site's tasks wait client_lost_timeout; max_concurrent_tasks: at most that many out at once
+        self.scheduler = TaskScheduler(
+            self, lost_timeout=client_lost_timeout, max_concurrent_tasks=max_concurrent_tasks
+        )
         self.fates = SiteFates()
         self._cv = threading.Condition()
         self._joined: set[str] = set()
@@ -146,6 +152,7 @@ class ServerRuntime(SiteRuntime, ServerEngineSpec):
         for entry in cfg.get("components", []):
             cid = entry.get("id")
             self.components[cid] = build_component(entry, f"server: component {cid!r}", self.class_policy)
+        self.filters.load(self, cfg, self.class_policy)
         if not self.workflows:
             raise ValueError("the server app has no workflow: add a Controller with job.to_server(controller)")
 
@@ -282,6 +289,7 @@ class ServerRuntime(SiteRuntime, ServerEngineSpec):
         if missing:
             self.log.warning("sites %s did not confirm the end of the run within %ss", missing, self.end_timeout)
         self.aux.close(drain_timeout=self.end_timeout)
+        self.fed_events.close()  # federated events already received are fired before END_RUN (up to 2 s)
         if started:
             self._fire(EventType.ABOUT_TO_END_RUN, fl_ctx)
             self._fire(EventType.END_RUN, fl_ctx)

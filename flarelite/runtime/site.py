@@ -16,6 +16,7 @@ from ..apis.signal import Signal
 from ..apis.workspace import Workspace
 from ..communication.protocol import CommunicationProtocol, Frame
 from .aux import AuxRunner, resolve_targets
+from .fed_events import FedEventReceiver
 from .frames import Kind
 from .logs import SiteLogger, bind_thread
 
@@ -61,6 +62,8 @@ class SiteRuntime(EngineSpec):
             },
         )
         self.aux = AuxRunner(self, max_workers=aux_workers)
+        self.fed_events = FedEventReceiver(self)  # topic "fed.event": federated events from the other sites
+        self.fed_events.register()
         self.tensor_device: Any = None  # where received torch tensors go (None: the CPU)
         self._sender_pool: ThreadPoolExecutor | None = None
         self._sender_lock = threading.Lock()

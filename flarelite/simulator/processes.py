@@ -73,6 +73,9 @@ def run_processes(
     allowed_classes: list[str] | tuple[str, ...] = (),
     temp_dirs: list[str] | tuple[str, ...] = (),
     max_message_size: int | str | None = None,
+    gpus: dict[str, str] | None = None,
+    log_config: str | None = None,
+    max_concurrent_tasks: int | None = None,
 ) -> int:
     """Start the server and one process per client, stream their console output, and wait for the run's end.
 
@@ -80,6 +83,9 @@ def run_processes(
     process works in ``workspace/<site>``. The sites run the code their own server ships, in every mode
     (``--allow-custom-code``); ``allowed_classes`` is passed to every site as ``--allow-class``, and
     ``max_message_size`` (bytes, or a size like ``"64M"``; default 2 GiB) as ``--max-message-size``.
+    ``gpus`` maps a client to its ``CUDA_VISIBLE_DEVICES`` (set in that process's environment only);
+    ``log_config`` (checked by ``options.check_log_config``) is applied in every site process;
+    ``max_concurrent_tasks`` is how many client tasks the server has out at once (None: no limit).
 
     Every site process ends when this process dies (``--parent-pid``); the server process then removes the
     socket files and ``temp_dirs`` (folders the caller made for the run). On SIGTERM or SIGINT this process
@@ -99,6 +105,8 @@ def run_processes(
         from ..communication.sizes import max_message_size as message_limit
 
         common += ["--max-message-size", str(message_limit(max_message_size))]
+    if log_config is not None:
+        common += ["--log-config", log_config]
     if allowed_classes:
         from ..runtime.allowlist import check_entries  # the runtime loads only when there is something to check
 
@@ -106,6 +114,8 @@ def run_processes(
     # as in a deployment, the clients get their app from the server (and do not parse the job themselves)
     server_cmd = ["server", job_folder, *common, "--listen", address, "--clients", ",".join(names)]
     server_cmd += ["--ready-timeout", str(ready_timeout), "--client-lost-timeout", str(SITE_LOST_TIMEOUT)]
+    if max_concurrent_tasks is not None:
+        server_cmd += ["--max-concurrent-tasks", str(max_concurrent_tasks)]
     commands = {SiteType.SERVER: server_cmd + [f"--temp-dir={d}" for d in [*temp_dirs, *([tmp] if tmp else [])]]}
     for name in names:
         commands[name] = ["client", *common, "--name", name, "--server", address]
@@ -114,6 +124,9 @@ def run_processes(
         if direct_p2p:
             commands[name].append("--direct-p2p")
     env = dict(os.environ, PYTHONUNBUFFERED="1")
+    envs = {name: dict(env, CUDA_VISIBLE_DEVICES=devices) for name, devices in (gpus or {}).items()}
+    for name, devices in (gpus or {}).items():
+        _log.info("%s: CUDA_VISIBLE_DEVICES=%s", name, devices)
     procs: dict[str, subprocess.Popen] = {}
     pumps = []
     quiet = threading.Event()  # set once interrupted: the sites' last words stay in their log.txt
@@ -129,7 +142,7 @@ def run_processes(
                     procs[name] = subprocess.Popen(
                         [sys.executable, "-m", "flarelite.launch", *args, "--parent-pid", str(os.getpid())],
                         cwd=folder,
-                        env=env,
+                        env=envs.get(name, env),
                         stdin=subprocess.DEVNULL,
                         stdout=subprocess.PIPE,
                         stderr=subprocess.STDOUT,

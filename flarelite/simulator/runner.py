@@ -12,6 +12,15 @@ from ..apis.fl_constant import SiteType, WorkspaceConstants
 from ..communication.protocol import site_name_problem
 from ..errors import ConfigError, RunFailedError
 from ..job_config.models import JobDefinition, load_job
+from .options import (
+    DEFAULT_MAX_CLIENTS,
+    apply_log_config,
+    assign_gpus,
+    check_log_config,
+    check_max_clients,
+    check_threads,
+    parse_gpu,
+)
 
 if TYPE_CHECKING:
     from ..communication.memory import InMemoryHub
@@ -78,6 +87,9 @@ def run_simulation(
     allowed_classes: list[str] | tuple[str, ...] = (),
     temp_dirs: list[str] | tuple[str, ...] = (),
     max_message_size: int | str | None = None,
+    gpu: str | None = None,
+    log_config: str | None = None,
+    max_clients: int = DEFAULT_MAX_CLIENTS,
 ) -> int:
     """Run the job in ``job_folder`` on this machine; return 0 when the run succeeds.
 
@@ -86,9 +98,15 @@ def run_simulation(
     site on threads of this process over the in-memory transport. ``tls`` (``"clear"``, ``"tls"``,
     ``"mtls"``; gRPC protocols only) secures the connections with certificates made in ``workspace/certs``;
     ``direct_p2p`` (gRPC protocols only) lets sites talk to each other directly instead of through the server.
-    Every site runs concurrently (synchronous peer-to-peer algorithms need all sites alive at once), so
-    ``threads`` is accepted for NVFlare compatibility only. Each site gets ``workspace/<site>/`` (its working
-    directory in the processes modes) with its ``log.txt``. ``hub`` lets a test reach the in-memory network.
+    Every site is alive for the whole run. ``threads`` (default: every site) is how many sites execute a task
+    at once: the server hands out at most that many client tasks at a time and the others take turns, as
+    NVFlare's simulator threads do (a synchronous peer-to-peer job needs ``threads`` equal to the number of
+    sites; fewer is warned about). ``gpu`` (``"0,1"`` or ``"[0,1],[2]"``) gives site i the i-th group, round robin,
+    as its ``CUDA_VISIBLE_DEVICES`` (processes modes; in memory it is warned about and ignored). ``log_config``:
+    ``"concise"``, ``"full"``, ``"verbose"``, a level, or a JSON dictConfig file, applied here and in every site
+    process (see ``flarelite.simulator.options``). More sites than ``max_clients`` (default 100) is an error.
+    Each site gets ``workspace/<site>/`` (its working directory in the processes modes) with its ``log.txt``.
+    ``hub`` lets a test reach the in-memory network.
     ``connect_timeout``: how long (seconds) each site waits for the server at start (saying so every few seconds).
     ``allowed_classes``: class paths or module prefixes (``"torch.nn"``, ``"mypkg.models.Net"``) the job config
     may name beyond flarelite's classes and the job's custom/ modules; anything else is refused (see
@@ -115,11 +133,26 @@ def run_simulation(
     from ..communication.sizes import max_message_size as message_limit
 
     limit = message_limit(max_message_size)
+    workspace = os.path.abspath(workspace)
+    if gpu is not None:
+        parse_gpu(gpu)  # a bad value fails before anything starts
+    if log_config is not None:
+        log_config = check_log_config(log_config)
+        os.makedirs(workspace, exist_ok=True)
+        apply_log_config(log_config, base_dir=workspace)
     job = load_job(job_folder)
     names = resolve_clients(job, n_clients, clients)
-    if threads is not None and threads < len(names):
-        _log.info("threads=%s ignored: flarelite runs all %d sites concurrently", threads, len(names))
-    workspace = os.path.abspath(workspace)
+    check_max_clients(max_clients, names)
+    threads = check_threads(threads, len(names))
+    concurrency = threads if threads < len(names) else None  # None: no gate, every site at once
+    gpus = assign_gpus(names, gpu) if gpu is not None else None
+    if gpus is not None and protocol == "memory":
+        _log.warning(
+            "gpu=%r ignored: with protocol 'memory' every site shares this process and its devices; per-site GPUs "
+            "(CUDA_VISIBLE_DEVICES) need a process per site (protocol 'unix' or 'grpc')",
+            gpu,
+        )
+        gpus = None
     os.makedirs(workspace, exist_ok=True)
     if protocol != "memory":
         from .processes import run_processes
@@ -138,6 +171,9 @@ def run_simulation(
             allowed_classes=allowed_classes,
             temp_dirs=temp_dirs,
             max_message_size=limit,
+            gpus=gpus,
+            log_config=log_config,
+            max_concurrent_tasks=concurrency,
         )
     # the in-process mode's pieces, loaded only here: the processes mode's parent never needs them
     from ..communication.memory import InMemoryCommunicationProtocol, InMemoryHub
@@ -176,6 +212,7 @@ def run_simulation(
             class_policy=policy(SiteType.SERVER),
             app_dir=server_app.path,
             client_lost_timeout=SITE_LOST_TIMEOUT,
+            max_concurrent_tasks=concurrency,
         )
         sites = [
             ClientRuntime(

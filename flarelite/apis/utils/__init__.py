@@ -1,0 +1,1 @@
+"""Helpers on the API: analytix_utils (tracking records as DXOs and events)."""

@@ -1,0 +1,1 @@
+"""Widgets: components that only react to events (AnalyticsSender, AnalyticsReceiver, ConvertToFedEvent...)."""

@@ -1,0 +1,1 @@
+"""MLflow tracking: MLflowReceiver (mlflow_receiver); needs ``mlflow``."""

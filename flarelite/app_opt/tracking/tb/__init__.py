@@ -1,0 +1,1 @@
+"""TensorBoard tracking: TBAnalyticsReceiver (tb_receiver) and TBWriter (tb_writer); needs ``tensorboard``."""
