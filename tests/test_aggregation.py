@@ -1,0 +1,352 @@
+"""Aggregation by hand: WeightedAggregationHelper, FedAvg's in-time weighting, InTimeAccumulateWeightedAggregator's
+reject rules, the shareable generator, the return-code policy and the stop-condition parser (numpy only)."""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+
+from flarelite.apis.dxo import DXO, DataKind, MetaKey, from_shareable
+from flarelite.apis.event_type import EventType
+from flarelite.apis.fl_constant import ReservedKey, ReturnCode
+from flarelite.apis.fl_context import FLContext
+from flarelite.apis.shareable import Shareable, make_reply
+from flarelite.app_common.abstract.fl_model import FLModel, ParamsType
+from flarelite.app_common.abstract.model import ModelLearnableKey, make_model_learnable
+from flarelite.app_common.aggregators import InTimeAccumulateWeightedAggregator
+from flarelite.app_common.aggregators.model_aggregator import ModelAggregator
+from flarelite.app_common.aggregators.weighted_aggregation_helper import WeightedAggregationHelper
+from flarelite.app_common.app_constant import AppConstants
+from flarelite.app_common.shareablegenerators import FullModelShareableGenerator
+from flarelite.app_common.utils.error_handling_utils import should_ignore_result_error
+from flarelite.app_common.utils.math_utils import parse_compare_criteria
+from flarelite.app_common.workflows.base_fedavg import BaseFedAvg
+from flarelite.app_common.workflows.fedavg import FedAvg
+
+NUM_STEPS = MetaKey.NUM_STEPS_CURRENT_ROUND
+
+
+# ------------------------------------------------------------------------------------ WeightedAggregationHelper
+def test_helper_weighs_per_key_and_skips_excluded_vars():
+    helper = WeightedAggregationHelper(exclude_vars="^bn\\.")
+    helper.add({"w": np.array([1.0, 2.0]), "b": np.array([3.0]), "bn.mean": np.array([9.0])}, 1.0, "site-1", 0)
+    helper.add({"w": np.array([4.0, 8.0]), "bn.mean": np.array([9.0])}, 3.0, "site-2", 0)  # no "b"
+    helper.add({"w": np.array([0.0, 0.0]), "b": np.array([6.0])}, 2.0, "site-3", 0)
+    stats = helper.get_aggregation_stats()
+    assert stats["accepted_contributions"] == 3
+    assert stats["contributors"] == ["site-1", "site-2", "site-3"]
+    assert (stats["keys_aggregated"], stats["fully_matched_keys"], stats["partially_matched_keys"]) == (2, 1, 1)
+    assert stats["skipped_keys"] == 1 and stats["keys_seen"] == 3 and stats["round"] == 0
+    result = helper.get_result()
+    np.testing.assert_allclose(result["w"], [(1 * 1 + 4 * 3 + 0 * 2) / 6, (2 * 1 + 8 * 3 + 0 * 2) / 6])
+    np.testing.assert_allclose(result["b"], [(3 * 1 + 6 * 2) / 3])  # averaged over the two that sent it
+    assert "bn.mean" not in result
+    assert helper.get_len() == 0  # get_result starts over
+    assert helper.get_aggregation_stats()["accepted_contributions"] == 3  # ... and keeps the last stats
+
+
+def test_helper_unweighted_sum_still_divides_by_weights_and_never_touches_inputs():
+    helper = WeightedAggregationHelper(weigh_by_local_iter=False)
+    first = np.array([2.0, 4.0])
+    helper.add({"w": first}, 2.0, "a", 1)
+    helper.add({"w": np.array([2.0, 2.0])}, 2.0, "b", 1)
+    np.testing.assert_allclose(helper.get_result()["w"], [1.0, 1.5])
+    np.testing.assert_array_equal(first, [2.0, 4.0])  # accumulated in place, but into a copy
+
+
+def test_helper_is_thread_safe():
+    helper = WeightedAggregationHelper()
+
+    def worker(i):
+        for j in range(50):
+            helper.add({"w": np.ones(4) * i}, 1.0, f"t{i}-{j}", 0)
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=10)
+    assert helper.get_len() == 200
+    np.testing.assert_allclose(helper.get_result()["w"], np.ones(4) * 1.5)
+
+
+def test_helper_rejects_a_bad_value_without_changing_the_running_mean():
+    helper = WeightedAggregationHelper()
+    helper.add({"w": np.array([1.0])}, 1.0, "site-1", 0)
+    with pytest.raises(TypeError, match="'x' from site-2"):
+        helper.add({"w": np.array([100.0]), "x": "text"}, 1.0, "site-2", 0)
+    assert helper.get_len() == 1
+    np.testing.assert_allclose(helper.get_result()["w"], [1.0])
+
+
+# ------------------------------------------------------------------------------------ FedAvg's in-time weighting
+def _result(site, params, steps=None, metrics=None):
+    meta = {"client_name": site}
+    if steps is not None:
+        meta[NUM_STEPS] = steps
+    return FLModel(params=params, metrics=metrics, meta=meta)
+
+
+def test_fedavg_weighs_by_aggregation_weights_times_num_steps_per_key():
+    fedavg = FedAvg(aggregation_weights={"site-1": 2.0, "site-3": 0.5}, exclude_vars="^skip")
+    fedavg.fl_ctx = FLContext()
+    fedavg.current_round = 4
+    fedavg._reset_round(expected=3)
+    results = [
+        _result(
+            "site-1", {"w": np.array([1.0, 1.0]), "b": np.array([10.0]), "skip_me": np.array([5.0])}, 3, {"acc": 0.5}
+        ),
+        _result("site-2", {"w": np.array([4.0, 0.0])}, steps=None, metrics={"acc": 0.8, "note": "text"}),  # steps 1.0
+        _result("site-3", {"w": np.array([2.0, 6.0]), "b": np.array([40.0])}, 8, {"acc": 0.2}),
+    ]
+    for r in results:
+        assert fedavg._aggregate_one_result(r) is True
+    assert fedavg._aggregate_one_result(_result("site-4", {}, 5)) is False  # empty params: skipped
+    aggr = fedavg._get_aggregated_result()
+    w1, w2, w3 = 2.0 * 3, 1.0 * 1, 0.5 * 8  # aggregation weight * NUM_STEPS_CURRENT_ROUND
+    total = w1 + w2 + w3
+    np.testing.assert_allclose(aggr.params["w"], [(w1 * 1 + w2 * 4 + w3 * 2) / total, (w1 * 1 + w3 * 6) / total])
+    np.testing.assert_allclose(aggr.params["b"], [(w1 * 10 + w3 * 40) / (w1 + w3)])
+    assert "skip_me" not in aggr.params
+    assert aggr.metrics == pytest.approx({"acc": (w1 * 0.5 + w2 * 0.8 + w3 * 0.2) / total})
+    assert aggr.params_type == ParamsType.FULL and aggr.current_round == 4
+    assert aggr.meta["nr_aggregated"] == 3 and aggr.meta["current_round"] == 4
+    weights = aggr.meta["metrics_aggregation_info"]["site_weights"]
+    assert [(s["name"], s["weight"]) for s in weights] == [("site-1", w1), ("site-2", w2), ("site-3", w3)]
+
+
+def test_fedavg_drops_metrics_for_the_round_when_one_client_sends_none():
+    fedavg = FedAvg()
+    fedavg.fl_ctx = FLContext()
+    fedavg.current_round = 0
+    fedavg._reset_round(expected=2)
+    fedavg._aggregate_one_result(_result("site-1", {"w": np.array([1.0])}, 1, {"acc": 1.0}))
+    fedavg._aggregate_one_result(_result("site-2", {"w": np.array([3.0])}, 1, None))
+    aggr = fedavg._get_aggregated_result()
+    assert aggr.metrics is None
+    np.testing.assert_allclose(aggr.params["w"], [2.0])
+
+
+def test_base_fedavg_aggregate_fn_uses_finite_positive_num_steps_else_one():
+    results = [
+        _result("site-1", {"w": np.array([0.0])}, 3),
+        _result("site-2", {"w": np.array([4.0])}, float("nan")),  # invalid: weight 1.0
+        _result("site-3", {"w": np.array([8.0])}, -2),  # invalid: weight 1.0
+    ]
+    aggr = BaseFedAvg.aggregate_fn(results)
+    np.testing.assert_allclose(aggr.params["w"], [(0 * 3 + 4 + 8) / 5])
+    assert aggr.meta["nr_aggregated"] == 3
+
+
+def test_fedavg_checks_its_arguments():
+    with pytest.raises(ValueError, match="operator"):
+        FedAvg(stop_cond="accuracy => 80")
+    with pytest.raises(TypeError, match="aggregator"):
+        FedAvg(aggregator=object())
+    with pytest.raises(ValueError, match="task_check_period"):
+        FedAvg(task_check_period=0)
+    with pytest.raises(ValueError, match="num_clients"):
+        FedAvg(num_clients=0)
+
+
+def test_fedavg_early_stopping_rules():
+    fedavg = FedAvg(stop_cond="accuracy >= 0.9", patience=2)
+    fedavg.fl_ctx = FLContext()
+    assert fedavg.is_curr_model_better(FLModel(params={}, metrics={"accuracy": 0.5}))
+    assert not fedavg.is_curr_model_better(FLModel(params={}, metrics={"accuracy": 0.5}))  # equal: no gain
+    assert not fedavg.should_stop({"accuracy": 0.5})
+    assert not fedavg.is_curr_model_better(FLModel(params={}, metrics={"accuracy": 0.4}))
+    assert fedavg.should_stop({"accuracy": 0.5})  # two rounds without improvement
+    fedavg2 = FedAvg(stop_cond="accuracy >= 0.9")
+    fedavg2.fl_ctx = FLContext()
+    assert fedavg2.should_stop({"accuracy": 0.95}) and not fedavg2.should_stop({"loss": 1.0})
+
+
+# ------------------------------------------------------------------------------- InTimeAccumulateWeightedAggregator
+def _ctx(current_round=1):
+    ctx = FLContext()
+    ctx.set_prop(AppConstants.CURRENT_ROUND, current_round, private=True, sticky=True)
+    return ctx
+
+
+def _contribution(site, data, kind=DataKind.WEIGHT_DIFF, steps=None, round_=1, meta=None):
+    dxo_meta = dict(meta or {})
+    if steps is not None:
+        dxo_meta[NUM_STEPS] = steps
+    shareable = DXO(kind, data, meta=dxo_meta).to_shareable()
+    shareable.set_peer_props({ReservedKey.IDENTITY_NAME: site})
+    shareable.add_cookie(AppConstants.CONTRIBUTION_ROUND, round_)
+    return shareable
+
+
+def test_intime_aggregator_weighted_mean_of_weight_diffs():
+    agg = InTimeAccumulateWeightedAggregator(aggregation_weights={"site-1": 2.0}, exclude_vars="frozen")
+    agg.handle_event(EventType.START_RUN, _ctx())
+    ctx = _ctx()
+    assert agg.accept(_contribution("site-1", {"w": np.array([1.0]), "frozen": np.array([7.0])}, steps=2), ctx)
+    assert agg.accept(_contribution("site-2", {"w": np.array([7.0])}, steps=4), ctx)
+    assert agg.accept(_contribution("site-3", {"w": np.array([0.0])}), ctx)  # no NUM_STEPS: 1.0
+    dxo = from_shareable(agg.aggregate(ctx))
+    assert dxo.data_kind == DataKind.WEIGHT_DIFF
+    np.testing.assert_allclose(dxo.data["w"], [(2 * 2 * 1 + 4 * 7 + 0) / (4 + 4 + 1)])
+    assert "frozen" not in dxo.data
+    agg.reset(ctx)
+    assert agg.accept(_contribution("site-1", {"w": np.array([1.0])}), ctx)  # a new round: accepted again
+
+
+def test_intime_aggregator_reject_rules():
+    agg = InTimeAccumulateWeightedAggregator()  # expects WEIGHT_DIFF, as NVFlare's default
+    ctx = _ctx(current_round=3)
+    not_dxo = Shareable()
+    not_dxo.set_peer_props({ReservedKey.IDENTITY_NAME: "site-1"})
+    assert not agg.accept(not_dxo, ctx)
+    assert not agg.accept(_contribution("site-1", {"m": 1}, kind=DataKind.ANALYTIC, round_=3), ctx)
+    failed = make_reply(ReturnCode.EXECUTION_EXCEPTION)
+    failed.set_peer_props({ReservedKey.IDENTITY_NAME: "site-1"})
+    assert not agg.accept(failed, ctx)
+    assert not agg.accept(_contribution("site-1", {"w": np.ones(1)}, kind=DataKind.WEIGHTS, round_=3), ctx)
+    assert not agg.accept(_contribution("site-1", {"w": np.ones(1)}, round_=2), ctx)  # an old round
+    algo = {MetaKey.PROCESSED_ALGORITHM: "dp"}
+    assert agg.accept(_contribution("site-1", {"w": np.ones(1)}, round_=3, meta=algo), ctx)
+    assert not agg.accept(_contribution("site-1", {"w": np.ones(1)}, round_=3, meta=algo), ctx)  # twice
+    other_algo = {MetaKey.PROCESSED_ALGORITHM: "he"}
+    assert not agg.accept(_contribution("site-2", {"w": np.ones(1)}, round_=3, meta=other_algo), ctx)
+    dxo = from_shareable(agg.aggregate(ctx))
+    assert dxo.get_meta_prop(MetaKey.PROCESSED_ALGORITHM) == "dp"
+    np.testing.assert_allclose(dxo.data["w"], [1.0])
+
+
+def test_intime_aggregator_collection_form():
+    agg = InTimeAccumulateWeightedAggregator(
+        expected_data_kind={"model": DataKind.WEIGHTS, "stats": DataKind.METRICS},
+        aggregation_weights={"model": {"site-2": 3.0}, "stats": {}},
+        exclude_vars={"model": "ignored", "stats": None},
+    )
+    agg.handle_event(EventType.START_RUN, _ctx())
+    ctx = _ctx()
+
+    def collection(site, w, loss):
+        data = {
+            "model": DXO(DataKind.WEIGHTS, {"w": np.array([w]), "ignored": np.array([0.0])}),
+            "stats": DXO(DataKind.METRICS, {"loss": loss}),
+        }
+        return _contribution(site, data, kind=DataKind.COLLECTION)
+
+    assert agg.accept(collection("site-1", 1.0, 0.4), ctx)
+    assert agg.accept(collection("site-2", 5.0, 0.8), ctx)
+    out = from_shareable(agg.aggregate(ctx))
+    assert out.data_kind == DataKind.COLLECTION
+    model, stats = out.data["model"], out.data["stats"]
+    assert model.data_kind == DataKind.WEIGHTS and stats.data_kind == DataKind.METRICS
+    np.testing.assert_allclose(model.data["w"], [(1.0 + 3 * 5.0) / 4])
+    assert "ignored" not in model.data
+    assert stats.data["loss"] == pytest.approx(0.6)
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"expected_data_kind": DataKind.ANALYTIC}, "expected_data_kind"),
+        ({"expected_data_kind": {"a": DataKind.WEIGHTS}, "exclude_vars": {"b": "x"}}, "missing"),
+        ({"expected_data_kind": {"a": DataKind.WEIGHTS}, "aggregation_weights": {"b": {"site-1": 1.0}}}, "missing"),
+        ({"exclude_vars": 3}, "exclude_vars"),
+    ],
+)
+def test_intime_aggregator_bad_settings_fail_at_start_run(kwargs, match):
+    agg = InTimeAccumulateWeightedAggregator(**kwargs)
+    with pytest.raises(ValueError, match=match):
+        agg.handle_event(EventType.START_RUN, _ctx())
+
+
+def test_model_aggregator_adapts_the_shareable_contract():
+    class MaxAggregator(ModelAggregator):
+        def __init__(self):
+            super().__init__()
+            self.models = []
+
+        def accept_model(self, model):
+            self.models.append(model)
+
+        def aggregate_model(self):
+            return FLModel(params={"w": np.maximum.reduce([m.params["w"] for m in self.models])})
+
+        def reset_stats(self):
+            self.models = []
+
+    agg = MaxAggregator()
+    ctx = _ctx()
+    assert agg.accept(_contribution("site-1", {"w": np.array([1.0, 5.0])}, kind=DataKind.WEIGHTS), ctx)
+    assert agg.accept(_contribution("site-2", {"w": np.array([3.0, 2.0])}, kind=DataKind.WEIGHTS), ctx)
+    assert [m.meta["client_name"] for m in agg.models] == ["site-1", "site-2"]
+    out = from_shareable(agg.aggregate(ctx))
+    assert out.data_kind == DataKind.WEIGHTS
+    np.testing.assert_array_equal(out.data["w"], [3.0, 5.0])
+    agg.reset(ctx)
+    assert agg.models == [] and agg.name == "MaxAggregator"
+
+
+# ------------------------------------------------------------------------------------ generator, policy, parser
+def test_full_model_shareable_generator():
+    gen = FullModelShareableGenerator()
+    ctx = FLContext()
+    base = make_model_learnable({"w": np.array([1.0, 1.0])}, {"v": 1})
+    out = from_shareable(gen.learnable_to_shareable(base, ctx))
+    assert out.data_kind == DataKind.WEIGHTS and out.meta == {"v": 1}
+    ctx.set_prop(AppConstants.GLOBAL_MODEL, base, private=True, sticky=True)
+    diff = DXO(DataKind.WEIGHT_DIFF, {"w": np.array([0.5, -1.0])}, meta={"nr": 2}).to_shareable()
+    learnable = gen.shareable_to_learnable(diff, ctx)
+    np.testing.assert_allclose(learnable[ModelLearnableKey.WEIGHTS]["w"], [1.5, 0.0])
+    assert learnable[ModelLearnableKey.META] == {"nr": 2}
+    full = DXO(DataKind.WEIGHTS, {"w": np.array([9.0, 9.0])}).to_shareable()
+    np.testing.assert_allclose(gen.shareable_to_learnable(full, ctx)[ModelLearnableKey.WEIGHTS]["w"], [9.0, 9.0])
+    with pytest.raises(ValueError, match="METRICS"):
+        gen.shareable_to_learnable(DXO(DataKind.METRICS, {"a": 1}).to_shareable(), ctx)
+    with pytest.raises(ValueError, match="'nope'"):
+        gen.shareable_to_learnable(DXO(DataKind.WEIGHT_DIFF, {"nope": 1.0}).to_shareable(), ctx)
+
+
+def test_result_error_policy():
+    assert should_ignore_result_error(True, "s1", set(), 3, 3)
+    assert not should_ignore_result_error(False, "s1", set(), 3, 1)
+    failed: set[str] = set()
+    assert should_ignore_result_error(None, "s1", failed, 3, 2)  # 2 good clients left >= 2
+    assert not should_ignore_result_error(None, "s2", failed, 3, 2)  # 1 left < 2
+    assert failed == {"s1", "s2"}
+    assert not should_ignore_result_error(None, "s1", set(), 3, 0)  # 0: every target is needed
+
+
+def test_parse_compare_criteria():
+    key, target, op = parse_compare_criteria("accuracy >= 80")
+    assert (key, target) == ("accuracy", 80.0) and op(80, 80) and not op(79, 80)
+    assert parse_compare_criteria("loss < 0.5")[2](0.4, 0.5)
+    for bad in ("accuracy>=80", "accuracy >= high", "a ~ 1"):
+        with pytest.raises(ValueError):
+            parse_compare_criteria(bad)
+
+
+def test_fedavg_with_a_custom_model_aggregator():
+    class LastWins(ModelAggregator):
+        def __init__(self):
+            super().__init__()
+            self.last = None
+
+        def accept_model(self, model):
+            self.last = model
+
+        def aggregate_model(self):
+            return FLModel(params=dict(self.last.params), meta={"by": "last"})
+
+        def reset_stats(self):
+            self.last = None
+
+    fedavg = FedAvg(aggregator=LastWins())
+    fedavg.fl_ctx = FLContext()
+    fedavg.current_round = 2
+    fedavg._reset_round(expected=2)
+    fedavg._aggregate_one_result(_result("site-1", {"w": np.array([1.0])}, 5))
+    fedavg._aggregate_one_result(_result("site-2", {"w": np.array([7.0])}, 1))
+    aggr = fedavg._get_aggregated_result()
+    np.testing.assert_array_equal(aggr.params["w"], [7.0])
+    assert aggr.meta == {"by": "last", "nr_aggregated": 2, "current_round": 2}
