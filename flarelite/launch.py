@@ -118,7 +118,7 @@ def run_server(
     """
     from .job_config.models import load_job
     from .runtime.allowlist import ClassPolicy
-    from .runtime.apps import pack_app
+    from .runtime.apps import copy_app, pack_app
     from .runtime.logs import open_site_log, setup_logging
     from .runtime.server import ServerRuntime
 
@@ -165,7 +165,7 @@ def run_server(
         ready_timeout=ready_timeout,
         end_timeout=end_timeout,
         class_policy=ClassPolicy.for_site(folder, allowed=allowed_classes, custom_dirs=[app.custom_dir]),
-        app_dir=app.path,
+        app_dir=copy_app(app.path, folder),
         client_lost_timeout=client_lost_timeout,
         max_concurrent_tasks=max_concurrent_tasks,
     )
@@ -212,6 +212,7 @@ def run_client(
     """
     from .communication.protocol import site_name_problem
     from .runtime.allowlist import ClassPolicy
+    from .runtime.apps import copy_app
     from .runtime.client import ClientRuntime
     from .runtime.logs import open_site_log, setup_logging
 
@@ -233,7 +234,7 @@ def run_client(
             raise ConfigError(f"app {app.name!r} deployed to {name!r} has no client config")
         _use_custom(app.custom_dir)
         app_config = app.client.model_dump()
-        app_dir = app.path
+        app_dir = copy_app(app.path, folder)
         custom_dirs.append(app.custom_dir)
     authenticated = getattr(tls, "mode", tls) in ("tls", "mtls")
     client = ClientRuntime(

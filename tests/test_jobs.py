@@ -33,3 +33,38 @@ def test_hello_tasks(tmp_path):
     assert "relay done through ['site-1', 'site-2', 'site-3']: value = 3" in out
     server_log = (tmp_path / "ws" / "server" / "log.txt").read_text()
     assert server_log.count("add_one: site-") == 6  # 3 broadcast results, 3 relay results
+
+
+def _npy(root):
+    import numpy as np
+
+    return np.load(os.path.join(root, "hello-numpy", "server", "models", "server.npy"))
+
+
+def test_hello_numpy_in_process_and_as_external_scripts(tmp_path):
+    import numpy as np
+
+    start = np.array([[1, 2, 3], [4, 5, 6], [7, 8, 9]], dtype=np.float32)
+    for variant, extra in (("inproc", []), ("external", ["--launch_external_process", "--update_type", "diff"])):
+        root = tmp_path / variant
+        run_job_script("hello-numpy", "--workspace_root", str(root), *extra)
+        np.testing.assert_allclose(_npy(root), start + 3)  # 3 rounds, each site adds 1, FedAvg averages
+        tb = root / "hello-numpy" / "server" / "tb_events"
+        assert sorted(os.listdir(tb)) == ["site-1", "site-2"]
+        assert any(f.startswith("events.out.tfevents") for f in os.listdir(tb / "site-1"))
+        log = (root / "hello-numpy" / "site-2" / "log.txt").read_text()
+        assert "site-2: round 2" in log  # the script's print, in its site's log
+
+
+def test_hello_pt_in_process_and_as_external_scripts(tmp_path):
+    torch = __import__("pytest").importorskip("torch")
+    for variant, extra in (("inproc", ["--protocol", "memory"]), ("external", ["--launch_external_process"])):
+        root = tmp_path / variant
+        run_job_script("hello-pt", "--workspace_root", str(root), "--num_rounds", "2", *extra)
+        path = root / "hello-pt" / "server" / "app" / "FL_global_model.pt"
+        checkpoint = torch.load(path, weights_only=True)
+        assert set(checkpoint["model"]) >= {"conv1.weight", "fc2.bias"}
+        tb = root / "hello-pt" / "server" / "tb_events"
+        assert sorted(os.listdir(tb)) == ["site-1", "site-2"]
+        log = (root / "hello-pt" / "site-1" / "log.txt").read_text()
+        assert "site-1: round 1, global model accuracy" in log

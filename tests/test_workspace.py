@@ -29,6 +29,7 @@ def test_sites_see_their_run_and_app_folders(tmp_path, protocol):
     for site, folders in seen.items():
         assert folders["run_dir"] == str(ws / site)
         assert folders["root"] == str(ws)
+        assert os.path.dirname(folders["app_dir"]) == str(ws / site)  # each site keeps its app in its folder
         assert "workspace_probe.py" in folders["custom"], folders
         assert "config_fed_client.json" in folders["config"] or site == "server", folders
     assert "config_fed_server.json" in seen["server"]["config"]

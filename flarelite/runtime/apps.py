@@ -219,3 +219,18 @@ def custom_code_refusal(payload: dict, site: str) -> str | None:
         "against the project CA, or start the site with --allow-custom-code (allow_custom_code=True) to "
         "run it anyway"
     )
+
+
+def copy_app(app_path: str, run_dir: str) -> str:
+    """Copy a local app folder (``config/``, ``custom/``) to ``run_dir/<its name>`` (made fresh); return that path.
+
+    A site then keeps its app, and what the app writes next to it (a saved global model, a training script's
+    files), in its own run folder, as a site that received its app from the server does.
+    """
+    name = os.path.basename(os.path.normpath(app_path))
+    run_dir = os.path.abspath(run_dir)
+    os.makedirs(run_dir, exist_ok=True)
+    _fresh_dir(run_dir, name)
+    dest = os.path.join(run_dir, name)
+    shutil.copytree(app_path, dest, symlinks=True, dirs_exist_ok=True)
+    return dest

@@ -178,6 +178,7 @@ def run_simulation(
     # the in-process mode's pieces, loaded only here: the processes mode's parent never needs them
     from ..communication.memory import InMemoryCommunicationProtocol, InMemoryHub
     from ..runtime.allowlist import ClassPolicy
+    from ..runtime.apps import copy_app
     from ..runtime.client import ClientRuntime
     from ..runtime.logs import close_site_log, open_site_log, restore_level, setup_logging
     from ..runtime.server import ServerRuntime
@@ -210,7 +211,7 @@ def run_simulation(
             ready_timeout=ready_timeout,
             end_timeout=end_timeout,
             class_policy=policy(SiteType.SERVER),
-            app_dir=server_app.path,
+            app_dir=copy_app(server_app.path, site_dirs[SiteType.SERVER]),
             client_lost_timeout=SITE_LOST_TIMEOUT,
             max_concurrent_tasks=concurrency,
         )
@@ -225,7 +226,7 @@ def run_simulation(
                 join_timeout=connect_timeout,
                 server_lost_timeout=SERVER_LOST_TIMEOUT,
                 class_policy=policy(name),
-                app_dir=job.app_for(name).path,
+                app_dir=copy_app(job.app_for(name).path, site_dirs[name]),
             )
             for name in names
         ]

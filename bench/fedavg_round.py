@@ -1,0 +1,155 @@
+"""Seconds per FedAvg round for a 10 MB and a 100 MB model over 10 sites, next to the time of moving the same
+bytes there and back on this machine, in the same run.
+
+A round is NVFlare's everyday program: FedAvg on the server sends the global model to every site, a Client API
+script (ScriptRunner, in-process) receives it and sends it back, FedAvg aggregates. The script does no training,
+so the round is all framework cost; the persistor keeps the saved model in memory (no disk). Timed by a server
+component from ROUND_STARTED to the end of that round's aggregation; the first round (warm-up: imports,
+connections) is left out and the rest averaged.
+
+Baselines, measured here each run:
+  - sites in one process (protocol "memory"): copying the bytes (numpy memcpy) to every site and back;
+  - sites as processes (Unix sockets): a raw Unix-socket server sending the bytes to 10 client processes at once
+    and receiving them back (socket.sendall / recv_into, no framing, no codec): the machine's floor for moving
+    them between processes.
+Target (issue 9): a round costs at most 1.5x the baseline.
+
+Run: python bench/fedavg_round.py [--sizes 10,100] [--sites 10] [--rounds 4]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+import numpy as np
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+
+from _fedavg_components import BenchPersistor, RoundClock, make_model  # noqa: E402
+
+from flarelite.app_common.workflows.fedavg import FedAvg  # noqa: E402
+from flarelite.job_config.api import FedJob  # noqa: E402
+from flarelite.job_config.script_runner import FrameworkType, ScriptRunner  # noqa: E402
+
+model = make_model
+
+
+def fedavg_round(mb: int, sites: int, rounds: int, protocol: str) -> float:
+    """Mean seconds per round after the first, for a FedAvg job run with ``protocol``."""
+    with tempfile.TemporaryDirectory(prefix="fedavg_bench_") as tmp:
+        job = FedJob(name="fedavg_round", min_clients=sites)
+        job.to_server(FedAvg(num_clients=sites, num_rounds=rounds, persistor_id="persistor"))
+        job.to_server(BenchPersistor(size_mb=mb), id="persistor")
+        job.to_server(RoundClock(), id="round_clock")
+        job.to_clients(ScriptRunner(os.path.join(HERE, "_fedavg_client.py"), framework=FrameworkType.NUMPY))
+        ws = os.path.join(tmp, "ws")
+        job.simulator_run(ws, n_clients=sites, protocol=protocol, log_config="concise")
+        with open(os.path.join(ws, "server", "rounds.json")) as f:
+            clock = json.load(f)
+    spans = [end - start for start, end in zip(clock["starts"], clock["ends"])]
+    return float(np.mean(spans[1:] if len(spans) > 1 else spans))
+
+
+def memcpy_round(mb: int, sites: int) -> float:
+    """Seconds to copy the model's bytes to every site and back (the floor for sites in one process)."""
+    arrays = model(mb)
+    best = float("inf")
+    for _ in range(3):
+        start = time.perf_counter()
+        for _ in range(sites):
+            there = {k: v.copy() for k, v in arrays.items()}
+            back = {k: v.copy() for k, v in there.items()}
+            del there, back
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+_ECHO = r"""
+import socket, sys
+n = int(sys.argv[2])
+s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+s.connect(sys.argv[1])
+buf = bytearray(n)
+view = memoryview(buf)
+got = 0
+while got < n:
+    got += s.recv_into(view[got:], n - got)
+s.sendall(view)
+s.close()
+"""
+
+
+def socket_round(mb: int, sites: int) -> float:
+    """Seconds for a raw Unix-socket server to send the bytes to ``sites`` processes at once and get them back."""
+    payload = memoryview(b"".join(a.tobytes() for a in model(mb).values()))
+    n = len(payload)
+    best = float("inf")
+    for _ in range(2):
+        with tempfile.TemporaryDirectory(prefix="raw_") as tmp:
+            path = os.path.join(tmp, "s.sock")
+            server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            server.bind(path)
+            server.listen(sites)
+            procs = [subprocess.Popen([sys.executable, "-c", _ECHO, path, str(n)]) for _ in range(sites)]
+            conns = [server.accept()[0] for _ in range(sites)]  # every client is up before the clock starts
+
+            def serve(conn: socket.socket) -> None:
+                conn.sendall(payload)
+                back = bytearray(n)
+                view, got = memoryview(back), 0
+                while got < n:
+                    got += conn.recv_into(view[got:], n - got)
+
+            start = time.perf_counter()
+            threads = [threading.Thread(target=serve, args=(c,)) for c in conns]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+            best = min(best, time.perf_counter() - start)
+            for c in conns:
+                c.close()
+            for p in procs:
+                p.wait(timeout=30)
+            server.close()
+    return best
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", default="10,100", help="model sizes in MB, comma-separated")
+    parser.add_argument("--sites", type=int, default=10)
+    parser.add_argument("--rounds", type=int, default=4, help="rounds per run (the first is left out)")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+    rows = []
+    for mb in [int(s) for s in args.sizes.split(",")]:
+        for label, protocol, baseline_name, baseline in (
+            ("sites in one process", "memory", "memcpy there and back", memcpy_round),
+            ("sites as processes (Unix)", "unix", "raw Unix socket there and back", socket_round),
+        ):
+            base = baseline(mb, args.sites)
+            ours = fedavg_round(mb, args.sites, args.rounds, protocol)
+            rows.append((mb, label, ours, baseline_name, base))
+    print(f"\nFedAvg round, {args.sites} sites, Client API script in-process, seconds per round (mean of rounds 2..)")
+    header = f"{'model':>7} | {'sites':<26} | {'FedAvg round':>12} | {'baseline':<31} | {'baseline':>9} | {'ratio':>6}"
+    print(header)
+    print("-" * len(header))
+    for mb, label, ours, base_name, base in rows:
+        ratio = ours / base if base > 0 else float("inf")
+        verdict = "ok" if ratio <= 1.5 else "over 1.5x"
+        print(f"{mb:>4} MB | {label:<26} | {ours:>11.3f}s | {base_name:<31} | {base:>8.3f}s | {ratio:>5.2f}x {verdict}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""Executors of app_common (``client_api_executor.ClientAPIExecutor``)."""

@@ -1,0 +1,1 @@
+"""The backends of ClientAPIExecutor: in-process (a script thread) and external-process (a script process)."""

@@ -1,0 +1,107 @@
+"""NumpyFedAvgRecipe: FedAvg over a NumPy model (NPModelPersistor on the server, a NUMPY ScriptRunner on clients)."""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any
+
+from ....apis.dxo import DataKind
+from ....client.config import ExchangeFormat, TransferType
+from ....job_config.base_fed_job import BaseFedJob
+from ....job_config.script_runner import FrameworkType
+from ....recipe.fedavg import FedAvgRecipe
+from ..np_model_persistor import NPModelPersistor
+
+
+class NumpyFedAvgRecipe(FedAvgRecipe):
+    """FedAvg for a NumPy model: ``NumpyFedAvgRecipe(model=[[1, 2], [3, 4]], min_clients=2, train_script=...)``.
+
+    The server keeps the model as ``{"numpy_key": array}`` in ``NPModelPersistor(model=<list>)`` (id
+    ``"persistor"``), which saves it to ``<server run dir>/models/server.npy``. The clients' ScriptRunner runs
+    with ``framework=NUMPY``; afterwards ``recipe.framework`` reads RAW (NVFlare's value, so cross-site
+    evaluation picks the numpy locator and validator).
+    """
+
+    def __init__(
+        self,
+        *,
+        name: str = "fedavg",
+        model: Any = None,
+        initial_ckpt: str | None = None,
+        min_clients: int,
+        num_rounds: int = 2,
+        train_script: str,
+        train_args: str = "",
+        aggregator: Any = None,
+        aggregator_data_kind: str = DataKind.WEIGHTS,
+        launch_external_process: bool = False,
+        command: str = "python3 -u",
+        server_expected_format: ExchangeFormat = ExchangeFormat.NUMPY,
+        params_transfer_type: TransferType = TransferType.FULL,
+        per_site_config: dict[str, dict] | None = None,
+        launch_once: bool = True,
+        shutdown_timeout: float = 0.0,
+        key_metric: str = "accuracy",
+        key_metric_mode: str | None = None,
+        stop_cond: str | None = None,
+        patience: int | None = None,
+        best_model_filename: str | None = None,
+        save_filename: str | None = None,
+        exclude_vars: str | None = None,
+        aggregation_weights: dict[str, float] | None = None,
+        client_memory_gc_rounds: int = 0,
+        cuda_empty_cache: bool = False,
+        initial_model: Any = None,
+    ) -> None:
+        """As the unified FedAvgRecipe for NumPy; ``initial_model`` is a deprecated alias of ``model``.
+
+        Raises:
+            TypeError: ``model`` is not a list or a numpy array.
+            ValueError: ``model`` and ``initial_model`` both given, or the unified recipe's errors.
+        """
+        if initial_model is not None:
+            warnings.warn("NumpyFedAvgRecipe(initial_model=...) is deprecated: use model", DeprecationWarning, 2)
+            if model is not None:
+                raise ValueError("give model or initial_model (its deprecated alias), not both")
+            model = initial_model
+        if (
+            model is not None
+            and not isinstance(model, list)
+            and not (hasattr(model, "tolist") and hasattr(model, "dtype"))
+        ):
+            raise TypeError(f"NumpyFedAvgRecipe: model must be a list or a numpy array, got {type(model).__name__}")
+        super().__init__(
+            name=name,
+            model=model.tolist() if hasattr(model, "tolist") else model,
+            initial_ckpt=initial_ckpt,
+            min_clients=min_clients,
+            num_rounds=num_rounds,
+            train_script=train_script,
+            train_args=train_args,
+            aggregator=aggregator,
+            aggregator_data_kind=aggregator_data_kind,
+            launch_external_process=launch_external_process,
+            command=command,
+            framework=FrameworkType.NUMPY,
+            server_expected_format=server_expected_format,
+            params_transfer_type=params_transfer_type,
+            per_site_config=per_site_config,
+            launch_once=launch_once,
+            shutdown_timeout=shutdown_timeout,
+            key_metric=key_metric,
+            key_metric_mode=key_metric_mode,
+            stop_cond=stop_cond,
+            patience=patience,
+            best_model_filename=best_model_filename,
+            save_filename=save_filename,
+            exclude_vars=exclude_vars,
+            aggregation_weights=aggregation_weights,
+            client_memory_gc_rounds=client_memory_gc_rounds,
+            cuda_empty_cache=cuda_empty_cache,
+        )
+        self._client_defaults["framework"] = FrameworkType.NUMPY  # type: ignore[index]
+        self.framework = FrameworkType.RAW
+
+    def _setup_model_and_persistor(self, job: BaseFedJob) -> str:
+        persistor = NPModelPersistor(model=self.model, source_ckpt_file_full_name=self.initial_ckpt)
+        return job.to_server(persistor, id="persistor")
