@@ -1,6 +1,7 @@
 """DESIGN.md's rooms, enforced by reading the source with ``ast`` (nothing here imports the checked modules).
 
 - apis/, runtime/, app_opt/, serialization/, job_config/ never import grpc, protobuf or flarelite.communication.grpc.
+- app_common/, client/, app_opt/, recipe/ (the high-level layers) never import runtime/ or communication/.
 - apis/ knows nothing of runtime, communication, simulator or job_config; serialization only inside functions.
 - communication/ knows nothing of apis, runtime or job_config.
 - no module under flarelite/ imports pickle or its relatives.
@@ -22,7 +23,7 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 PKG = ROOT / "flarelite"
 
-GRPC_FREE_ROOMS = ["apis", "runtime", "app_opt", "serialization", "job_config"]
+GRPC_FREE_ROOMS = ["apis", "runtime", "app_opt", "serialization", "job_config", "app_common", "client", "recipe"]
 GRPC_MODULES = ["grpc", "grpc_tools", "google.protobuf", "flarelite.communication.grpc"]
 PICKLE_LIKE = ["pickle", "_pickle", "cloudpickle", "dill", "marshal", "shelve"]
 DYNAMIC_IMPORTERS = {"__import__", "import_module"}  # __import__("x"), importlib.import_module("x")
@@ -189,6 +190,14 @@ def test_apis_does_not_import_other_rooms():
 def test_apis_imports_serialization_only_inside_functions():
     found = violations(PKG / "apis", ["flarelite.serialization"], module_level_only=True)
     assert found == [], "flarelite/apis may import the codec only lazily, inside functions:\n" + "\n".join(found)
+
+
+@pytest.mark.parametrize("room", ["app_common", "client", "app_opt", "recipe"])
+def test_high_level_rooms_build_on_the_public_api_only(room):
+    """app_common/, client/, app_opt/ and recipe/ are written as user code would be: on apis/ and job_config/."""
+    forbidden = ["flarelite.runtime", "flarelite.communication", *GRPC_MODULES]
+    found = violations(PKG / room, forbidden)
+    assert found == [], f"flarelite/{room} must build on the public API, not the runtime:\n" + "\n".join(found)
 
 
 def test_communication_knows_nothing_of_tasks():
