@@ -26,6 +26,43 @@ def _fresh_copy(value: Any) -> Any:
     return value
 
 
+_CHUNK = 1 << 16  # elements weighted at a time (256 KiB of float32: stays in the cache)
+
+
+def _fused_add(total: Any, value: Any, weight: float, scratch: dict, key: str) -> bool:
+    """Add ``value * weight`` into ``total`` without a temporary the size of the model; False if it cannot."""
+    if _is_torch_tensor(total):
+        if _is_torch_tensor(value) and total.is_floating_point() and total.shape == value.shape:
+            total.add_(value, alpha=weight)
+            return True
+        return False
+    dtype = getattr(total, "dtype", None)
+    if getattr(dtype, "kind", None) != "f" or not getattr(getattr(total, "flags", None), "writeable", False):
+        return False
+    import numpy as np
+
+    if not isinstance(value, np.ndarray) or value.shape != total.shape or value.dtype != total.dtype:
+        return False
+    if weight == 1:
+        np.add(total, value, out=total)
+        return True
+    if not (total.flags.c_contiguous and value.flags.c_contiguous):
+        np.add(total, value * weight, out=total)
+        return True
+    flat_total, flat_value = total.reshape(-1), value.reshape(-1)
+    step = min(flat_total.size, _CHUNK)
+    buf = scratch.get(total.dtype.str)
+    if buf is None or buf.size < step:
+        buf = scratch[total.dtype.str] = np.empty(step, dtype=total.dtype)
+    # weighted and added a cache-sized chunk at a time: one pass over the model's memory, not three
+    for start in range(0, flat_total.size, step):
+        part = flat_total[start : start + step]
+        scaled = buf[: part.size]
+        np.multiply(flat_value[start : start + step], weight, out=scaled)
+        np.add(part, scaled, out=part)
+    return True
+
+
 def _accumulate(total: Any, value: Any) -> Any:
     """Return ``total + value``, added in place for float tensors and writable float arrays."""
     if _is_torch_tensor(total) and total.is_floating_point():
@@ -40,6 +77,33 @@ def _accumulate(total: Any, value: Any) -> Any:
             np.add(total, value, out=total, casting="same_kind")
             return total
     return total + value
+
+
+class _Fused:
+    """A contribution to be weighted and added in one pass (see ``_fused_add``)."""
+
+    __slots__ = ("value",)
+
+    def __init__(self, value: Any) -> None:
+        self.value = value
+
+
+def _fuse(total: Any, value: Any) -> bool:
+    """Whether ``value`` can be weighted while it is added to ``total`` (same-shaped float arrays or tensors)."""
+    if _is_torch_tensor(total):
+        return _is_torch_tensor(value) and total.is_floating_point()
+    return getattr(getattr(total, "dtype", None), "kind", None) == "f" and type(value).__name__ == "ndarray"
+
+
+def _scaled(total: Any, factor: float) -> Any:
+    """``total * factor``, in place for the helper's own float arrays and tensors (they are dropped after)."""
+    if _is_torch_tensor(total) and total.is_floating_point():
+        return total.mul_(factor)
+    if getattr(getattr(total, "dtype", None), "kind", None) == "f" and getattr(total.flags, "writeable", False):
+        import numpy as np
+
+        return np.multiply(total, factor, out=total)
+    return total * factor
 
 
 class WeightedAggregationHelper:
@@ -61,6 +125,7 @@ class WeightedAggregationHelper:
         self._key_contributions: dict[str, int] = {}
         self._skipped: set[str] = set()
         self._last_stats: dict | None = None
+        self._scratch: dict[str, Any] = {}  # per dtype: a small buffer where contributions are weighted
 
     def reset_stats(self) -> None:
         """Forget every contribution."""
@@ -90,6 +155,9 @@ class WeightedAggregationHelper:
             materialize = getattr(value, "materialize", None)
             if callable(materialize):
                 value = materialize()
+            if self.weigh_by_local_iter and key in self.total and _fuse(self.total[key], value):
+                staged.append((key, _Fused(value)))  # weighted while it is added (under the lock)
+                continue
             try:
                 weighted = value * weight if self.weigh_by_local_iter else _fresh_copy(value)
             except TypeError as exc:
@@ -100,6 +168,12 @@ class WeightedAggregationHelper:
             staged.append((key, weighted))
         with self.lock:
             for key, weighted in staged:
+                if isinstance(weighted, _Fused):
+                    if key in self.total and _fused_add(self.total[key], weighted.value, weight, self._scratch, key):
+                        self.counts[key] = self.counts[key] + weight
+                        self._key_contributions[key] = self._key_contributions.get(key, 0) + 1
+                        continue
+                    weighted = weighted.value * weight
                 if key in self.total:
                     try:
                         self.total[key] = _accumulate(self.total[key], weighted)
@@ -129,8 +203,9 @@ class WeightedAggregationHelper:
                 count = self.counts[key]
                 if count == 0:
                     raise ZeroDivisionError(f"WeightedAggregationHelper: the weights of {key!r} sum to 0")
-                result[key] = total * (1.0 / count)
+                result[key] = _scaled(total, 1.0 / count)
             self.reset_stats()
+            self._scratch = {}
             return result
 
     def get_history(self) -> list[dict]:
