@@ -21,6 +21,7 @@ from flarelite.app_common.aggregators.weighted_aggregation_helper import Weighte
 from flarelite.app_common.app_constant import AppConstants
 from flarelite.app_common.shareablegenerators import FullModelShareableGenerator
 from flarelite.app_common.utils.error_handling_utils import should_ignore_result_error
+from flarelite.app_common.utils.fl_model_utils import FLModelUtils
 from flarelite.app_common.utils.math_utils import parse_compare_criteria
 from flarelite.app_common.workflows.base_fedavg import BaseFedAvg
 from flarelite.app_common.workflows.fedavg import FedAvg
@@ -260,21 +261,24 @@ def test_intime_aggregator_bad_settings_fail_at_start_run(kwargs, match):
         agg.handle_event(EventType.START_RUN, _ctx())
 
 
+class MaxAggregator(ModelAggregator):
+    """Keeps the accepted models; their aggregate is the element-wise maximum of ``w``."""
+
+    def __init__(self):
+        super().__init__()
+        self.models = []
+
+    def accept_model(self, model):
+        self.models.append(model)
+
+    def aggregate_model(self):
+        return FLModel(params={"w": np.maximum.reduce([m.params["w"] for m in self.models])})
+
+    def reset_stats(self):
+        self.models = []
+
+
 def test_model_aggregator_adapts_the_shareable_contract():
-    class MaxAggregator(ModelAggregator):
-        def __init__(self):
-            super().__init__()
-            self.models = []
-
-        def accept_model(self, model):
-            self.models.append(model)
-
-        def aggregate_model(self):
-            return FLModel(params={"w": np.maximum.reduce([m.params["w"] for m in self.models])})
-
-        def reset_stats(self):
-            self.models = []
-
     agg = MaxAggregator()
     ctx = _ctx()
     assert agg.accept(_contribution("site-1", {"w": np.array([1.0, 5.0])}, kind=DataKind.WEIGHTS), ctx)
@@ -350,3 +354,162 @@ def test_fedavg_with_a_custom_model_aggregator():
     aggr = fedavg._get_aggregated_result()
     np.testing.assert_array_equal(aggr.params["w"], [7.0])
     assert aggr.meta == {"by": "last", "nr_aggregated": 2, "current_round": 2}
+
+
+# ------------------------------------------------------------------------------------ hostile contributions
+GLOBAL = {"w": np.zeros((3, 3)), "b": np.zeros(3)}
+
+
+def test_contribution_check_rejects_bad_values_and_shapes_and_drops_unknown_keys():
+    from flarelite.app_common.aggregators.contribution_check import check_contribution
+
+    good = {"w": np.ones((3, 3), dtype=np.float32), "b": np.arange(3)}  # other dtypes are fine
+    assert check_contribution(good, GLOBAL) == (good, "")
+    assert check_contribution({"w": np.ones((3, 3))}, GLOBAL)[1] == ""  # a subset: averaged per key
+    for bad, reason in (
+        ({"w": np.ones((5, 3, 3))}, "'w' has shape (5, 3, 3), the global model's has shape (3, 3)"),  # would broadcast
+        ({"b": np.ones(7)}, "'b' has shape (7,)"),
+        ({"w": np.full((3, 3), np.nan)}, "'w' holds NaN or infinite values"),
+        ({"b": np.array([1.0, np.inf, 0.0])}, "'b' holds NaN or infinite values"),
+        ({"w": "weights"}, "'w' is a str, not a number, a numpy array or a tensor"),
+        ({"w": [[1.0] * 3] * 3}, "'w' is a list"),
+        ({"b": np.array(["x", "y", "z"])}, "'b' is an array of <U1, not of numbers"),
+        ({"b": float("nan")}, "'b' is not a finite number"),
+        ([1, 2], "its params are a list, not a dict"),
+    ):
+        params, note = check_contribution(bad, GLOBAL)
+        assert params is None and reason in note, (bad, note)
+    many = {f"k{i}": np.float32(i) for i in range(10_000)} | {"w": np.ones((3, 3))}
+    params, note = check_contribution(many, GLOBAL)
+    assert list(params) == ["w"] and "dropped 10000 key(s)" in note and "'k0'" in note and "9995 more" in note
+    # no global model yet (round 0 without an initial model): values are checked, keys and shapes are not
+    assert check_contribution({"anything": np.ones(4)}, {})[1] == ""
+    assert check_contribution({"w": np.full(2, np.nan)}, None)[0] is None
+    # keys the aggregation excludes are not checked
+    assert check_contribution({"w": np.ones((3, 3)), "b": "skipped"}, GLOBAL, exclude_vars="^b$")[1] == ""
+
+
+def _round_with_global(fedavg: FedAvg, global_params=GLOBAL) -> FedAvg:
+    fedavg.fl_ctx = FLContext()
+    fedavg.current_round = 1
+    fedavg._reset_round(expected=4, global_params=global_params)
+    return fedavg
+
+
+def test_fedavg_rejects_hostile_results_and_keeps_the_honest_mean():
+    fedavg = _round_with_global(FedAvg())
+    # the first result to arrive is the odd one: before the fix it set the shape the others were measured by
+    assert not fedavg._aggregate_one_result(_result("site-1", {"w": np.ones((5, 3, 3)), "b": np.ones(3)}))
+    assert not fedavg._aggregate_one_result(_result("site-2", {"w": np.full((3, 3), np.nan), "b": np.ones(3)}))
+    assert fedavg._aggregate_one_result(_result("site-3", {"w": np.full((3, 3), 2.0), "b": np.ones(3), "evil": 1}))
+    assert fedavg._aggregate_one_result(_result("site-4", {"w": np.full((3, 3), 4.0), "b": np.full(3, 3.0)}))
+    diff = FLModel(params={"w": np.ones((3, 3))}, params_type=ParamsType.DIFF, meta={"client_name": "site-5"})
+    assert not fedavg._aggregate_one_result(diff)  # FULL and DIFF are never averaged together
+    aggr = fedavg._get_aggregated_result()
+    assert sorted(aggr.params) == ["b", "w"] and aggr.meta["nr_aggregated"] == 2  # "evil" was dropped
+    np.testing.assert_allclose(aggr.params["w"], np.full((3, 3), 3.0))
+    np.testing.assert_allclose(aggr.params["b"], np.full(3, 2.0))
+
+
+def test_fedavg_rejects_a_diff_when_there_is_no_global_model_to_apply_it_to():
+    fedavg = _round_with_global(FedAvg(), global_params={})
+    diff = FLModel(params={"w": np.ones(2)}, params_type=ParamsType.DIFF, meta={"client_name": "site-1"})
+    assert not fedavg._aggregate_one_result(diff)  # before: a KeyError in update_model ended the run
+    assert fedavg._aggregate_one_result(_result("site-2", {"w": np.ones(2)}))  # FULL params define the model
+
+
+@pytest.mark.parametrize("steps", [0, -3, float("nan"), float("inf"), "lots", True, None, [4]])
+def test_fedavg_weighs_invalid_num_steps_as_one(steps):
+    fedavg = _round_with_global(FedAvg(aggregation_weights={"site-1": 3.0}), global_params={"w": np.zeros(1)})
+    assert fedavg._aggregate_one_result(_result("site-1", {"w": np.array([0.0])}, steps))  # weight 3 * 1.0
+    assert fedavg._aggregate_one_result(_result("site-2", {"w": np.array([8.0])}, 5))  # weight 1 * 5
+    np.testing.assert_allclose(fedavg._get_aggregated_result().params["w"], [8.0 * 5 / 8])
+
+
+def test_fedavg_refuses_aggregation_weights_that_are_not_numbers():
+    with pytest.raises(ValueError, match="site-2"):
+        FedAvg(aggregation_weights={"site-1": 2.0, "site-2": "high"})
+    with pytest.raises(ValueError, match="site-1"):
+        FedAvg(aggregation_weights={"site-1": float("nan")})
+
+
+def test_intime_aggregator_checks_contributions_against_the_global_model():
+    agg = InTimeAccumulateWeightedAggregator()  # WEIGHT_DIFF
+    ctx = _ctx()
+    base = make_model_learnable({"w": np.zeros(2)}, {})
+    ctx.set_prop(AppConstants.GLOBAL_MODEL, base, private=True, sticky=True)
+    assert not agg.accept(_contribution("site-1", {"w": np.ones((4, 2))}), ctx)  # would broadcast
+    assert not agg.accept(_contribution("site-2", {"w": np.array([np.nan, 1.0])}), ctx)
+    assert agg.accept(_contribution("site-3", {"w": np.array([1.0, 1.0]), "evil": np.ones(2)}, steps=0), ctx)
+    assert agg.accept(_contribution("site-4", {"w": np.array([3.0, 5.0])}, steps=float("nan")), ctx)
+    aggregate = agg.aggregate(ctx)
+    np.testing.assert_allclose(from_shareable(aggregate).data["w"], [2.0, 3.0])  # both weighted 1.0
+    # the dropped key no longer ends the run in the shareable generator ("a diff names a weight ... lacks")
+    learnable = FullModelShareableGenerator().shareable_to_learnable(aggregate, ctx)
+    assert sorted(learnable[ModelLearnableKey.WEIGHTS]) == ["w"]
+
+
+def test_model_aggregator_names_the_sender_the_connection_proved():
+    agg = MaxAggregator()
+    ctx = _ctx()
+    forged = _contribution("site-1", {"w": np.ones(1)}, kind=DataKind.WEIGHTS, meta={"client_name": "site-2"})
+    assert agg.accept(forged, ctx)
+    assert agg.models[0].meta["client_name"] == "site-1"
+    bad_round = _contribution("site-1", {"w": np.ones(1)}, kind=DataKind.WEIGHTS)
+    bad_round.set_header(AppConstants.CURRENT_ROUND, "abc")
+    assert not agg.accept(bad_round, ctx)  # logged, not raised into the workflow
+
+
+def test_model_selector_ignores_a_non_finite_metric():
+    from flarelite.apis.dxo import MetaKey as Key
+    from flarelite.app_common.app_event_type import AppEventType
+    from flarelite.app_common.widgets.intime_model_selector import IntimeModelSelector
+
+    fired = []
+
+    class Engine:
+        def fire_event(self, event_type, fl_ctx):
+            fired.append((event_type, fl_ctx.get_prop(AppConstants.VALIDATION_RESULT)))
+
+    selector = IntimeModelSelector(key_metric="accuracy", weigh_by_local_iter=True)
+    ctx = _ctx(current_round=1)
+    ctx.set_prop(ReservedKey.ENGINE, Engine(), private=True, sticky=True)
+    for site, acc, steps in (("site-1", float("nan"), 1), ("site-2", 0.6, "many"), ("site-3", 0.9, 3)):
+        result = _contribution(site, {"w": np.ones(1)}, steps=steps, meta={Key.INITIAL_METRICS: {"accuracy": acc}})
+        ctx.set_prop(AppConstants.TRAINING_RESULT, result, private=True, sticky=False)
+        selector.handle_event(AppEventType.BEFORE_CONTRIBUTION_ACCEPT, ctx)
+    selector.handle_event(AppEventType.BEFORE_AGGREGATION, ctx)
+    # NaN skipped; "many" steps count as 1: (0.6 * 1 + 0.9 * 3) / 4
+    best = [value for event, value in fired if event == AppEventType.GLOBAL_BEST_MODEL_AVAILABLE]
+    assert best == [pytest.approx(0.825)]
+
+
+def test_fedavg_averages_weighted_diffs_and_applies_them_to_the_global_model():
+    fedavg = _round_with_global(FedAvg(), global_params={"w": np.array([10.0, 10.0])})
+    for site, diff, steps in (("site-1", [1.0, 2.0], 1), ("site-2", [3.0, 6.0], 3)):
+        model = FLModel(params={"w": np.array(diff)}, params_type=ParamsType.DIFF, meta={"client_name": site})
+        model.meta[NUM_STEPS] = steps
+        assert fedavg._aggregate_one_result(model)
+    aggr = fedavg._get_aggregated_result()
+    assert aggr.params_type == ParamsType.DIFF
+    np.testing.assert_allclose(aggr.params["w"], [(1 + 3 * 3) / 4, (2 + 6 * 3) / 4])
+    updated = FLModelUtils.update_model(FLModel(params={"w": np.array([10.0, 10.0])}), aggr)
+    np.testing.assert_allclose(updated.params["w"], [12.5, 15.0])
+
+
+def test_sample_clients_returns_all_clients_with_an_error_when_asked_for_more(caplog):
+    from flarelite.apis.client import Client
+
+    class Engine:
+        def get_clients(self):
+            return [Client("site-1"), Client("site-2")]
+
+    fedavg = FedAvg()
+    fedavg.fl_ctx = FLContext()
+    fedavg.engine = Engine()
+    with caplog.at_level("ERROR"):
+        assert sorted(fedavg.sample_clients(3)) == ["site-1", "site-2"]  # FedAvg's default num_clients is 3
+    assert "greater than the number of available clients (2)" in caplog.text
+    assert len(fedavg.sample_clients(1)) == 1 and sorted(fedavg.sample_clients()) == ["site-1", "site-2"]
+    with pytest.raises(ValueError, match="num_clients"):
+        fedavg.sample_clients(-1)

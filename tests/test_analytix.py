@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from event_support import RecordingEngine, Watcher, received_ctx
 
 from flarelite.apis.analytix import (
     ANALYTIC_EVENT_TYPE,
@@ -19,8 +20,8 @@ from flarelite.apis.analytix import (
 from flarelite.apis.dxo import DXO, DataKind, from_shareable
 from flarelite.apis.event_type import EventType
 from flarelite.apis.fl_component import FED_EVENT_TOPIC, FLComponent
-from flarelite.apis.fl_constant import EventScope, FedEventHeader, FLContextKey, ReservedKey
-from flarelite.apis.fl_context import FLContext, FLContextManager, peer_context_from_props
+from flarelite.apis.fl_constant import EventScope, FedEventHeader, FLContextKey
+from flarelite.apis.fl_context import FLContext
 from flarelite.apis.shareable import Shareable
 from flarelite.apis.utils.analytix_utils import create_analytic_dxo, send_analytic_dxo
 from flarelite.app_common.widgets.convert_to_fed_event import ConvertToFedEvent
@@ -91,6 +92,9 @@ def test_optional_fields_are_left_out_and_path_is_kept() -> None:
         ("k", 1.0, T.SCALAR, {"global_step": 1.5}, TypeError, "global_step"),
         ("k", 1.0, T.SCALAR, {"global_step": True}, TypeError, "global_step"),
         ("k", "t", T.TEXT, {"path": 3}, TypeError, "path"),
+        ("k", 1.0, T.SCALAR, {"global_step": 2**63}, ValueError, "too large"),
+        ("k", 10**400, T.METRIC, {}, ValueError, "too large for a float"),
+        ("k", {"a": 10**400}, T.METRICS, {}, ValueError, "too large for a float"),
     ],
 )
 def test_validation(key, value, data_type, kwargs, error, match) -> None:
@@ -127,6 +131,9 @@ def test_from_dxo_errors() -> None:
     unknown = DXO(DataKind.ANALYTIC, {"track_key": "k", "track_value": 1}, {"analytics_data_type": "HISTOGRAM"})
     with pytest.raises(ValueError, match="HISTOGRAM"):
         AnalyticsData.from_dxo(unknown)
+    clash = DXO(DataKind.ANALYTIC, {"track_key": "k", "track_value": 1, "analytics_kwargs": {"value": 2}})
+    with pytest.raises(ValueError, match=r"may not hold \['value'\]"):
+        AnalyticsData.from_dxo(clash)
     bad_value = DXO(DataKind.ANALYTIC, {"track_key": "k", "track_value": "x"}, {"analytics_data_type": "SCALAR"})
     with pytest.raises(TypeError, match="int or float"):
         AnalyticsData.from_dxo(bad_value)  # what a peer sends is validated again
@@ -144,40 +151,7 @@ def test_convert_data_type() -> None:
 
 
 # --- events, with a recording engine ------------------------------------------------------------------------
-class Engine:
-    def __init__(self, name: str = "site-1") -> None:
-        self.components: dict[str, Any] = {}
-        self.sent: list[tuple[Any, str, Shareable, float]] = []
-        self.manager = FLContextManager(engine=self, identity_name=name, job_id="job")
-
-    def new_context(self) -> FLContext:
-        return self.manager.new_context()
-
-    def fire_event(self, event_type: str, fl_ctx: FLContext) -> None:
-        for comp in list(self.components.values()):
-            comp._dispatch_event(event_type, fl_ctx)
-
-    def get_component(self, cid: str) -> Any:
-        return self.components.get(cid)
-
-    def send_aux_request(self, targets, topic, request, timeout, fl_ctx, optional=False, secure=False):
-        self.sent.append((targets, topic, request, timeout))
-        return {}
-
-
-class Watcher(FLComponent):
-    def __init__(self) -> None:
-        super().__init__()
-        self.seen: list[tuple[str, Any, Any]] = []
-
-    def handle_event(self, event_type: str, fl_ctx: FLContext) -> None:
-        if not event_type.startswith("_"):
-            self.seen.append(
-                (event_type, fl_ctx.get_prop(FLContextKey.EVENT_SCOPE), fl_ctx.get_prop(FLContextKey.EVENT_DATA))
-            )
-
-
-def start(engine: Engine) -> None:
+def start(engine: RecordingEngine) -> None:
     ctx = engine.new_context()
     engine.fire_event(EventType.START_RUN, ctx)
 
@@ -185,7 +159,7 @@ def start(engine: Engine) -> None:
 def test_create_and_send_analytic_dxo() -> None:
     dxo = create_analytic_dxo("acc", 0.9, T.METRIC, writer=LogWriterName.MLFLOW, global_step=1)
     assert dxo.meta == {"analytics_data_type": T.METRIC, "tracker_key": LogWriterName.MLFLOW}
-    engine, watcher, comp = Engine(), Watcher(), FLComponent()
+    engine, watcher, comp = RecordingEngine(), Watcher(), FLComponent()
     engine.components = {"w": watcher}
     ctx = engine.new_context()
     send_analytic_dxo(comp, dxo, ctx)
@@ -201,7 +175,7 @@ def test_create_and_send_analytic_dxo() -> None:
 
 
 def test_analytics_sender() -> None:
-    engine, watcher = Engine(), Watcher()
+    engine, watcher = RecordingEngine(), Watcher()
     sender = AnalyticsSender(writer_name="MLFLOW")  # as a job config holds it  # type: ignore[arg-type]
     assert sender.get_writer_name() is LogWriterName.MLFLOW and sender.writer is LogWriterName.MLFLOW
     with pytest.raises(RuntimeError, match="no engine"):
@@ -223,7 +197,7 @@ def test_analytics_sender() -> None:
 
 
 def test_convert_to_fed_event() -> None:
-    engine, watcher = Engine(), Watcher()
+    engine, watcher = RecordingEngine(), Watcher()
     converter = ConvertToFedEvent(events_to_convert=[ANALYTIC_EVENT_TYPE])
     engine.components = {"sender": AnalyticsSender(), "convert": converter, "w": watcher}
     start(engine)
@@ -263,42 +237,36 @@ class ListReceiver(AnalyticsReceiver):
             raise OSError("cannot close")
 
 
-def received_ctx(engine: Engine, peer: str, value: float) -> FLContext:
-    """A context as the fed-event worker builds it for an event received from ``peer``."""
-    data = AnalyticsData("loss", value, T.SCALAR).to_dxo().to_shareable()
-    data.set_header(FedEventHeader.DIRECTION, "in")
-    ctx = engine.new_context()
-    ctx.set_peer_context(peer_context_from_props({ReservedKey.IDENTITY_NAME: peer}))
-    ctx.set_prop(FLContextKey.EVENT_DATA, data, private=True, sticky=False)
-    ctx.set_prop(FLContextKey.EVENT_SCOPE, EventScope.FEDERATION, private=True, sticky=False)
-    return ctx
+def received(engine: RecordingEngine, peer: str, value: float) -> FLContext:
+    """A context as the fed-event worker builds it for a loss record received from ``peer``."""
+    return received_ctx(engine, peer, AnalyticsData("loss", value, T.SCALAR).to_dxo().to_shareable())
 
 
 def test_receiver_origins_and_end_of_run() -> None:
     assert ListReceiver().events == ["analytix_log_stats", "fed.analytix_log_stats"]
-    engine = Engine("server")
+    engine = RecordingEngine("server")
     receiver = ListReceiver()
     converter = ConvertToFedEvent([ANALYTIC_EVENT_TYPE])
     engine.components = {"sender": AnalyticsSender(), "r": receiver, "c": converter}
     start(engine)
-    engine.fire_event("fed.analytix_log_stats", received_ctx(engine, "site-2", 2.0))
+    engine.fire_event("fed.analytix_log_stats", received(engine, "site-2", 2.0))
     engine.components["sender"].add("loss", 1.0, T.SCALAR)  # local: origin is this site, saved once
     assert receiver.saved == [("site-2", 2.0), ("server", 1.0)]
     engine.fire_event(EventType.END_RUN, engine.new_context())
     assert receiver.finalized
-    engine.fire_event("fed.analytix_log_stats", received_ctx(engine, "site-2", 3.0))
+    engine.fire_event("fed.analytix_log_stats", received(engine, "site-2", 3.0))
     assert len(receiver.saved) == 2  # after END_RUN: dropped
 
 
 @pytest.mark.parametrize("fail", ["initialize", "save", "finalize"])
 def test_receiver_errors_are_logged_not_raised(fail: str, caplog) -> None:
-    engine = Engine("server")
+    engine = RecordingEngine("server")
     receiver = ListReceiver(fail=fail)
     engine.components = {"r": receiver}
     with caplog.at_level(logging.WARNING):
         start(engine)
-        engine.fire_event("fed.analytix_log_stats", received_ctx(engine, "site-1", 1.0))
-        engine.fire_event("fed.analytix_log_stats", received_ctx(engine, "site-1", 1.0))
+        engine.fire_event("fed.analytix_log_stats", received(engine, "site-1", 1.0))
+        engine.fire_event("fed.analytix_log_stats", received(engine, "site-1", 1.0))
         engine.fire_event(EventType.END_RUN, engine.new_context())
     assert f"ListReceiver.{fail} failed" in caplog.text
     if fail == "initialize":
@@ -309,7 +277,7 @@ def test_receiver_errors_are_logged_not_raised(fail: str, caplog) -> None:
 def test_tb_writer_fires_tensorboard_records() -> None:
     from flarelite.app_opt.tracking.tb.tb_writer import TBWriter
 
-    engine, watcher, writer = Engine(), Watcher(), TBWriter()
+    engine, watcher, writer = RecordingEngine(), Watcher(), TBWriter()
     assert writer.get_writer_name() is LogWriterName.TORCH_TB
     assert writer.get_default_metric_data_type() is T.SCALARS
     engine.components = {"tb": writer, "w": watcher}

@@ -406,6 +406,8 @@ def test_channel_rejects_bad_frames():
 class _FakeExecutor:
     heartbeat_interval = 0.5
     heartbeat_timeout = 5.0
+    task_wait_timeout: float | None = None
+    result_wait_timeout: float | None = None
 
     def __init__(self) -> None:
         self.logged: list[str] = []
@@ -458,7 +460,7 @@ def test_external_handshake_refuses_strangers_then_serves_the_script(tmp_path):
             assert trainer.cond.wait_for(lambda: trainer.ready or trainer.gone, timeout=30), "no handshake"
         assert trainer.ready, trainer.gone
         data = FLModelUtils.to_shareable(FLModel(params={"w": np.ones(4)}))
-        trainer.channel.send(Msg.TASK, {"task_id": "t1", "task_name": "train", "data": data})
+        assert trainer.send_task("t1", "train", data)
         with trainer.cond:
             assert trainer.cond.wait_for(lambda: "t1" in trainer.results or trainer.gone, timeout=30)
         np.testing.assert_array_equal(from_shareable(trainer.results["t1"]).data["w"], np.full(4, 2.0))
@@ -471,6 +473,160 @@ def test_external_handshake_refuses_strangers_then_serves_the_script(tmp_path):
     assert "handshake client done" in backend.output
     assert sum("refused a connection" in m for m in backend.executor.logged) == 2
     assert not os.path.exists(trainer.folder)  # the private folder (socket, bootstrap) is removed
+
+
+def _in_process_backend(**timeouts):
+    from flarelite.app_common.executors.client_api.in_process_backend import InProcessBackend
+
+    executor = _FakeExecutor()
+    for name, value in timeouts.items():
+        setattr(executor, name, value)
+    backend = InProcessBackend(executor)
+    backend.exchange = InProcessExchange(_config(), lambda record: None)
+    return backend, executor
+
+
+def _task() -> Shareable:
+    return FLModelUtils.to_shareable(FLModel(params={"x": np.ones(2)}))
+
+
+def test_in_process_task_waits_and_aborts_say_what_the_script_did():
+    from flarelite.apis.fl_context import FLContext
+    from flarelite.apis.signal import Signal
+
+    backend, _ = _in_process_backend(task_wait_timeout=0.0)
+    reply = backend.execute("train", _task(), FLContext(), Signal())  # the script never takes it
+    assert reply.get_return_code() == "EXECUTION_EXCEPTION"
+    assert "did not take task 'train' within 0.0s (task_wait_timeout)" in reply.get_header("__error__")
+    aborted = Signal()
+    aborted.trigger("stop")
+    backend, _ = _in_process_backend()
+    backend.binding = SiteBinding("site-1", "job-1", backend.exchange, print)  # its script has not called init
+    reply = backend.execute("train", _task(), FLContext(), aborted)
+    assert reply.get_return_code() == "TASK_ABORTED"
+    error = reply.get_header("__error__")
+    assert "aborted before the training script took it; the script has not called flare.init()" in error
+    backend, _ = _in_process_backend(result_wait_timeout=0.3)
+    exchange = backend.exchange
+    taker = threading.Thread(target=exchange.receive_task, args=(10.0,))
+    taker.start()
+    reply = backend.execute("train", _task(), FLContext(), Signal())  # taken, never answered
+    taker.join(10)
+    assert reply.get_return_code() == "EXECUTION_EXCEPTION"
+    assert "sent no result for task 'train' within 0.3s (result_wait_timeout)" in reply.get_header("__error__")
+
+
+def test_bad_metrics_are_logged_once_per_key_not_once_per_record():
+    backend, executor = _in_process_backend()
+    for _ in range(200):
+        backend.handle_log({"key": "loss", "value": "not a number", "data_type": "SCALAR", "kwargs": {}}, False)
+    backend.handle_log({"key": "acc", "value": [1], "data_type": "SCALAR", "kwargs": {}}, False)
+    dropped = [m for m in executor.logged if "from the training script dropped" in m]
+    assert len(dropped) == 2 and "'loss'" in dropped[0] and "'acc'" in dropped[1]
+
+
+def _start_trainer(tmp_path, script: str, backend: _FakeBackend):
+    from flarelite.app_common.executors.client_api.external_process_backend import _Trainer
+
+    trainer = _Trainer(backend, script)
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([os.path.dirname(FIXTURES), os.environ.get("PYTHONPATH", "")]))
+    trainer.start([sys.executable, "-u", os.path.join(FIXTURES, script)], str(tmp_path), env, 30.0)
+    return trainer
+
+
+def _wait(trainer, predicate, timeout: float = 30.0) -> None:
+    with trainer.cond:
+        assert trainer.cond.wait_for(lambda: predicate() or trainer.gone, timeout=timeout), "timed out"
+    assert not trainer.gone, trainer.gone
+
+
+def test_results_for_tasks_not_in_flight_are_dropped(tmp_path):
+    backend = _FakeBackend()
+    trainer = _start_trainer(tmp_path, "stray_results_client.py", backend)
+    try:
+        _wait(trainer, lambda: trainer.ready)
+        deadline = time.monotonic() + 30
+        while not backend.logs and trainer.gone is None and time.monotonic() < deadline:
+            with trainer.cond:
+                trainer.cond.wait(0.05)
+        assert backend.logs and backend.logs[0]["key"] == "strays_sent"
+        assert trainer.results == {} and trainer.accepted == set()  # nothing kept for tasks it was never given
+        data = FLModelUtils.to_shareable(FLModel(params={"w": np.ones(4)}))
+        assert trainer.send_task("t1", "train", data)
+        _wait(trainer, lambda: "t1" in trainer.results)
+        np.testing.assert_array_equal(from_shareable(trainer.results["t1"]).data["w"], np.full(4, 2.0))
+    finally:
+        trainer.stop("test over", 10.0, 5.0)
+    assert trainer.exit_code == 0 and not trainer.killed
+    assert any("not in flight" in m for m in backend.executor.logged)
+    assert sum("not in flight" in m for m in backend.executor.logged) < 5  # rate-limited, not one line per message
+
+
+def test_handshake_is_not_held_up_by_slow_or_many_connections(tmp_path):
+    from flarelite.app_common.executors.client_api.handshake import MAX_PENDING
+
+    backend = _FakeBackend()
+    trainer = _start_trainer(tmp_path, "slow_knock_client.py", backend)
+    try:
+        _wait(trainer, lambda: trainer.ready)
+        data = FLModelUtils.to_shareable(FLModel(params={"w": np.ones(2)}))
+        assert trainer.send_task("t1", "train", data)
+        _wait(trainer, lambda: "t1" in trainer.results)
+    finally:
+        trainer.stop("test over", 10.0, 5.0)
+    took = [line.split() for line in backend.output if line.startswith("init took")]
+    assert took, backend.output
+    assert int(took[0][4]) >= MAX_PENDING  # the stalled connections filled the doorman (some were pushed out)
+    assert float(took[0][2][:-1]) < 5.0  # not one HELLO_TIMEOUT (10 s) per stalled connection
+
+
+def test_channel_memory_follows_the_bytes_received():
+    if not os.path.exists("/proc/self/status"):
+        pytest.skip("reads VmRSS from /proc")
+
+    def rss_mib() -> float:
+        with open("/proc/self/status") as f:
+            return next(int(line.split()[1]) for line in f if line.startswith("VmRSS")) / 1024
+
+    a, b = socket.socketpair()
+    channel = Channel(b, peer="script")
+    errors: list[Exception] = []
+
+    def read() -> None:
+        try:
+            channel.recv()
+        except Exception as exc:  # the connection is closed below
+            errors.append(exc)
+
+    reader = threading.Thread(target=read)
+    reader.start()
+
+    def wait_for_progress(since: float) -> None:
+        deadline = time.monotonic() + 10
+        while channel.last_seen <= since and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert channel.last_seen > since, "the reader did not get the bytes"
+
+    try:
+        from flarelite.serialization import encode
+
+        meta, _ = encode({"task_id": "t", "data": Shareable({"b": b"0123456789"})})
+        announced = 256 << 20
+        prefix = struct.Struct("<4sBBHIIQ").pack(b"FLCA", 1, Msg.RESULT, 0, len(meta), 1, announced)
+        before = rss_mib()
+        mark = channel.last_seen
+        a.sendall(prefix + struct.pack("<Q", announced) + meta)
+        wait_for_progress(mark)
+        mark = channel.last_seen
+        a.sendall(b"abc")  # 3 of the 256 MiB announced
+        wait_for_progress(mark)
+        grown = rss_mib() - before
+    finally:
+        a.close()
+        reader.join(10)
+        channel.close()
+    assert grown < 32, f"announcing 256 MiB and sending 3 bytes made the reader grow by {grown:.0f} MiB"
+    assert errors and isinstance(errors[0], TransportClosed)
 
 
 def test_script_process_dies_with_its_site_process():

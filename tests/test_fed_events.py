@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import importlib
 import json
 import logging
-import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,6 +11,7 @@ from types import ModuleType
 from typing import Any
 
 import pytest
+from event_support import RecordingEngine, Watcher, fixture_module
 
 from flarelite.apis.event_type import EventType
 from flarelite.apis.fl_component import FED_EVENT_TOPIC, FLComponent
@@ -22,56 +21,18 @@ from flarelite.apis.shareable import Shareable
 from flarelite.job_config import FedJob
 from flarelite.runtime.fed_events import FedEventReceiver
 
-FIXTURES = str(Path(__file__).parent / "fedjob_fixtures")
-
 
 @pytest.fixture(scope="module")
 def m() -> Iterator[ModuleType]:
     """The fixture components, imported as top-level module ``fed_event_modules`` (as a job's custom code)."""
-    added = FIXTURES not in sys.path
-    if added:
-        sys.path.insert(0, FIXTURES)
-    yield importlib.import_module("fed_event_modules")
-    if added and FIXTURES in sys.path:
-        sys.path.remove(FIXTURES)
+    yield from fixture_module("fed_event_modules")
 
 
 # --- the sending side, with a recording engine --------------------------------------------------------------
-class RecordingEngine:
-    """Just enough of an engine: fires events to its components, records aux sends."""
-
-    def __init__(self, name: str) -> None:
-        self.components: list[FLComponent] = []
-        self.sent: list[tuple[Any, str, Shareable, float]] = []
-        self.manager = FLContextManager(engine=self, identity_name=name, job_id="job")
-
-    def new_context(self) -> FLContext:
-        return self.manager.new_context()
-
-    def fire_event(self, event_type: str, fl_ctx: FLContext) -> None:
-        for comp in self.components:
-            comp._dispatch_event(event_type, fl_ctx)
-
-    def send_aux_request(self, targets, topic, request, timeout, fl_ctx, optional=False, secure=False):
-        self.sent.append((targets, topic, request, timeout))
-        return {}
-
-
-class Watcher(FLComponent):
-    def __init__(self) -> None:
-        super().__init__()
-        self.seen: list[tuple[str, Any, Any]] = []
-
-    def handle_event(self, event_type: str, fl_ctx: FLContext) -> None:
-        self.seen.append(
-            (event_type, fl_ctx.get_prop(FLContextKey.EVENT_SCOPE), fl_ctx.get_prop(FLContextKey.EVENT_DATA))
-        )
-
-
 def test_fire_fed_event_fires_here_then_sends_to_the_server() -> None:
     engine = RecordingEngine("site-1")
     watcher, sender = Watcher(), FLComponent()
-    engine.components = [watcher]
+    engine.components = {"w": watcher}
     fl_ctx = engine.new_context()
     fl_ctx.set_prop(FLContextKey.EVENT_SCOPE, EventScope.LOCAL, private=True, sticky=False)
     data = Shareable({"n": 1})
@@ -100,7 +61,7 @@ def test_fire_fed_event_from_the_server_goes_to_every_client_or_the_targets() ->
 def test_fire_fed_event_does_not_send_what_receivers_refuse_or_what_it_received(caplog) -> None:
     engine = RecordingEngine("site-1")
     watcher = Watcher()
-    engine.components = [watcher]
+    engine.components = {"w": watcher}
     comp = FLComponent()
     with caplog.at_level(logging.ERROR):
         comp.fire_fed_event("not_fed", Shareable(), engine.new_context())
@@ -288,3 +249,19 @@ def test_fed_events_in_memory(m: ModuleType, tmp_path: Path) -> None:
 def test_fed_events_as_processes(m: ModuleType, tmp_path: Path) -> None:
     assert fed_event_job(m).simulator_run(str(tmp_path), n_clients=2) == 0
     check_run(tmp_path)
+
+
+def test_a_flooding_peer_does_not_hold_back_the_others() -> None:
+    """Peers take turns: an event from site-2 is fired after at most one more of site-1's queued flood."""
+    site = FakeSite()
+    site.gate.clear()
+    receiver = FedEventReceiver(site, reorder_window=0.0)  # type: ignore[arg-type]
+    deliver(receiver, "site-1", "fed.f", "e0")
+    assert site.entered.wait(10)  # the worker holds site-1's first event
+    for i in range(1, 100):
+        assert deliver(receiver, "site-1", "fed.f", f"e{i}").get_return_code() == ReturnCode.OK
+    deliver(receiver, "site-2", "fed.f", "honest")
+    site.gate.set()
+    receiver.close()
+    peers = [p for _, p, _, _ in site.fired]
+    assert len(peers) == 101 and peers.index("site-2") <= 2, peers[:5]

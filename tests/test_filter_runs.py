@@ -2,20 +2,18 @@
 
 from __future__ import annotations
 
-import importlib
 import json
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
 
 import pytest
+from event_support import fixture_module
 
 from flarelite import FilterType
 from flarelite.apis.event_type import EventType
 from flarelite.job_config import FedJob
 
-FIXTURES = str(Path(__file__).parent / "fedjob_fixtures")
 SITES = ["site-1", "site-2"]
 TASKS = ["train", "validate", "bad_srv_out", "bad_cli_in", "bad_cli_out", "bad_srv_in"]
 
@@ -23,12 +21,7 @@ TASKS = ["train", "validate", "bad_srv_out", "bad_cli_in", "bad_cli_out", "bad_s
 @pytest.fixture(scope="module")
 def fm() -> Iterator[ModuleType]:
     """The fixture components, imported as the top-level module ``filter_modules`` (export copies it)."""
-    added = FIXTURES not in sys.path
-    if added:
-        sys.path.insert(0, FIXTURES)
-    yield importlib.import_module("filter_modules")
-    if added and FIXTURES in sys.path:
-        sys.path.remove(FIXTURES)
+    yield from fixture_module("filter_modules")
 
 
 def build_job(fm: ModuleType, out_file: Path) -> FedJob:

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import importlib
 import json
 import logging
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
@@ -13,6 +11,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from event_support import fixture_module
 
 import flarelite
 from flarelite.apis.dxo import DXO, DataKind, MetaKey, from_shareable
@@ -32,18 +31,13 @@ from flarelite.runtime.allowlist import ClassPolicy
 from flarelite.runtime.components import build_component
 from flarelite.runtime.filters import FilterError, SiteFilters, structural_copy
 
-FIXTURES = str(Path(__file__).parent / "fedjob_fixtures")
 POLICY = ClassPolicy(allowed=["filter_modules"])  # what a site's operator would allow
 
 
 @pytest.fixture(scope="module")
 def fm() -> Iterator[ModuleType]:
-    added = FIXTURES not in sys.path
-    if added:
-        sys.path.insert(0, FIXTURES)
-    yield importlib.import_module("filter_modules")
-    if added and FIXTURES in sys.path:
-        sys.path.remove(FIXTURES)
+    """The fixture components, imported as the top-level module ``filter_modules`` (as a job's custom code)."""
+    yield from fixture_module("filter_modules")
 
 
 def weights(kind: DataKind = DataKind.WEIGHTS, meta: dict | None = None, **arrays: Any) -> Shareable:
@@ -256,6 +250,19 @@ def test_svt_privacy_releases_at_most_c_values_keeps_scalars_and_dtype() -> None
     assert out["n"] == 5 and out["w"].dtype == np.float32 and out["w"].shape == (10, 10)
     assert 1 <= np.count_nonzero(out["w"]) <= 11  # c = ceil(0.1 * 101) = 11 draws, with replacement
     assert np.all(np.abs(out["w"]) <= 1e-3 + 1e-9)
+
+
+def test_svt_privacy_gives_up_after_a_bounded_number_of_passes(caplog: pytest.LogCaptureFixture) -> None:
+    """A threshold no noisy query reaches (tau far above gamma): NVFlare loops forever; here the selection stops
+    after MAX_SELECTION_PASSES (about 0.3 s per 10^6 values each), releases nothing, and says so."""
+    from flarelite.app_common.filters.svt_privacy import MAX_SELECTION_PASSES
+
+    assert MAX_SELECTION_PASSES <= 100
+    f = SVTPrivacy(fraction=0.1, epsilon=100.0, gamma=1e-5, tau=1.0)
+    with caplog.at_level(logging.WARNING):
+        out = data_of(f.process(weights(DataKind.WEIGHT_DIFF, w=np.full(1000, 1e-3)), FLContext()))
+    assert np.count_nonzero(out["w"]) == 0
+    assert f"only 0 of 100 values passed the noisy threshold in {MAX_SELECTION_PASSES} passes" in caplog.text
 
 
 def test_svt_privacy_ledger_and_reset_at_start_run() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -10,12 +11,16 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def run_job_script(name, *args):
-    proc = subprocess.run(
-        [sys.executable, os.path.join(REPO, "jobs", name, "job.py"), *args],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    try:
+        proc = subprocess.run(
+            [sys.executable, os.path.join(REPO, "jobs", name, "job.py"), *args],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+    except subprocess.TimeoutExpired as exc:  # show where it stopped
+        err = exc.stderr.decode(errors="replace") if isinstance(exc.stderr, bytes) else exc.stderr or ""
+        raise AssertionError(f"jobs/{name}/job.py {' '.join(args)} ran over 120 s; its last output:\n{err[-5000:]}")
     assert proc.returncode == 0, proc.stderr[-3000:]
     return proc.stderr
 
@@ -58,7 +63,8 @@ def test_hello_numpy_in_process_and_as_external_scripts(tmp_path):
 
 def test_hello_pt_in_process_and_as_external_scripts(tmp_path):
     torch = __import__("pytest").importorskip("torch")
-    for variant, extra in (("inproc", ["--protocol", "memory"]), ("external", ["--launch_external_process"])):
+    variants = (("inproc", ["--protocol", "memory", "--cross_site_eval"]), ("external", ["--launch_external_process"]))
+    for variant, extra in variants:
         root = tmp_path / variant
         run_job_script("hello-pt", "--workspace_root", str(root), "--num_rounds", "2", *extra)
         path = root / "hello-pt" / "server" / "app" / "FL_global_model.pt"
@@ -68,3 +74,10 @@ def test_hello_pt_in_process_and_as_external_scripts(tmp_path):
         assert sorted(os.listdir(tb)) == ["site-1", "site-2"]
         log = (root / "hello-pt" / "site-1" / "log.txt").read_text()
         assert "site-1: round 1, global model accuracy" in log
+    # cross-site evaluation: each site evaluated each site's model and the server's (the script answers
+    # is_submit_model before it loads params: a submit_model task carries none)
+    cross_val = tmp_path / "inproc" / "hello-pt" / "server" / "cross_site_val"
+    results = json.loads((cross_val / "cross_val_results.json").read_text())
+    for data_client in ("site-1", "site-2"):
+        assert set(results[data_client]) >= {"site-1", "site-2", "SRV_FL_global_model.pt"}
+        assert all(0.0 <= m["accuracy"] <= 1.0 for m in results[data_client].values())

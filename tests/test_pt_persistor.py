@@ -148,3 +148,26 @@ def test_full_unpickling_is_refused_and_ptmodel_checks_its_model():
         PTModel({"args": {}})
     with pytest.raises(TypeError, match="torch.nn.Module"):
         PTModel([1, 2, 3])
+
+
+def test_fedavg_checks_tensor_results_against_the_global_model():
+    from flarelite.apis.fl_context import FLContext
+    from flarelite.app_common.abstract.fl_model import FLModel
+    from flarelite.app_common.workflows.fedavg import FedAvg
+
+    state = TinyNet().state_dict()  # what FedAvg sends with server_expected_format=PYTORCH
+    fedavg = FedAvg()
+    fedavg.fl_ctx = FLContext()
+    fedavg.current_round = 0
+    fedavg._reset_round(expected=3, global_params=dict(state))
+
+    def result(site, **changes):
+        params = {k: v.clone() + 1 for k, v in state.items()} | changes
+        return FLModel(params=params, meta={"client_name": site})
+
+    assert not fedavg._aggregate_one_result(result("site-1", **{"fc.weight": torch.ones(3, 2)}))  # transposed
+    assert not fedavg._aggregate_one_result(result("site-2", **{"fc.bias": torch.tensor([float("nan"), 0.0])}))
+    assert fedavg._aggregate_one_result(result("site-3", **{"fc.bias": torch.ones(2, dtype=torch.bfloat16)}))
+    aggr = fedavg._get_aggregated_result()
+    assert aggr.meta["nr_aggregated"] == 1
+    torch.testing.assert_close(aggr.params["fc.weight"], state["fc.weight"] + 1)

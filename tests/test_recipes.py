@@ -46,6 +46,20 @@ def by_id(entries: list[dict]) -> dict[str, dict]:
     return {e["id"]: e for e in entries}
 
 
+def tiny_pt_recipe(name: str, hidden: int = 2, **kwargs):
+    """``(net, recipe)``: a PyTorch FedAvgRecipe of TinyNet trained by pt_client.py on 2 clients."""
+    sys.path.insert(0, FIXTURES)
+    try:
+        from tiny_net import TinyNet
+
+        from flarelite.app_opt.pt.recipes.fedavg import FedAvgRecipe
+
+        net = TinyNet(hidden=hidden)
+        return net, FedAvgRecipe(name=name, min_clients=2, model=net, train_script=PT_CLIENT, **kwargs)
+    finally:
+        sys.path.remove(FIXTURES)
+
+
 def check_pt_models(torch, folder: str, net) -> None:
     """The global and best models of a 2-round run of pt_client.py (each round adds 1 to every parameter)."""
     final = torch.load(os.path.join(folder, "FL_global_model.pt"), weights_only=True)
@@ -260,21 +274,26 @@ def test_mlflow_tracking_names_the_experiment_after_the_recipe(tmp_path):
     }
     client = by_id(read_json(os.path.join(job_dir, "app", "config", "config_fed_client.json"))["components"])
     assert client["client_receiver"]["args"]["kw_args"]["run_name"] == "tracked-Client"
-    assert client["client_receiver"]["args"]["events"] == ["analytix_log_stats"]
+    assert client["client_receiver"]["args"]["events"] == ["analytix_log_stats", "fed.analytix_log_stats"]
+
+
+def test_two_trackers_on_one_recipe_get_their_own_ids(tmp_path):
+    pytest.importorskip("mlflow")
+    recipe = numpy_recipe(name="two")
+    add_experiment_tracking(recipe, "tensorboard")
+    add_experiment_tracking(recipe, "mlflow", client_side=True)
+    job_dir = recipe.export(str(tmp_path))
+    server = by_id(read_json(os.path.join(job_dir, "app", "config", "config_fed_server.json"))["components"])
+    assert server["receiver"]["path"].endswith("TBAnalyticsReceiver")
+    assert server["receiver_1"]["path"].endswith("MLflowReceiver")
+    client = by_id(read_json(os.path.join(job_dir, "app", "config", "config_fed_client.json"))["components"])
+    assert client["client_receiver_1"]["path"].endswith("MLflowReceiver")
 
 
 def test_pytorch_recipe_exports_the_model_and_its_module(tmp_path):
     pytest.importorskip("torch")
-    sys.path.insert(0, FIXTURES)
-    try:
-        from tiny_net import TinyNet
-
-        from flarelite.app_opt.pt.recipes.fedavg import FedAvgRecipe
-
-        recipe = FedAvgRecipe(name="hello-pt", min_clients=2, model=TinyNet(hidden=4), train_script=PT_CLIENT)
-        job_dir = recipe.export(str(tmp_path))
-    finally:
-        sys.path.remove(FIXTURES)
+    _, recipe = tiny_pt_recipe("hello-pt", hidden=4)
+    job_dir = recipe.export(str(tmp_path))
     server = read_json(os.path.join(job_dir, "app", "config", "config_fed_server.json"))
     comps = by_id(server["components"])
     assert comps["persistor"]["path"] == "flarelite.app_opt.pt.file_model_persistor.PTFileModelPersistor"
@@ -342,18 +361,50 @@ def test_numpy_recipe_runs_in_sim_env_with_tensorboard(tmp_path):
         assert events, f"no TensorBoard events for {site} under {result}/server/tb_events"
 
 
+CSE_CLIENT = """
+import numpy as np
+import flarelite.client as flare
+from flarelite.app_common.np.constants import NPConstants
+
+flare.init()
+last = None
+while flare.is_running():
+    model = flare.receive()
+    if model is None:
+        break
+    if flare.is_train():
+        last = np.asarray(model.params[NPConstants.NUMPY_KEY]) + 1
+        flare.send(flare.FLModel(params={NPConstants.NUMPY_KEY: last}, metrics={"accuracy": 0.5}))
+    elif flare.is_evaluate():
+        flare.send(flare.FLModel(metrics={"accuracy": -1.0}))  # NPValidator takes "validate": never reached
+    elif flare.is_submit_model():
+        flare.send(flare.FLModel(params={NPConstants.NUMPY_KEY: last}))
+"""
+
+
+def test_numpy_recipe_with_cross_site_evaluation_as_hello_numpy_cross_val(tmp_path):
+    script = tmp_path / "cse_client.py"
+    script.write_text(CSE_CLIENT)
+    recipe = NumpyFedAvgRecipe(
+        name="hello-numpy-cse", min_clients=2, num_rounds=2, model=INITIAL, train_script=str(script)
+    )
+    add_cross_site_evaluation(recipe)
+    run = recipe.execute(SimEnv(num_clients=2, workspace_root=str(tmp_path / "ws"), protocol="memory"))
+    cross_val = os.path.join(run.get_result(), "server", "cross_site_val")
+    results = read_json(os.path.join(cross_val, "cross_val_results.json"))
+    # every model is INITIAL + 2 after two rounds; NPValidator scores sum(w / max(w)) + random() in [0, 1)
+    score = float(np.sum(np.array(INITIAL) + 2) / 11)
+    assert sorted(results) == ["site-1", "site-2"]
+    for data_client in ("site-1", "site-2"):
+        assert sorted(results[data_client]) == ["SRV_server", "site-1", "site-2"]
+        for metrics in results[data_client].values():
+            assert score <= metrics["accuracy"] < score + 1
+    assert sorted(os.listdir(os.path.join(cross_val, "model_shareables"))) == ["SRV_server", "site-1", "site-2"]
+
+
 def test_pytorch_recipe_saves_a_global_model_that_loads_with_weights_only(tmp_path):
     torch = pytest.importorskip("torch")
-    sys.path.insert(0, FIXTURES)
-    try:
-        from tiny_net import TinyNet
-
-        from flarelite.app_opt.pt.recipes.fedavg import FedAvgRecipe
-
-        net = TinyNet()
-        recipe = FedAvgRecipe(name="hello-pt", min_clients=2, num_rounds=2, model=net, train_script=PT_CLIENT)
-    finally:
-        sys.path.remove(FIXTURES)
+    net, recipe = tiny_pt_recipe("hello-pt", num_rounds=2)
     run = recipe.execute(SimEnv(num_clients=2, workspace_root=str(tmp_path), protocol="memory"))
     result = run.get_result()
     found = glob.glob(os.path.join(result, "**", "FL_global_model.pt"), recursive=True)
@@ -394,16 +445,7 @@ def test_poc_env_aborts_a_running_job(tmp_path):
 
 def test_pytorch_recipe_in_poc_env_saves_the_model_in_the_server_app_folder(tmp_path):
     torch = pytest.importorskip("torch")
-    sys.path.insert(0, FIXTURES)
-    try:
-        from tiny_net import TinyNet
-
-        from flarelite.app_opt.pt.recipes.fedavg import FedAvgRecipe
-
-        net = TinyNet()
-        recipe = FedAvgRecipe(name="poc-pt", min_clients=2, num_rounds=2, model=net, train_script=PT_CLIENT)
-    finally:
-        sys.path.remove(FIXTURES)
+    net, recipe = tiny_pt_recipe("poc-pt", num_rounds=2)
     env = PocEnv(num_clients=2, poc_workspace=str(tmp_path), protocol="unix", connect_timeout=60.0)
     run = recipe.execute(env)
     result = run.get_result(timeout=180.0, clean_up=False)

@@ -170,6 +170,7 @@ def _check_run(ws, sites: list[str], tag: str) -> None:
         assert f"np_client.py: hello from {site} tag={tag}" in log  # the script's print, with the site context
         assert f"[identity={site}, run=simulate_job] - np_client.py: thread print from {site}" in log
         assert f"{site} done" in log
+        assert f"np_client.py: {site} last words without a newline" in log
         assert f"logged by {site}" in log  # the script's logging records
         assert "metric 'bad_metric' from the training script dropped" in log  # never raised in the script
         for other in sites:
@@ -301,3 +302,33 @@ def test_hung_external_script_is_detected_by_heartbeats(tmp_path):
     assert time.monotonic() - start < 20
     assert "HANG: stopping myself" in _log(ws, "site-1")
     assert _script_processes("custom/hang_client.py") == []
+
+
+def test_the_default_python_command_runs_with_the_sites_interpreter():
+    import sys as _sys
+
+    from flarelite.app_common.executors.client_api.external_process_backend import site_interpreter
+
+    assert site_interpreter(["python3", "-u", "custom/x.py"]) == [_sys.executable, "-u", "custom/x.py"]
+    assert site_interpreter(["python", "custom/x.py"]) == [_sys.executable, "custom/x.py"]
+    assert site_interpreter(["/opt/py/bin/python3", "x.py"]) == ["/opt/py/bin/python3", "x.py"]  # a path is kept
+    assert site_interpreter(["bash", "run.sh"]) == ["bash", "run.sh"]
+
+
+def test_script_runner_brings_the_modules_the_script_imports_from_its_folder(tmp_path):
+    from flarelite.app_common.workflows.fedavg import FedAvg
+    from flarelite.job_config.api import FedJob
+    from flarelite.job_config.script_runner import ScriptRunner
+
+    (tmp_path / "pkg").mkdir()
+    (tmp_path / "pkg" / "__init__.py").write_text("from helper_mod import X\n")
+    (tmp_path / "helper_mod.py").write_text("import other_mod\nX = 1\n")
+    (tmp_path / "other_mod.py").write_text("Y = 2\n")
+    (tmp_path / "unused.py").write_text("Z = 3\n")
+    (tmp_path / "train.py").write_text("import numpy\nimport pkg\nfrom helper_mod import X\nimport flarelite.client\n")
+    job = FedJob(name="siblings")
+    job.to_server(FedAvg(num_clients=1, num_rounds=1))
+    job.to_clients(ScriptRunner(str(tmp_path / "train.py")))
+    custom = os.path.join(job.export_job(str(tmp_path / "out")), "app", "custom")
+    files = sorted(os.path.relpath(os.path.join(r, f), custom) for r, _, fs in os.walk(custom) for f in fs)
+    assert files == ["helper_mod.py", "other_mod.py", os.path.join("pkg", "__init__.py"), "train.py"]

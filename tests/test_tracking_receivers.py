@@ -3,7 +3,6 @@ TBAnalyticsReceiver and MLflowReceiver record them; the event files and the MLfl
 
 from __future__ import annotations
 
-import importlib
 import logging
 import sys
 from collections.abc import Iterator
@@ -11,6 +10,7 @@ from pathlib import Path
 from types import ModuleType
 
 import pytest
+from event_support import fixture_module
 
 from flarelite.apis.analytix import ANALYTIC_EVENT_TYPE
 from flarelite.apis.event_type import EventType
@@ -26,19 +26,13 @@ event_accumulator = pytest.importorskip(
     reason="tensorboard is not installed (pip install tensorboard)",
 )
 
-FIXTURES = str(Path(__file__).parent / "fedjob_fixtures")
 SITES = ["site-1", "site-2"]
 
 
 @pytest.fixture(scope="module")
 def m() -> Iterator[ModuleType]:
     """The fixture components, imported as top-level module ``fed_event_modules`` (as a job's custom code)."""
-    added = FIXTURES not in sys.path
-    if added:
-        sys.path.insert(0, FIXTURES)
-    yield importlib.import_module("fed_event_modules")
-    if added and FIXTURES in sys.path:
-        sys.path.remove(FIXTURES)
+    yield from fixture_module("fed_event_modules")
 
 
 def tracking_job(m: ModuleType, *server_receivers: object) -> FedJob:

@@ -15,9 +15,14 @@ from types import ModuleType
 import numpy as np
 import pytest
 
-from flarelite.apis.dxo import DataKind
+from flarelite.apis.dxo import DXO, DataKind, from_shareable
 from flarelite.apis.dxo import from_file as dxo_from_file
+from flarelite.apis.executor import Executor
+from flarelite.apis.fl_context import FLContext
+from flarelite.apis.shareable import Shareable
+from flarelite.apis.signal import Signal
 from flarelite.app_common.aggregators import InTimeAccumulateWeightedAggregator
+from flarelite.app_common.app_constant import AppConstants
 from flarelite.app_common.np.np_model_locator import NPModelLocator
 from flarelite.app_common.np.np_model_persistor import NPModelPersistor
 from flarelite.app_common.np.np_validator import NPValidator
@@ -364,3 +369,145 @@ def test_cyclic_relay_orders() -> None:
         assert sorted(order) == ["site-1", "site-2", "site-3", "site-4"] and order[0] != "site-2"
     with pytest.raises(ValueError, match="order"):
         CyclicController(order="SORTED")
+
+
+# ------------------------------------------------------------------------------------ hostile clients
+class OddSite(Executor):
+    """Answers "train" with the received numpy model + 1 (``diff``: the difference, 1), except ``odd_site``,
+    which sends ``mischief``: ``shape``, ``nan``, ``text``, ``extra`` (a key the model lacks) or ``round``
+    (a forged round header)."""
+
+    def __init__(self, mischief: str = "shape", odd_site: str = "site-1", diff: bool = False) -> None:
+        super().__init__()
+        self.mischief = mischief
+        self.odd_site = odd_site
+        self.diff = diff
+
+    def execute(self, task_name: str, shareable: Shareable, fl_ctx: FLContext, abort_signal: Signal) -> Shareable:
+        w = np.asarray(from_shareable(shareable).data["numpy_key"], dtype=np.float64)
+        data: dict = {"numpy_key": np.ones_like(w) if self.diff else w + 1.0}
+        odd = fl_ctx.get_identity_name() == self.odd_site
+        if odd and self.mischief == "shape":
+            data = {"numpy_key": np.ones((5, *w.shape))}
+        elif odd and self.mischief == "nan":
+            data = {"numpy_key": np.full(w.shape, np.nan)}
+        elif odd and self.mischief == "text":
+            data = {"numpy_key": "weights"}
+        elif odd and self.mischief == "extra":
+            data["evil"] = np.ones(3)
+        result = DXO(DataKind.WEIGHT_DIFF if self.diff else DataKind.WEIGHTS, data).to_shareable()
+        if odd and self.mischief == "round":
+            result.set_header(AppConstants.CURRENT_ROUND, "abc")
+        return result
+
+
+@pytest.mark.parametrize(
+    "mischief, logged",
+    [
+        ("shape", "'numpy_key' has shape (5, 2, 2), the global model's has shape (2, 2)"),
+        ("nan", "'numpy_key' holds NaN or infinite values"),
+        ("text", "'numpy_key' is a str"),
+        ("extra", "dropped 1 key(s) the global model does not have: 'evil'"),
+        ("round", "is not a valid FLModel: FLModel current_round must be an int or None, got str"),
+    ],
+)
+def test_fedavg_keeps_going_when_a_client_sends_hostile_params(tmp_path: Path, mischief, logged) -> None:
+    ws = tmp_path / "ws"
+    job = FedJob(name="fedavg_odd", min_clients=3)
+    job.to_server(FedAvg(num_clients=3, num_rounds=2))
+    job.to_server(NPModelPersistor(model=ZEROS), id="persistor")
+    job.to_clients(OddSite(mischief), tasks=["train"])
+    assert job.simulator_run(str(ws), n_clients=3, protocol="memory") == 0
+    np.testing.assert_array_equal(server_npy(ws), np.full((2, 2), 2.0))  # the honest sites' mean, shape kept
+    log = (ws / "server" / "log.txt").read_text()
+    assert logged in log and "site-1" in log
+    assert "Traceback" not in log
+
+
+@pytest.mark.parametrize("mischief", ["extra", "shape", "nan"])
+def test_scatter_and_gather_keeps_going_when_a_client_sends_a_hostile_diff(tmp_path: Path, mischief) -> None:
+    ws = tmp_path / "ws"
+    job = FedJob(name="sag_odd", min_clients=3)
+    job.to_server(ScatterAndGather(min_clients=3, num_rounds=2, persistor_id="persistor"))
+    job.to_server(InTimeAccumulateWeightedAggregator(), id="aggregator")  # WEIGHT_DIFF
+    job.to_server(FullModelShareableGenerator(), id="shareable_generator")
+    job.to_server(NPModelPersistor(model=ZEROS), id="persistor")
+    job.to_clients(OddSite(mischief, diff=True), tasks=["train"])
+    # before: "extra" ended the run in the shareable generator, "shape" made the model (5, 2, 2), "nan" NaN
+    assert job.simulator_run(str(ws), n_clients=3, protocol="memory") == 0
+    np.testing.assert_array_equal(server_npy(ws), np.full((2, 2), 2.0))
+
+
+class NamedModelSite(Executor):
+    """Cross-site evaluation by site names: submits ``[len(name)]``; validates with ``{"sum": sum(weights)}`` and
+    a forged ``_model_owner_`` cookie."""
+
+    def execute(self, task_name: str, shareable: Shareable, fl_ctx: FLContext, abort_signal: Signal) -> Shareable:
+        if task_name == AppConstants.TASK_SUBMIT_MODEL:
+            return DXO(DataKind.WEIGHTS, {"w": np.array([float(len(fl_ctx.get_identity_name()))])}).to_shareable()
+        total = float(np.sum(from_shareable(shareable).data["w"]))
+        result = DXO(DataKind.METRICS, {"sum": total}).to_shareable()
+        result.add_cookie(AppConstants.MODEL_OWNER, "a")  # a lie: the server knows which model it sent
+        return result
+
+
+def test_cross_site_model_eval_is_safe_with_every_site_name_the_runtime_admits(tmp_path: Path) -> None:
+    ws = tmp_path / "ws"
+    clients = ["a", "a_b", "b_c", "c", "SRV_x"]  # a_b + c and a + b_c share "a_b_c"; SRV_ is the server's prefix
+    job = FedJob(name="cse_names", min_clients=len(clients))
+    job.to_server(CrossSiteModelEval())
+    job.to_server(ValidationJsonGenerator(), id="json_generator")
+    job.to_clients(NamedModelSite(), tasks=["submit_model", "validate"])
+    assert job.simulator_run(str(ws), clients=clients, protocol="memory") == 0
+    results = json.loads((ws / "server" / "cross_site_val" / "cross_val_results.json").read_text())
+    owners = ["a", "a_b", "b_c", "c"]  # SRV_x's model is refused: its file would replace a server model's
+    assert results == {d: {o: {"sum": float(len(o))} for o in owners} for d in clients}
+    cross_val = ws / "server" / "cross_site_val"
+    assert sorted(p.name for p in (cross_val / "model_shareables").iterdir()) == owners
+    assert len(list((cross_val / "result_shareables").iterdir())) == len(clients) * len(owners)  # none replaced
+    assert {p.name for p in (cross_val / "result_shareables").iterdir()} >= {"a_b_c", "a_b_c.2"}
+    assert "names starting with 'SRV_' are the server's models" in (ws / "server" / "log.txt").read_text()
+
+
+def test_validation_json_generator_records_what_json_can_hold_and_skips_the_rest(tmp_path: Path) -> None:
+    from flarelite.apis.event_type import EventType
+    from flarelite.apis.fl_constant import ReservedKey
+    from flarelite.apis.fl_context import FLContextManager
+    from flarelite.apis.workspace import Workspace
+    from flarelite.app_common.app_event_type import AppEventType
+
+    workspace = Workspace(str(tmp_path), "server", str(tmp_path / "server"))
+    fl_ctx = FLContextManager(private_stickers={ReservedKey.WORKSPACE_OBJECT: workspace}).new_context()
+    generator = ValidationJsonGenerator()
+    generator.handle_event(EventType.START_RUN, fl_ctx)
+    for client, metrics in (
+        ("site-1", {"accuracy": np.float32(0.5), "per_class": np.array([0.25, 0.75])}),
+        ("site-2", {"accuracy": 0.9, "note": b"\x00bytes"}),  # bytes: before, the whole file was lost
+    ):
+        fl_ctx.set_prop(AppConstants.MODEL_OWNER, "SRV_server", private=True, sticky=False)
+        fl_ctx.set_prop(AppConstants.DATA_CLIENT, client, private=True, sticky=False)
+        result = DXO(DataKind.METRICS, metrics).to_shareable()
+        fl_ctx.set_prop(AppConstants.VALIDATION_RESULT, result, private=True, sticky=False)
+        generator.handle_event(AppEventType.VALIDATION_RESULT_RECEIVED, fl_ctx)
+    generator.handle_event(EventType.END_RUN, fl_ctx)
+    path = tmp_path / "server" / "cross_site_val" / "cross_val_results.json"
+    assert json.loads(path.read_text()) == {"site-1": {"SRV_server": {"accuracy": 0.5, "per_class": [0.25, 0.75]}}}
+    assert [p.name for p in path.parent.iterdir()] == ["cross_val_results.json"]  # no temporary file left
+
+
+@pytest.mark.parametrize("controller", ["Cyclic", "CyclicController"])
+@pytest.mark.parametrize("mischief", ["nan", "shape"])
+def test_cyclic_workflows_do_not_pass_on_a_hostile_model(tmp_path: Path, controller, mischief) -> None:
+    ws = tmp_path / "ws"
+    job = FedJob(name="cyclic_odd", min_clients=3)
+    if controller == "Cyclic":
+        job.to_server(Cyclic(num_clients=3, num_rounds=1))
+    else:
+        job.to_server(CyclicController(num_rounds=1))
+        job.to_server(FullModelShareableGenerator(), id="shareable_generator")
+    job.to_server(NPModelPersistor(model=ZEROS), id="persistor")
+    job.to_clients(OddSite(mischief, odd_site="site-2"), tasks=["train"])
+    assert job.simulator_run(str(ws), n_clients=3, protocol="memory") == 0
+    # site-1 adds 1, site-2's model is not passed on, site-3 adds 1 to site-1's
+    np.testing.assert_array_equal(server_npy(ws), np.full((2, 2), 2.0))
+    assert "site-2" in (ws / "server" / "log.txt").read_text()

@@ -6,6 +6,8 @@ A metric travels as a DXO of kind ``ANALYTIC`` whose data holds ``track_key``, `
 flarelite difference: ``AnalyticsDataType`` and ``LogWriterName`` are ``str`` Enums (like ``DataKind``), so a
 record's meta travels through the safe codec without pickle. A DXO received from another site holds their
 string values, which compare equal to the members; ``AnalyticsData.from_dxo`` turns them back into members.
+Also checked here, since a record may come from another site: ``global_step`` fits in 64 bits (what TensorBoard
+and MLflow store) and an int value fits in a float.
 """
 
 from __future__ import annotations
@@ -91,19 +93,31 @@ _CONVERSIONS: dict[tuple[LogWriterName, LogWriterName, AnalyticsDataType], Analy
 }
 
 
+MAX_STEP = 2**63 - 1  # TensorBoard and MLflow keep a step as a signed 64-bit int
+_RESERVED_KWARGS = ("key", "value", "data_type", "sender")  # AnalyticsData's own parameters
+
+
 def _number(key: str, value: Any, where: str) -> int | float:
-    """Return ``value`` as a plain int or float: a number, or a 0-d numpy/torch value (converted with ``.item()``)."""
+    """Return ``value`` as a plain int or float: a number, or a 0-d numpy/torch value (converted with ``.item()``).
+
+    NaN and infinities are kept (a diverging loss is worth seeing); an int too large for a float is refused.
+    """
     if isinstance(value, bool):
         raise TypeError(f"{where}: expected a number for {key!r}, got a bool")
-    if isinstance(value, (int, float)):
-        return value
-    if getattr(value, "ndim", None) == 0 and callable(getattr(value, "item", None)):
-        item = value.item()
-        if isinstance(item, (int, float)) and not isinstance(item, bool):
-            return item
-    raise TypeError(
-        f"{where}: expected {key!r} to be an int or float (or a 0-d numpy/torch value), got {type(value).__name__}"
-    )
+    if not isinstance(value, (int, float)):
+        item = value.item() if getattr(value, "ndim", None) == 0 and callable(getattr(value, "item", None)) else None
+        if not isinstance(item, (int, float)) or isinstance(item, bool):
+            raise TypeError(
+                f"{where}: expected {key!r} to be an int or float (or a 0-d numpy/torch value), "
+                f"got {type(value).__name__}"
+            )
+        value = item
+    if isinstance(value, int):
+        try:
+            float(value)
+        except OverflowError:
+            raise ValueError(f"{where}: {key!r} is an int too large for a float ({len(str(value))} digits)") from None
+    return value
 
 
 class AnalyticsData:
@@ -130,7 +144,7 @@ class AnalyticsData:
         Raises:
             TypeError: ``key`` is not a str, ``data_type`` not an AnalyticsDataType, ``sender`` not a LogWriterName,
                 the value does not fit the data type, or ``global_step``/``path`` have the wrong type.
-            ValueError: ``global_step`` is negative.
+            ValueError: ``global_step`` is negative or past 2**63 - 1, or an int value is too large for a float.
         """
         self.value = self._validate(key, value, data_type, sender, kwargs)
         self.tag = key
@@ -155,6 +169,8 @@ class AnalyticsData:
                 raise TypeError(f"{where}: expected global_step to be an int, got {type(step).__name__}")
             if step < 0:
                 raise ValueError(f"{where}: expected global_step to be a non-negative int, got {step}")
+            if step > MAX_STEP:
+                raise ValueError(f"{where}: global_step {step} is too large: at most 2**63 - 1 (a 64-bit step)")
             kwargs[TrackConst.GLOBAL_STEP_KEY] = int(step)
         path = kwargs.get(TrackConst.PATH_KEY)
         if path is not None and not isinstance(path, str):
@@ -196,7 +212,8 @@ class AnalyticsData:
 
         Raises:
             TypeError: ``dxo`` is not a DXO, or its values do not fit its data type.
-            ValueError: the DXO has no data, or lacks (or has an unknown) key, data type or writer name.
+            ValueError: the DXO has no data, or lacks (or has an unknown) key, data type or writer name, or its
+                ``analytics_kwargs`` name one of AnalyticsData's own parameters (``key``, ``value``...).
         """
         if not isinstance(dxo, DXO):
             raise TypeError(f"AnalyticsData.from_dxo: expected a DXO, got {type(dxo).__name__}")
@@ -211,6 +228,9 @@ class AnalyticsData:
         kwargs = data.get(TrackConst.KWARGS_KEY) or {}
         if not isinstance(kwargs, dict) or not all(isinstance(k, str) for k in kwargs):
             raise ValueError(f"AnalyticsData.from_dxo: {TrackConst.KWARGS_KEY} must be a dict with str keys")
+        clash = sorted(k for k in kwargs if k in _RESERVED_KWARGS)
+        if clash:
+            raise ValueError(f"AnalyticsData.from_dxo: {TrackConst.KWARGS_KEY} may not hold {clash}")
         kwargs = dict(kwargs)
         for k in (TrackConst.GLOBAL_STEP_KEY, TrackConst.PATH_KEY):
             if data.get(k) is not None:

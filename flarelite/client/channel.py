@@ -9,7 +9,9 @@ The body is a dict encoded by flarelite's safe codec (``flarelite.serialization.
 travel out of band, sent with ``socket.sendmsg`` without being joined and received with ``recv_into`` into
 buffers of their own (no pickle, nothing received can run code). Every read is bounded: the prefix is checked
 against the message size limit before anything is allocated, and an oversize or malformed message is refused
-with a ProtocolError that names it.
+with a ProtocolError that names it. Memory follows the bytes actually received: a large buffer is a private
+anonymous mapping whose pages the kernel supplies as they are written, so what a prefix announces costs address
+space, not memory, until the bytes come.
 
 Messages (kept small): HELLO(token, pid) -> READY(config); TASK(task_id, task_name, data) -> ACCEPTED(task_id);
 RESULT(task_id, data); LOG(record); HEARTBEAT; ABORT(task_id or None for the job, reason); SHUTDOWN(reason).
@@ -17,6 +19,7 @@ RESULT(task_id, data); LOG(record); HEARTBEAT; ABORT(task_id or None for the job
 
 from __future__ import annotations
 
+import mmap
 import socket
 import struct
 import threading
@@ -33,6 +36,7 @@ VERSION = 1
 MAX_MESSAGE_SIZE = 2 << 30  # as flarelite's transports (communication.sizes.DEFAULT_MAX_MESSAGE_SIZE)
 HELLO_MAX_SIZE = 64 << 10  # the first message, from a connection not yet trusted
 SOCKET_BUFFER = 4 << 20
+MAPPED_MIN = 1 << 20  # buffers this large are mapped (committed as written), smaller ones are bytearrays
 _IOV_MAX = 512
 _PREFIX = struct.Struct("<4sBBHIIQ")
 
@@ -63,6 +67,22 @@ _FIELDS: dict[int, dict[str, tuple[type, ...]]] = {
     Msg.ABORT: {"task_id": (str, type(None)), "reason": (str,)},
     Msg.SHUTDOWN: {"reason": (str,)},
 }
+
+
+def allocate(size: int) -> bytearray | mmap.mmap:
+    """A writable, contiguous buffer of ``size`` bytes whose memory is committed only as it is written.
+
+    Raises:
+        MemoryError: the address space for it cannot be reserved.
+    """
+    if size < MAPPED_MIN:
+        return bytearray(size)
+    try:
+        if hasattr(mmap, "MAP_PRIVATE"):
+            return mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE)
+        return mmap.mmap(-1, size)  # Windows: pagefile-backed, committed on write too
+    except (OSError, OverflowError, ValueError) as exc:
+        raise MemoryError(f"cannot reserve {size} bytes for an incoming buffer: {exc}") from exc
 
 
 def _bytes_view(buf: Any) -> memoryview:
@@ -165,8 +185,8 @@ class Channel:
             got += n
             self.last_seen = time.monotonic()
 
-    def _read(self, n: int, deadline: float | None) -> bytearray:
-        buf = bytearray(n)
+    def _read(self, n: int, deadline: float | None) -> bytearray | mmap.mmap:
+        buf = allocate(n)
         if n:
             self._read_into(memoryview(buf), deadline)
         return buf

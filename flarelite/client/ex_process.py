@@ -24,7 +24,7 @@ from flarelite.apis.shareable import Shareable
 from flarelite.errors import CodecError, TransportError
 
 from .channel import HELLO_MAX_SIZE, MAX_MESSAGE_SIZE, Channel, Msg
-from .exchange import ClientAPIExchange, ExchangeAborted, TaskMessage
+from .exchange import ClientAPIExchange, TaskMessage, wait_for_task
 
 _log = logging.getLogger("flarelite.client")
 CONNECT_TIMEOUT = 60.0
@@ -55,6 +55,32 @@ def _number(data: dict, key: str, default: float) -> float:
     return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else default
 
 
+def _connect(path: str, timeout: float, site: str) -> socket.socket:
+    """Connect to the site's socket, retrying while its backlog is full for a moment (EAGAIN), up to ``timeout``."""
+    deadline = time.monotonic() + timeout
+    delay = 0.005
+    while True:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(timeout)
+        try:
+            sock.connect(path)
+            return sock
+        except (BlockingIOError, InterruptedError) as exc:
+            sock.close()
+            if time.monotonic() + delay > deadline:
+                error: OSError = exc
+            else:
+                time.sleep(delay)  # a backoff between tries, not a synchronisation
+                delay = min(delay * 2, 0.2)
+                continue
+        except OSError as exc:
+            sock.close()
+            error = exc
+        raise RuntimeError(
+            f"cannot connect to site {site} at {path!r}: {error}; is the site still running this job?"
+        ) from error
+
+
 class SocketExchange(ClientAPIExchange):
     """The trainer side of the local channel to a ClientAPIExecutor (one connection per script process)."""
 
@@ -76,16 +102,7 @@ class SocketExchange(ClientAPIExchange):
         self._lost: str | None = None
         self._shut_down = False
         self._wake = threading.Event()
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        sock.settimeout(connect_timeout)
-        try:
-            sock.connect(boot["socket"])
-        except OSError as exc:
-            sock.close()
-            raise RuntimeError(
-                f"cannot connect to site {self.site_name or '?'} at {boot['socket']!r}: {exc}; is the site still "
-                "running this job?"
-            ) from exc
+        sock = _connect(boot["socket"], connect_timeout, self.site_name or "?")
         self.channel = Channel(sock, peer=f"site {self.site_name or '?'}", max_message_size=limit)
         try:
             self.channel.send(Msg.HELLO, {"token": boot["token"], "pid": os.getpid()})
@@ -174,21 +191,20 @@ class SocketExchange(ClientAPIExchange):
 
     def receive_task(self, timeout: float | None = None) -> TaskMessage | None:
         """Block until the site sends a task; None when stopping, when the site is gone, or after ``timeout``."""
-        deadline = None if timeout is None else time.monotonic() + timeout
-        with self._cond:
-            while True:
-                if self._abort_reason is not None:
-                    raise ExchangeAborted(f"the job was aborted: {self._abort_reason}")
-                if self._queue:
-                    task = self._queue.popleft()
-                    self._taken = task.task_id
-                    return task
-                if self._stop_reason is not None or self._lost is not None or self._shut_down:
-                    return None
-                left = None if deadline is None else deadline - time.monotonic()
-                if left is not None and left <= 0:
-                    return None
-                self._cond.wait(left)
+        return wait_for_task(
+            self._cond,
+            timeout,
+            self._take,
+            lambda: self._abort_reason,
+            lambda: self._stop_reason is not None or self._lost is not None or self._shut_down,
+        )
+
+    def _take(self) -> TaskMessage | None:
+        if not self._queue:
+            return None
+        task = self._queue.popleft()
+        self._taken = task.task_id
+        return task
 
     def send_result(self, task_id: str, result: Shareable) -> bool:
         """Send the result; False if the task was aborted or the site is gone (codec errors are raised)."""

@@ -19,8 +19,10 @@ process: one-slot bounded mailboxes, no copy of the params) and ``flarelite.clie
 
 from __future__ import annotations
 
+import threading
+import time
 from abc import ABC, abstractmethod
-from typing import NamedTuple
+from typing import Callable, NamedTuple
 
 from flarelite.apis.shareable import Shareable
 
@@ -67,3 +69,34 @@ class ClientAPIExchange(ABC):
     @abstractmethod
     def is_stopped(self) -> bool:
         """True once the job is stopping, the trainer shut down, or the executor is gone."""
+
+
+def wait_for_task(
+    cond: threading.Condition,
+    timeout: float | None,
+    take: Callable[[], TaskMessage | None],
+    abort_reason: Callable[[], str | None],
+    stopping: Callable[[], bool],
+) -> TaskMessage | None:
+    """The receive loop of both exchanges, under ``cond`` (which every change of their state notifies).
+
+    Returns the task ``take()`` gives, or None once ``stopping()`` or after ``timeout`` seconds.
+
+    Raises:
+        ExchangeAborted: ``abort_reason()`` gave a reason (the job was aborted).
+    """
+    deadline = None if timeout is None else time.monotonic() + timeout
+    with cond:
+        while True:
+            reason = abort_reason()
+            if reason is not None:
+                raise ExchangeAborted(f"the job was aborted: {reason}")
+            task = take()
+            if task is not None:
+                return task
+            if stopping():
+                return None
+            left = None if deadline is None else deadline - time.monotonic()
+            if left is not None and left <= 0:
+                return None
+            cond.wait(left)

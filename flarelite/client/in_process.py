@@ -15,7 +15,7 @@ from typing import Callable
 
 from flarelite.apis.shareable import Shareable
 
-from .exchange import ClientAPIExchange, ExchangeAborted, TaskMessage
+from .exchange import ClientAPIExchange, TaskMessage, wait_for_task
 
 
 class TaskState:
@@ -51,22 +51,20 @@ class InProcessExchange(ClientAPIExchange):
 
     def receive_task(self, timeout: float | None = None) -> TaskMessage | None:
         """Block until the executor offers a task; None when stopping or after ``timeout``."""
-        deadline = None if timeout is None else time.monotonic() + timeout
-        with self._cond:
-            while True:
-                if self._abort_reason is not None:
-                    raise ExchangeAborted(f"the job was aborted: {self._abort_reason}")
-                if self._offered is not None:
-                    task, self._offered = self._offered, None
-                    self._taken = task.task_id
-                    self._cond.notify_all()
-                    return task
-                if self._stop_reason is not None or self._trainer_done is not None:
-                    return None
-                left = None if deadline is None else deadline - time.monotonic()
-                if left is not None and left <= 0:
-                    return None
-                self._cond.wait(left)
+        return wait_for_task(
+            self._cond,
+            timeout,
+            self._take,
+            lambda: self._abort_reason,
+            lambda: self._stop_reason is not None or self._trainer_done is not None,
+        )
+
+    def _take(self) -> TaskMessage | None:
+        task, self._offered = self._offered, None
+        if task is not None:
+            self._taken = task.task_id
+            self._cond.notify_all()
+        return task
 
     def send_result(self, task_id: str, result: Shareable) -> bool:
         """Hand the result to the executor; False if that task was aborted or the job is stopping."""

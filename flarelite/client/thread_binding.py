@@ -171,6 +171,13 @@ class _ThreadAwareStdout(io.TextIOBase):
         return getattr(self._target, name)
 
 
+def flush_output() -> None:
+    """Write out what the current bound thread printed after its last newline (call it when its script ends)."""
+    proxy = _proxy
+    if proxy is not None and current_binding() is not None:
+        proxy.flush()
+
+
 def _emit(binding: SiteBinding, line: str) -> None:
     _emitting.active = True
     try:

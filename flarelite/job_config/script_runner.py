@@ -131,7 +131,44 @@ class ScriptRunner:
         )
 
     def add_to_fed_job(self, job: Any, ctx: Any, tasks: list[str] | None = None) -> str:
-        """Add the executor (for ``tasks``, default ``["*"]``) and the script (to custom/) to ``ctx.target``."""
+        """Add the executor (for ``tasks``, default ``["*"]``) and the script to ``ctx.target``'s custom/, with the
+        modules next to the script that it imports (``from model import Net`` brings ``model.py``)."""
         executor_id = job.add_executor(self.build_executor(), tasks=tasks or ["*"], ctx=ctx)
         job.add_resources([self._script], ctx)
+        for module in sibling_modules(self._script):  # a package folder is copied as a folder
+            job.add_file_source(module, None, None, ctx)
         return executor_id
+
+
+def sibling_modules(script: str) -> list[str]:
+    """The modules and packages in ``script``'s folder that it imports, directly or through each other."""
+    import ast
+
+    folder = os.path.dirname(os.path.abspath(script))
+    found: list[str] = []
+    todo = [os.path.abspath(script)]
+    seen: set[str] = set()
+    while todo:
+        path = todo.pop()
+        if path in seen or not path.endswith(".py"):
+            continue
+        seen.add(path)
+        try:
+            with open(path, encoding="utf-8") as f:
+                tree = ast.parse(f.read(), filename=path)
+        except (OSError, SyntaxError, ValueError):
+            continue  # the script's own errors show when it runs
+        names = set()
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import):
+                names.update(alias.name.split(".")[0] for alias in node.names)
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                names.add(node.module.split(".")[0])
+        for name in sorted(names):
+            module, package = os.path.join(folder, name + ".py"), os.path.join(folder, name)
+            if os.path.isfile(module) and module not in found:
+                found.append(module)
+                todo.append(module)
+            elif os.path.isfile(os.path.join(package, "__init__.py")) and package not in found:
+                found.append(package)
+    return found

@@ -7,6 +7,7 @@ import importlib
 from typing import Any
 
 from ..apis.analytix import ANALYTIC_EVENT_TYPE
+from ..apis.fl_component import FED_EVENT_PREFIX
 from ..app_common.workflows.cross_site_model_eval import CrossSiteModelEval
 from ..errors import ConfigError
 from ..job_config.api import _RESERVED_META_KEYS
@@ -50,8 +51,9 @@ def add_experiment_tracking(
 
     Server side (default): the receiver (``tracking_config`` are its arguments) gets id ``"receiver"`` and writes
     every site's metrics (TensorBoard: ``<server run dir>/tb_events/<site>/``). Client side: the same receiver
-    class listening to the local ``analytix_log_stats`` events, id ``"client_receiver"``, on ``clients`` (None:
-    all). MLflow's ``kw_args`` default to ``experiment_name="<recipe name>-experiment"`` and run names
+    class listening to the ``analytix_log_stats`` events (local and federated), id ``"client_receiver"``, on
+    ``clients`` (None: all). A second call (another tracking type) adds its receivers as ``receiver_1`` ...
+    MLflow's ``kw_args`` default to ``experiment_name="<recipe name>-experiment"`` and run names
     ``"<recipe name>-Server"`` / ``"<recipe name>-Client"``.
 
     Raises:
@@ -86,11 +88,17 @@ def add_experiment_tracking(
             kw_args.setdefault("run_name", f"{recipe.name}-{side}")
         return args
 
+    used = getattr(recipe, "_tracking_receivers", 0)  # a second tracker gets ids with a suffix, as in NVFlare
+    suffix = f"_{used}" if used else ""
+    recipe._tracking_receivers = used + 1
     if server_side:
-        recipe._job.to_server(receiver_class(**config("Server")), id="receiver")
+        recipe._job.to_server(receiver_class(**config("Server")), id=f"receiver{suffix}")
     if client_side:
-        receiver = receiver_class(**config("Client"), events=[ANALYTIC_EVENT_TYPE])
-        recipe._client_op("object", receiver, clients, id="client_receiver")
+        # the local event (an in-process script's records) and the federated one (an external script's, which its
+        # executor fires as fed.analytix_log_stats directly); a record is saved once either way
+        events = [ANALYTIC_EVENT_TYPE, FED_EVENT_PREFIX + ANALYTIC_EVENT_TYPE]
+        receiver = receiver_class(**config("Client"), events=events)
+        recipe._client_op("object", receiver, clients, id=f"client_receiver{suffix}")
 
 
 def _locator_id(recipe: Recipe, what: str) -> str:
@@ -132,23 +140,17 @@ def add_cross_site_evaluation(
         ValueError: the recipe's framework has no model locator in flarelite.
     """
     _check_recipe(recipe, "add_cross_site_evaluation")
-    if getattr(recipe, "_cross_site_eval_added", False):
-        raise RuntimeError(f"cross-site evaluation was already added to recipe {recipe.name!r}")
-    locator_id = _locator_id(recipe, "add_cross_site_evaluation")
-    _ensure_json_generator(recipe)
-    recipe._job.to_server(
-        CrossSiteModelEval(
-            model_locator_id=locator_id,
-            submit_model_timeout=submit_model_timeout,
-            validation_timeout=validation_timeout,
-            participating_clients=participating_clients,
-        )
+    _add_cross_site_eval(
+        recipe,
+        "add_cross_site_evaluation",
+        submit_model_timeout=submit_model_timeout,
+        validation_timeout=validation_timeout,
+        participating_clients=participating_clients,
     )
     if getattr(recipe, "framework", None) in (FrameworkType.NUMPY, FrameworkType.RAW):
         from ..app_common.np.np_validator import NPValidator
 
         recipe._client_op("object", NPValidator(), None, tasks=["validate"])
-    recipe._cross_site_eval_added = True  # type: ignore[attr-defined]
 
 
 def add_final_global_evaluation(
@@ -166,26 +168,26 @@ def add_final_global_evaluation(
             f"add_final_global_evaluation is for PyTorch recipes; recipe {recipe.name!r} has framework "
             f"{getattr(recipe, 'framework', None)!r}"
         )
-    if getattr(recipe, "_cross_site_eval_added", False):
-        raise RuntimeError(f"cross-site evaluation was already added to recipe {recipe.name!r}")
-    locator_id = _locator_id(recipe, "add_final_global_evaluation")
-    _ensure_json_generator(recipe)
-    recipe._job.to_server(
-        CrossSiteModelEval(
-            model_locator_id=locator_id,
-            submit_model_task_name="",
-            validation_timeout=validation_timeout,
-            participating_clients=participating_clients,
-        )
+    _add_cross_site_eval(
+        recipe,
+        "add_final_global_evaluation",
+        submit_model_task_name="",
+        validation_timeout=validation_timeout,
+        participating_clients=participating_clients,
     )
-    recipe._cross_site_eval_added = True  # type: ignore[attr-defined]
 
 
-def _ensure_json_generator(recipe: Recipe) -> None:
+def _add_cross_site_eval(recipe: Recipe, what: str, **kwargs: Any) -> None:
+    """Add CrossSiteModelEval (``kwargs``) with the framework's locator and a ValidationJsonGenerator, once."""
     from ..app_common.widgets.validation_json_generator import ValidationJsonGenerator
 
+    if getattr(recipe, "_cross_site_eval_added", False):
+        raise RuntimeError(f"cross-site evaluation was already added to recipe {recipe.name!r}")
+    locator_id = _locator_id(recipe, what)
     if "json_generator" not in recipe._job._taken_ids("server"):
         recipe._job.to_server(ValidationJsonGenerator(), id="json_generator")
+    recipe._job.to_server(CrossSiteModelEval(model_locator_id=locator_id, **kwargs))
+    recipe._cross_site_eval_added = True  # type: ignore[attr-defined]
 
 
 def set_per_site_config(recipe: Recipe, config: dict[str, dict[str, Any]]) -> None:

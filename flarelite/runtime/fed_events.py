@@ -8,10 +8,11 @@ transport proved (never the ``_origin`` header the sender wrote).
 
 A peer's events are fired in the order it fired them (its ``_timestamp``): aux requests are handled on several
 threads and may overtake each other, so each event waits ``REORDER_WINDOW`` (50 ms) for earlier ones still being
-decoded. What one peer may have queued is bounded (events and bytes); past that its events are dropped, with a
-warning naming it at most every 10 s. Each peer's last event ids are remembered in a bounded LRU. At the end of
-the run the queue gets up to 2 s to drain before the components see END_RUN (NVFlare's ``FedEventRunner`` waits
-its grace period even when nothing is queued).
+decoded. Peers take turns (the one served least recently goes first), so a peer that floods delays an event of
+another peer by one of its own at most, once that event is past the window. What one peer may have queued is bounded
+(events and bytes); past that its events are dropped, with a warning naming it at most every 10 s. Each peer's last
+event ids are remembered in a bounded LRU. At the end of the run the queue gets up to 2 s to drain before the
+components see END_RUN (NVFlare's ``FedEventRunner`` waits its grace period even when nothing is queued).
 """
 
 from __future__ import annotations
@@ -89,6 +90,8 @@ class FedEventReceiver:
         self._heaps: dict[str, list[tuple[float, int, float, str, Shareable, int]]] = {}
         self._bytes: dict[str, int] = {}
         self._arrivals = itertools.count()
+        self._turns = itertools.count()  # when each peer was last served: peers with events queued take turns
+        self._served: dict[str, int] = {}
         self._flushing = False
         self._seen: dict[str, OrderedDict[str, None]] = {}  # peer -> its latest event ids
         self._busy = False
@@ -215,21 +218,27 @@ class FedEventReceiver:
                     self._cv.notify_all()
 
     def _next_ripe(self) -> tuple[str | None, float | None]:
-        """The peer whose earliest event has waited out the reorder window (the longest-waiting such peer), or
-        None and how long to wait for one (None: nothing is queued). Called with the lock held."""
+        """The peer whose earliest event has waited out the reorder window, peers taking turns (the one served
+        least recently first, so a flooding peer holds back each other peer by one event at most), or None and
+        how long to wait for one (None: nothing is queued). Called with the lock held."""
         now = time.monotonic()
         window = 0.0 if self._flushing else self.reorder_window
         best: str | None = None
-        best_arrived = math.inf
+        best_key = (math.inf, math.inf)
         soonest: float | None = None
         for peer, heap in self._heaps.items():
             arrived = heap[0][2]
             ripe_at = arrived + window
             if ripe_at <= now:
-                if arrived < best_arrived:
-                    best, best_arrived = peer, arrived
+                key = (self._served.get(peer, -1), arrived)
+                if key < best_key:
+                    best, best_key = peer, key
             elif soonest is None or ripe_at - now < soonest:
                 soonest = ripe_at - now
+        if best is not None:
+            self._served[best] = next(self._turns)
+            if len(self._served) > 2 * len(self._heaps) + 64:  # forget the peers with nothing queued
+                self._served = {p: t for p, t in self._served.items() if p in self._heaps}
         return best, soonest
 
     def _fire(self, peer: str, event_type: str, data: Shareable) -> None:

@@ -57,13 +57,13 @@ def main() -> None:
         input_model = flare.receive()
         if input_model is None:
             break
+        if flare.is_submit_model():  # cross-site evaluation asks for this site's model: the task carries none
+            flare.send(flare.FLModel(params=net.state_dict()))
+            continue
         net.load_state_dict(input_model.params)
         accuracy = evaluate(net, x_test, y_test)
         if flare.is_evaluate():
             flare.send(flare.FLModel(metrics={"accuracy": accuracy}))
-            continue
-        if flare.is_submit_model():
-            flare.send(flare.FLModel(params=net.state_dict()))
             continue
         print(f"{site_name}: round {input_model.current_round}, global model accuracy {accuracy:.3f}")
         summary_writer.add_scalar(tag="global_model_accuracy", scalar=accuracy, global_step=input_model.current_round)

@@ -35,3 +35,4 @@ while flare.is_running():
         )
     )
 print(f"{site} done")
+print(f"{site} last words without a newline", end="")  # must still reach the site log

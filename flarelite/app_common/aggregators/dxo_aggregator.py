@@ -3,21 +3,35 @@
 from __future__ import annotations
 
 import logging
-import math
 from typing import Any
 
 from ...apis.dxo import DXO, DataKind, MetaKey
 from ...apis.fl_component import FLComponent
 from ...apis.fl_context import FLContext
+from ..abstract.model import ModelLearnable, ModelLearnableKey
 from ..app_constant import AppConstants
+from .contribution_check import check_contribution, num_steps_weight
 from .weighted_aggregation_helper import WeightedAggregationHelper
 
 _AGGREGATABLE_KINDS = (DataKind.WEIGHT_DIFF, DataKind.WEIGHTS, DataKind.METRICS)
 
 
+def _global_weights(fl_ctx: FLContext) -> dict | None:
+    """The weights of fl_ctx ``global_model`` (what ScatterAndGather sent this round), or None."""
+    model = fl_ctx.get_prop(AppConstants.GLOBAL_MODEL)
+    weights = model.get(ModelLearnableKey.WEIGHTS) if isinstance(model, ModelLearnable) else None
+    return weights if isinstance(weights, dict) else None
+
+
 class DXOAggregator(FLComponent):
     """Accepts DXOs of ``expected_data_kind``, one per contributor and round, weighted by
-    ``aggregation_weights[contributor] * NUM_STEPS_CURRENT_ROUND`` (each 1.0 when missing)."""
+    ``aggregation_weights[contributor] * NUM_STEPS_CURRENT_ROUND`` (each 1.0 when missing; NUM_STEPS also when it
+    is not a finite number > 0).
+
+    WEIGHTS and WEIGHT_DIFF contributions are checked against fl_ctx ``global_model`` first (see
+    ``contribution_check``; NVFlare 2.9.0 does not check): bad values or shapes reject them, keys the global
+    model lacks are dropped (a diff of such a key would end the run in the shareable generator).
+    """
 
     def __init__(
         self,
@@ -100,29 +114,39 @@ class DXOAggregator(FLComponent):
                     f"its contribution of round {item['round']} was accepted already",
                 )
                 return False
+        data = dxo.data
+        if dxo.data_kind in (DataKind.WEIGHTS, DataKind.WEIGHT_DIFF):
+            data, note = check_contribution(data, _global_weights(fl_ctx), self.exclude_vars)
+            if data is None:
+                self.log_error(fl_ctx, f"discarding DXO from {contributor_name} at round {contribution_round}: {note}")
+                return False
+            if note:
+                self.log_warning(fl_ctx, f"DXO from {contributor_name} at round {contribution_round}: {note}")
         n_iter = dxo.get_meta_prop(MetaKey.NUM_STEPS_CURRENT_ROUND)
+        float_n_iter = num_steps_weight(dxo.meta)
         if n_iter is None:
             self._warn_limited(
                 fl_ctx,
                 contributor_name,
                 f"NUM_STEPS_CURRENT_ROUND missing in meta of DXO from {contributor_name}; using 1.0.",
             )
-            n_iter = 1.0
-        try:
-            float_n_iter = float(n_iter)
-        except (TypeError, ValueError):
-            self.log_error(fl_ctx, f"NUM_STEPS_CURRENT_ROUND from {contributor_name} is not a number: {n_iter!r}")
-            return False
-        if not math.isfinite(float_n_iter):
-            self.log_error(fl_ctx, f"NUM_STEPS_CURRENT_ROUND from {contributor_name} is not finite: {n_iter!r}")
-            return False
+        elif float_n_iter != n_iter:
+            self._warn_limited(
+                fl_ctx,
+                contributor_name,
+                f"NUM_STEPS_CURRENT_ROUND from {contributor_name} is {n_iter!r}; using {float_n_iter}.",
+            )
         aggregation_weight = self.aggregation_weights.get(contributor_name)
         if aggregation_weight is None:
             self._warn_limited(
                 fl_ctx, contributor_name, f"Aggregation weight missing for {contributor_name}; using 1.0."
             )
             aggregation_weight = 1.0
-        self.aggregation_helper.add(dxo.data, aggregation_weight * float_n_iter, contributor_name, contribution_round)
+        try:
+            self.aggregation_helper.add(data, aggregation_weight * float_n_iter, contributor_name, contribution_round)
+        except TypeError as exc:
+            self.log_error(fl_ctx, f"discarding DXO from {contributor_name} at round {contribution_round}: {exc}")
+            return False
         return True
 
     def aggregate(self, fl_ctx: FLContext) -> DXO:

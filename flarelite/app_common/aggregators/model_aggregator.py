@@ -10,14 +10,16 @@ from ...apis.fl_context import FLContext
 from ...apis.shareable import Shareable
 from ..abstract.aggregator import Aggregator
 from ..abstract.fl_model import FLModel
+from ..utils.fl_component_wrapper import ContextLogging
 from ..utils.fl_model_utils import FLModelUtils
 
 
-class ModelAggregator(Aggregator, ABC):
+class ModelAggregator(Aggregator, ContextLogging, ABC):
     """Implement ``accept_model``, ``aggregate_model`` and ``reset_stats``.
 
     ``accept``/``aggregate``/``reset`` adapt them to the Shareable contract through FLModelUtils, so the same
-    class serves ScatterAndGather. The FLContext of the run is kept in ``self.fl_ctx`` (set at START_RUN).
+    class serves ScatterAndGather. The FLContext of the run is kept in ``self.fl_ctx`` (set at START_RUN), which
+    ``info/warning/error/exception`` (and ``debug/critical``) log with.
     """
 
     def __init__(self) -> None:
@@ -42,10 +44,18 @@ class ModelAggregator(Aggregator, ABC):
         """Forget the accepted models."""
 
     def accept(self, shareable: Shareable, fl_ctx: FLContext) -> bool:
-        """Convert the result to an FLModel (``meta["client_name"]`` is its sender) and ``accept_model`` it."""
+        """Convert the result to an FLModel and ``accept_model`` it; False (logged) if it holds no valid FLModel.
+
+        ``meta["client_name"]`` is the sender the connection proved, whatever the result's own meta says.
+        """
         self.fl_ctx = fl_ctx
-        model = FLModelUtils.from_shareable(shareable)
-        model.meta.setdefault("client_name", shareable.get_peer_prop(ReservedKey.IDENTITY_NAME, "?"))
+        client_name = shareable.get_peer_prop(ReservedKey.IDENTITY_NAME, "?")
+        try:
+            model = FLModelUtils.from_shareable(shareable)
+        except (TypeError, ValueError) as exc:
+            self.error(f"the result of {client_name} is not a valid FLModel: {exc}")
+            return False
+        model.meta["client_name"] = client_name
         self.accept_model(model)
         return True
 
@@ -57,19 +67,3 @@ class ModelAggregator(Aggregator, ABC):
     def reset(self, fl_ctx: FLContext) -> None:
         """Call ``reset_stats``."""
         self.reset_stats()
-
-    def info(self, msg: str) -> None:
-        """Log at INFO with the kept context."""
-        self.log_info(self.fl_ctx, msg)
-
-    def warning(self, msg: str) -> None:
-        """Log at WARNING with the kept context."""
-        self.log_warning(self.fl_ctx, msg)
-
-    def error(self, msg: str) -> None:
-        """Log at ERROR with the kept context."""
-        self.log_error(self.fl_ctx, msg)
-
-    def exception(self, msg: str) -> None:
-        """Log at ERROR with the traceback and the kept context."""
-        self.log_exception(self.fl_ctx, msg)

@@ -16,7 +16,10 @@ from ...apis.fl_context import FLContext
 from ...apis.shareable import Shareable
 from .percentile_privacy import num_steps, numeric_array
 
-MAX_SELECTION_PASSES = 10_000  # rounds of noisy queries before the selection gives up on finding more entries
+# Rounds of noisy queries before the selection gives up on finding more entries and releases those it found (one
+# pass costs about 3 ms per 10^5 values). With the usual settings about half the queries pass the threshold in
+# each pass, so one or two passes do; NVFlare loops until enough pass, forever when tau is far above gamma.
+MAX_SELECTION_PASSES = 100
 
 
 class SVTPrivacy(DXOFilter):
@@ -28,8 +31,9 @@ class SVTPrivacy(DXOFilter):
     1. Divide every variable by meta ``NUM_STEPS_CURRENT_ROUND`` (default 1) and flatten them (sorted by name).
     2. Threshold: ``tau + Lap(gamma / epsilon_threshold)``.
     3. Queries: ``|clip(x, gamma)| + Lap(2 c gamma / epsilon_query)`` for the entries not selected yet, in
-       passes, until ``c`` entries are at or above the threshold; then ``c`` of them are drawn (with replacement
-       when ``replace``, so about ``c`` distinct entries are released).
+       passes, until ``c`` entries are at or above the threshold (at most ``MAX_SELECTION_PASSES`` passes: then
+       those found, with a warning); then ``c`` of them are drawn (with replacement when ``replace``, as NVFlare
+       does, so fewer distinct entries are released: about ``0.9 c`` when many passed, ``0.63 c`` when ``c`` did).
     4. Release: each drawn entry becomes ``clip(x + Lap(2 c gamma / epsilon_release), gamma)``; every other
        entry becomes 0. Scalars pass through. The result is multiplied back by the step count.
 

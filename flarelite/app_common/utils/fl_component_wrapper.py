@@ -8,7 +8,40 @@ from ...apis.fl_component import FLComponent
 from ...apis.fl_exception import TaskExecutionError
 
 
-class FLComponentWrapper(FLComponent):
+class ContextLogging:
+    """``debug/info/warning/error/exception/critical(msg)`` that log with the stored ``self.fl_ctx``.
+
+    For FLComponents that keep their run's FLContext (FLComponentWrapper, ModelAggregator).
+    """
+
+    fl_ctx: Any
+
+    def debug(self, msg: str) -> None:
+        """Log at DEBUG with the stored context."""
+        self.log_debug(self.fl_ctx, msg)
+
+    def info(self, msg: str) -> None:
+        """Log at INFO with the stored context."""
+        self.log_info(self.fl_ctx, msg)
+
+    def warning(self, msg: str) -> None:
+        """Log at WARNING with the stored context."""
+        self.log_warning(self.fl_ctx, msg)
+
+    def error(self, msg: str) -> None:
+        """Log at ERROR with the stored context."""
+        self.log_error(self.fl_ctx, msg)
+
+    def exception(self, msg: str) -> None:
+        """Log at ERROR with the traceback and the stored context."""
+        self.log_exception(self.fl_ctx, msg)
+
+    def critical(self, msg: str) -> None:
+        """Log at CRITICAL with the stored context."""
+        self.log_critical(self.fl_ctx, msg)
+
+
+class FLComponentWrapper(FLComponent, ContextLogging):
     """Logging, events and lookups against the stored ``self.fl_ctx`` (set by the subclass when it starts)."""
 
     STATE = None
@@ -95,27 +128,3 @@ class FLComponentWrapper(FLComponent):
         """Log ``reason`` and raise TaskExecutionError to end the current task."""
         self.log_error(self.fl_ctx, f"Task stopped: {reason}")
         raise TaskExecutionError(reason)
-
-    def debug(self, msg: str) -> None:
-        """Log at DEBUG with the stored context."""
-        self.log_debug(self.fl_ctx, msg)
-
-    def info(self, msg: str) -> None:
-        """Log at INFO with the stored context."""
-        self.log_info(self.fl_ctx, msg)
-
-    def warning(self, msg: str) -> None:
-        """Log at WARNING with the stored context."""
-        self.log_warning(self.fl_ctx, msg)
-
-    def error(self, msg: str) -> None:
-        """Log at ERROR with the stored context."""
-        self.log_error(self.fl_ctx, msg)
-
-    def exception(self, msg: str) -> None:
-        """Log at ERROR with the traceback and the stored context."""
-        self.log_exception(self.fl_ctx, msg)
-
-    def critical(self, msg: str) -> None:
-        """Log at CRITICAL with the stored context."""
-        self.log_critical(self.fl_ctx, msg)

@@ -16,6 +16,7 @@ from ...apis.dxo import DataKind, MetaKey, from_shareable
 from ...apis.event_type import EventType
 from ...apis.fl_constant import FLContextKey, ReturnCode
 from ...apis.fl_context import FLContext
+from ..aggregators.contribution_check import num_steps_weight
 from ..app_constant import AppConstants
 from ..app_event_type import AppEventType
 from .widget import Widget
@@ -136,11 +137,13 @@ class IntimeModelSelector(Widget):
         try:
             raw = float(metric)
         except (TypeError, ValueError):
-            self.log_warning(fl_ctx, f"validation metric of {client_name} is not a number: {metric!r}")
+            raw = math.nan
+        if not math.isfinite(raw):  # one NaN would make the round's average NaN: never selected, whatever the others
+            self.log_warning(fl_ctx, f"validation metric of {client_name} is not a finite number: {metric!r}")
             return False
         value = -raw if self.negate_key_metric else raw
-        n_iter = dxo.get_meta_prop(MetaKey.NUM_STEPS_CURRENT_ROUND, 1.0) if self.weigh_by_local_iter else 1.0
-        weight = float(n_iter) * float((self.aggregation_weights or {}).get(client_name, 1.0))
+        n_iter = num_steps_weight(dxo.meta) if self.weigh_by_local_iter else 1.0
+        weight = n_iter * float((self.aggregation_weights or {}).get(client_name, 1.0))
         self.log_info(fl_ctx, f"validation metric {value} from client {client_name}")
         self.validation_metric_weighted_sum += value * weight
         self.raw_validation_metric_weighted_sum += raw * weight

@@ -5,7 +5,10 @@ server as ``fed.analytix_log_stats``, where a receiver (TensorBoard, MLflow...) 
 
 flarelite differences: a record that reaches one receiver twice as the same object (the local event, then its
 federated copy fired by ``ConvertToFedEvent`` on the same site) is saved once; a receiver whose ``initialize``
-failed drops the records it gets (logged once) instead of failing on each of them.
+failed drops the records it gets (logged once) instead of failing on each of them; records that ``save`` refuses
+are logged once per sending site every 10 s (with the count of the others), since a peer can send them again and
+again; the stock receivers refuse a record that holds more than ``MAX_RECORD_ENTRIES`` (1000, MLflow's batch
+limit) entries (see ``check_record_size``).
 """
 
 from __future__ import annotations
@@ -16,7 +19,8 @@ from abc import ABC, abstractmethod
 from collections import deque
 from typing import Any
 
-from flarelite.apis.analytix import ANALYTIC_EVENT_TYPE, AnalyticsDataType, LogWriterName
+from flarelite import logsafe
+from flarelite.apis.analytix import ANALYTIC_EVENT_TYPE, AnalyticsData, AnalyticsDataType, LogWriterName
 from flarelite.apis.event_type import EventType
 from flarelite.apis.fl_constant import EventScope, FedEventHeader, FLContextKey, ReservedKey
 from flarelite.apis.fl_context import FLContext
@@ -24,6 +28,21 @@ from flarelite.apis.shareable import Shareable
 from flarelite.apis.utils.analytix_utils import create_analytic_dxo, send_analytic_dxo
 
 from .widget import Widget
+
+MAX_RECORD_ENTRIES = 1000  # entries (metrics, parameters, tags) one record may hold at the stock receivers
+
+
+def check_record_size(data: AnalyticsData) -> None:
+    """Refuse a record whose value holds more than ``MAX_RECORD_ENTRIES`` entries (what one record may cost).
+
+    Raises:
+        ValueError: the record's dict value is larger than that.
+    """
+    if isinstance(data.value, dict) and len(data.value) > MAX_RECORD_ENTRIES:
+        raise ValueError(
+            f"record {data.tag!r} ({data.data_type.value}) holds {len(data.value)} entries, more than "
+            f"{MAX_RECORD_ENTRIES} entries a record may hold; it is not written (split it into smaller records)"
+        )
 
 
 class AnalyticsSender(Widget):
@@ -105,6 +124,7 @@ class AnalyticsReceiver(Widget, ABC):
         self._ready = False
         self._told_inactive = False
         self._recent: deque[weakref.ref] = deque(maxlen=16)  # the last records saved (same-object duplicates)
+        self._save_log = logsafe.RateLimit()  # save failures: one line per sending site every 10 s
 
     @abstractmethod
     def initialize(self, fl_ctx: FLContext) -> None:
@@ -165,7 +185,19 @@ class AnalyticsReceiver(Widget, ABC):
             try:
                 self.save(fl_ctx=fl_ctx, shareable=data, record_origin=origin)
             except Exception as exc:
-                self.log_exception(fl_ctx, f"{self.name}.save failed on a record from {origin}: {exc}")
+                self._save_failed(fl_ctx, origin, exc)
+
+    def _save_failed(self, fl_ctx: FLContext, origin: str, exc: Exception) -> None:
+        """Log a failed save once per origin every 10 s: a bad record (TypeError, ValueError) without a traceback."""
+        allowed = self._save_log.check(origin)
+        if allowed is None:
+            return
+        more = f" ({allowed[0]} more since the last line)" if allowed[0] else ""
+        text = f"{self.name}.save failed on a record from {origin}: {exc}{more}"
+        if isinstance(exc, (TypeError, ValueError)):
+            self.log_error(fl_ctx, text, fire_event=False)
+        else:
+            self.log_exception(fl_ctx, text)
 
     @staticmethod
     def _record_origin(fl_ctx: FLContext, data: Shareable) -> str | None:

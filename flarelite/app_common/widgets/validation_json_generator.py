@@ -14,14 +14,37 @@ from ..app_event_type import AppEventType
 from .widget import Widget
 
 
-def _json_value(value: Any) -> Any:
+def json_metrics(value: Any) -> Any:
+    """``value`` as plain JSON values: numpy scalars and arrays (and tensors) become numbers and lists.
+
+    Raises:
+        TypeError: a value JSON cannot hold (bytes, other objects), named by its type.
+    """
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    if isinstance(value, dict):
+        return {str(k): json_metrics(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_metrics(v) for v in value]
     item = getattr(value, "item", None)
     if callable(item) and getattr(value, "shape", None) == ():
-        return item()
+        return json_metrics(item())
     tolist = getattr(value, "tolist", None)
     if callable(tolist):
-        return tolist()
-    raise TypeError(f"{type(value).__name__} is not JSON serializable")
+        return json_metrics(tolist())
+    raise TypeError(f"a {type(value).__name__} cannot be written as JSON")
+
+
+def write_json_atomically(path: str, value: Any) -> None:
+    """Write ``value`` (plain JSON values) to ``path`` through a temporary file, so a failure leaves no half file."""
+    tmp = f"{path}.tmp"
+    try:
+        with open(tmp, "w", encoding="utf-8") as f:
+            json.dump(value, f)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
 
 
 class ValidationJsonGenerator(Widget):
@@ -64,13 +87,17 @@ class ValidationJsonGenerator(Widget):
             self.log_error(fl_ctx, f"expected a METRICS DXO from {data_client}, got {dxo.data_kind}")
             return
         client_name = getattr(data_client, "name", data_client)  # a Client or its name
-        self._val_results.setdefault(str(client_name), {})[str(model_owner)] = dxo.data
+        try:
+            metrics = json_metrics(dxo.data)
+        except (TypeError, RecursionError) as exc:  # what a client sends must not break the file of everyone
+            self.log_error(fl_ctx, f"the validation result of {client_name} for {model_owner} is not recorded: {exc}")
+            return
+        self._val_results.setdefault(str(client_name), {})[str(model_owner)] = metrics
 
     def _write(self, fl_ctx: FLContext) -> None:
         run_dir = fl_ctx.get_workspace().get_run_dir(fl_ctx.get_job_id())
         folder = os.path.join(run_dir, self.results_dir)
         os.makedirs(folder, exist_ok=True)
         path = os.path.join(folder, self.json_file_name)
-        with open(path, "w", encoding="utf-8") as f:
-            json.dump(self._val_results, f, default=_json_value)
+        write_json_atomically(path, self._val_results)
         self.log_info(fl_ctx, f"cross-site validation results written to {path}")

@@ -34,6 +34,7 @@ from ..app_event_type import AppEventType
 from ..utils.error_handling_utils import get_error_handling_message, should_ignore_result_error
 from ..utils.fl_component_wrapper import FLComponentWrapper
 from ..utils.fl_model_utils import FLModelUtils
+from ..utils.validation_utils import check_int, check_str
 
 # task props of this controller (besides NVFlare's _task_callback_ and meta_data)
 _RESULTS = "_fl_model_results_"
@@ -41,13 +42,6 @@ _FAILED = "_failed_clients_"
 _NUM_TARGETS = "_num_targets_"
 _MIN_RESPONSES = "_min_responses_"
 _ROUND = "_round_"
-
-
-def _check_non_negative_int(name: str, value: Any) -> None:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
-    if value < 0:
-        raise ValueError(f"{name} must be >= 0, got {value}")
 
 
 class BaseModelController(Controller, FLComponentWrapper, ABC):
@@ -72,8 +66,7 @@ class BaseModelController(Controller, FLComponentWrapper, ABC):
             raise TypeError(f"task_check_period must be an int or float, got {type(task_check_period).__name__}")
         if task_check_period <= 0:
             raise ValueError(f"task_check_period must be greater than 0, got {task_check_period}")
-        if not isinstance(persistor_id, str):
-            raise TypeError(f"persistor_id must be a str, got {type(persistor_id).__name__}")
+        check_str("persistor_id", persistor_id)
         if ignore_result_error is not None and not isinstance(ignore_result_error, bool):
             raise TypeError(f"ignore_result_error must be True, False or None, got {ignore_result_error!r}")
         super().__init__(task_check_period=task_check_period)
@@ -166,9 +159,9 @@ class BaseModelController(Controller, FLComponentWrapper, ABC):
             raise TypeError(f"data must be an FLModel, got {type(data).__name__}")
         if min_responses is None:
             min_responses = 0  # the broadcast's "all targets"
-        _check_non_negative_int("min_responses", min_responses)
-        _check_non_negative_int("timeout", timeout)
-        _check_non_negative_int("wait_time_after_min_received", wait_time_after_min_received)
+        check_int("min_responses", min_responses)
+        check_int("timeout", timeout)
+        check_int("wait_time_after_min_received", wait_time_after_min_received)
         if not blocking and not callable(callback):
             raise TypeError(f"callback must be callable when blocking is False, got {type(callback).__name__}")
         if targets:
@@ -179,23 +172,17 @@ class BaseModelController(Controller, FLComponentWrapper, ABC):
             self.info(f"Sending task {task_name} to all clients {names}")
         self.set_fl_context(data)
         task = self._prepare_task(data, task_name, timeout, callback, names, min_responses)
-        if not blocking:
-            self.broadcast(
-                task=task,
-                fl_ctx=self.fl_ctx,
-                targets=names,
-                min_responses=min_responses,
-                wait_time_after_min_received=wait_time_after_min_received,
-            )
-            return None
-        self.broadcast_and_wait(
+        how = dict(
             task=task,
             fl_ctx=self.fl_ctx,
             targets=names,
             min_responses=min_responses,
             wait_time_after_min_received=wait_time_after_min_received,
-            abort_signal=self.abort_signal,
         )
+        if not blocking:
+            self.broadcast(**how)
+            return None
+        self.broadcast_and_wait(**how, abort_signal=self.abort_signal)
         results: list[FLModel] = task.props.pop(_RESULTS, [])
         expected = min_responses if min_responses else len(names)
         if len(results) != expected:
@@ -270,8 +257,10 @@ class BaseModelController(Controller, FLComponentWrapper, ABC):
         if accepted:
             try:
                 model = FLModelUtils.from_shareable(result)
-            except ValueError as exc:
-                self.log_error(fl_ctx, f"the result of {client_name} for task {task.name} holds no model: {exc}")
+            except (TypeError, ValueError) as exc:  # no DXO, or headers (rounds) of the wrong type or range
+                self.log_error(
+                    fl_ctx, f"the result of {client_name} for task {task.name} is not a valid FLModel: {exc}"
+                )
                 accepted = False
         if accepted:
             model.meta["props"] = task.get_prop(AppConstants.META_DATA)

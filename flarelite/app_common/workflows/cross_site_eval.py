@@ -12,7 +12,6 @@ Models are kept under ``model_shareables/`` in flarelite's safe codec (never pic
 
 from __future__ import annotations
 
-import json
 import os
 import threading
 from collections import deque
@@ -23,20 +22,11 @@ from ..abstract.fl_model import FLModel
 from ..abstract.model_persistor import ModelPersistor
 from ..app_constant import AppConstants, DefaultCheckpointFileName, ModelName
 from ..utils.fl_model_utils import FLModelUtils
+from ..utils.validation_utils import check_int
+from ..widgets.validation_json_generator import json_metrics, write_json_atomically
 from .model_controller import ModelController
 
 MODEL_NAME = "model_name"
-
-
-def _json_safe(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {str(k): _json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_json_safe(v) for v in value]
-    item = getattr(value, "item", None)
-    if callable(item) and getattr(value, "shape", None) == ():
-        return item()
-    return value
 
 
 class CrossSiteEval(ModelController):
@@ -60,9 +50,8 @@ class CrossSiteEval(ModelController):
         **kwargs: Any,
     ) -> None:
         super().__init__(*args, **kwargs)
-        for name, value in (("submit_model_timeout", submit_model_timeout), ("validation_timeout", validation_timeout)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-                raise ValueError(f"{name} must be an int >= 0, got {value!r}")
+        check_int("submit_model_timeout", submit_model_timeout)
+        check_int("validation_timeout", validation_timeout)
         self._cross_val_dir = cross_val_dir
         self._submit_model_timeout = submit_model_timeout
         self._validation_timeout = validation_timeout
@@ -154,6 +143,12 @@ class CrossSiteEval(ModelController):
         if not model.params:
             self.warning(f"{client_name} submitted an empty model; it is not validated.")
             return
+        if client_name in self._server_models:
+            self.error(
+                f"the model of {client_name} is not validated: a server model has that name (their results would "
+                "be mixed up); rename the site or the server model"
+            )
+            return
         path = os.path.join(self._models_dir, client_name)
         FLModelUtils.to_dxo(model).to_file(path)
         self._client_models[client_name] = path
@@ -162,7 +157,12 @@ class CrossSiteEval(ModelController):
     def _receive_val_result_cb(self, model: FLModel) -> None:
         client_name = model.meta["client_name"]
         owner = (model.meta.get("props") or {}).get(MODEL_NAME, "?")
-        self._val_results.setdefault(client_name, {})[owner] = model.metrics
+        try:
+            metrics = json_metrics(model.metrics)
+        except (TypeError, RecursionError) as exc:  # what a client sends must not break the file of everyone
+            self.error(f"the validation result of {client_name} for {owner} is not recorded: {exc}")
+            return
+        self._val_results.setdefault(client_name, {})[owner] = metrics
         self.info(f"Client {client_name} validated the {owner} model: {model.metrics}")
 
     def save_results(self) -> str:
@@ -170,7 +170,6 @@ class CrossSiteEval(ModelController):
         folder = os.path.join(self.get_run_dir(), self._cross_val_dir)
         os.makedirs(folder, exist_ok=True)
         path = os.path.join(folder, "cross_val_results.json")
-        with open(path, "w", encoding="utf-8") as f:
-            json.dump(_json_safe(self._val_results), f, indent=2)
+        write_json_atomically(path, self._val_results)
         self.info(f"Cross-site evaluation results saved to {path}")
         return path

@@ -9,6 +9,16 @@ saved as ``SRV_<name>`` and validated the same way. Each validation result is sa
 
 Models and results are written with flarelite's safe codec (``DXO.to_file`` / ``from_file``), never pickle.
 Validation tasks are sent from the workflow thread, not from the result callbacks.
+
+Differences from NVFlare 2.9.0 (what a client sends is not trusted to name files or models):
+
+- the owner of a validation result is the model the server sent in that task, not the result's
+  ``_model_owner_`` cookie (a client could otherwise file its metrics under another model); a late result counts
+  only if its cookie names a model of this run, and only from a participant;
+- a client whose name starts with ``SRV_`` gets no model validated (its file would replace the server model of
+  that name), and only a client's first submitted model is validated;
+- two (client, owner) pairs that would share a result file name (``a_b`` + ``c``, ``a`` + ``b_c``) get distinct
+  files (the second one ``a_b_c.2``).
 """
 
 from __future__ import annotations
@@ -31,13 +41,9 @@ from ...apis.signal import Signal
 from ..abstract.model_locator import ModelLocator
 from ..app_constant import AppConstants, ModelName
 from ..app_event_type import AppEventType
+from ..utils.validation_utils import check_int, check_str
 
-
-def _check_timeout(name: str, value: Any) -> None:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
-    if value < 0:
-        raise ValueError(f"{name} must be >= 0, got {value}")
+SERVER_MODEL_PREFIX = "SRV_"
 
 
 class CrossSiteModelEval(Controller):
@@ -73,20 +79,16 @@ class CrossSiteModelEval(Controller):
         super().__init__(task_check_period=task_check_period)
         if not isinstance(task_check_period, float):
             raise TypeError(f"task_check_period must be a float, got {type(task_check_period).__name__}")
-        for name, value in (
-            ("cross_val_dir", cross_val_dir),
-            ("model_locator_id", model_locator_id),
-            ("formatter_id", formatter_id),
-            ("submit_model_task_name", submit_model_task_name),
-            ("validation_task_name", validation_task_name),
-        ):
-            if not isinstance(value, str):
-                raise TypeError(f"{name} must be a str, got {type(value).__name__}")
+        check_str("cross_val_dir", cross_val_dir)
+        check_str("model_locator_id", model_locator_id)
+        check_str("formatter_id", formatter_id)
+        check_str("submit_model_task_name", submit_model_task_name)
+        check_str("validation_task_name", validation_task_name)
         if not isinstance(cleanup_models, bool):
             raise TypeError(f"cleanup_models must be a bool, got {type(cleanup_models).__name__}")
-        _check_timeout("submit_model_timeout", submit_model_timeout)
-        _check_timeout("validation_timeout", validation_timeout)
-        _check_timeout("wait_for_clients_timeout", wait_for_clients_timeout)
+        check_int("submit_model_timeout", submit_model_timeout)
+        check_int("validation_timeout", validation_timeout)
+        check_int("wait_for_clients_timeout", wait_for_clients_timeout)
         if participating_clients is not None and (
             not isinstance(participating_clients, list) or not all(isinstance(c, str) for c in participating_clients)
         ):
@@ -113,6 +115,7 @@ class CrossSiteModelEval(Controller):
         self._model_locator: ModelLocator | None = None
         self._cross_val_models_dir = ""
         self._cross_val_results_dir = ""
+        self._result_files: dict[str, tuple[str, str]] = {}
 
     # lifecycle ---------------------------------------------------------------------------------------
     def start_controller(self, fl_ctx: FLContext) -> None:
@@ -232,7 +235,7 @@ class CrossSiteModelEval(Controller):
                     fl_ctx,
                 )
                 return False
-            unique_name = "SRV_" + name
+            unique_name = SERVER_MODEL_PREFIX + name
             self._server_models[unique_name] = self._save_validation_content(
                 unique_name, self._cross_val_models_dir, dxo
             )
@@ -297,6 +300,16 @@ class CrossSiteModelEval(Controller):
         if rc and rc != ReturnCode.OK:
             self.log_error(fl_ctx, f"{client_name} submitted no model (return code {rc}); its model is not validated.")
             return
+        if client_name.startswith(SERVER_MODEL_PREFIX):
+            self.log_error(
+                fl_ctx,
+                f"the model of {client_name} is not validated: names starting with {SERVER_MODEL_PREFIX!r} are the "
+                "server's models (its file would replace theirs); rename the site",
+            )
+            return
+        if self._client_models.get(client_name):
+            self.log_warning(fl_ctx, f"{client_name} submitted a second model; only its first one is validated.")
+            return
         try:
             dxo = from_shareable(result)
             path = self._save_validation_content(client_name, self._cross_val_models_dir, dxo)
@@ -308,11 +321,22 @@ class CrossSiteModelEval(Controller):
         self._queue(client_name)
 
     def _receive_val_result_cb(self, client_task: ClientTask, fl_ctx: FLContext) -> None:
-        self._accept_val_result(client_task.client.name, client_task.result, fl_ctx)
+        # the model's name is the one this server put on the task, whatever cookie the result carries
+        owner = client_task.task.props[AppConstants.MODEL_OWNER]
+        self._accept_val_result(client_task.client.name, client_task.result, fl_ctx, owner)
         client_task.result = None
 
-    def _accept_val_result(self, client_name: str, result: Shareable, fl_ctx: FLContext) -> None:
-        model_owner = result.get_cookie(AppConstants.MODEL_OWNER, "")
+    def _accept_val_result(
+        self, client_name: str, result: Shareable, fl_ctx: FLContext, model_owner: str | None = None
+    ) -> None:
+        if model_owner is None:  # a late result: its cookie must name a model this run sent out
+            model_owner = result.get_cookie(AppConstants.MODEL_OWNER, "")
+            known = set(self._server_models) | {name for name, path in self._client_models.items() if path}
+            if model_owner not in known:
+                self.log_error(
+                    fl_ctx, f"Ignoring a late validation result of {client_name} for an unknown model {model_owner!r}."
+                )
+                return
         fl_ctx.set_prop(AppConstants.MODEL_OWNER, model_owner, private=True, sticky=False)
         fl_ctx.set_prop(AppConstants.DATA_CLIENT, client_name, private=True, sticky=False)
         fl_ctx.set_prop(AppConstants.VALIDATION_RESULT, result, private=True, sticky=False)
@@ -327,7 +351,7 @@ class CrossSiteModelEval(Controller):
             )
             results[model_owner] = {}
             return
-        save_name = f"{client_name}_{model_owner}"
+        save_name = self._result_file_name(client_name, model_owner)
         try:
             dxo = from_shareable(result)
             results[model_owner] = self._save_validation_content(save_name, self._cross_val_results_dir, dxo)
@@ -340,8 +364,10 @@ class CrossSiteModelEval(Controller):
     def process_result_of_unknown_task(
         self, client: Client, task_name: str, client_task_id: str, result: Shareable, fl_ctx: FLContext
     ) -> None:
-        """A late submitted model or validation result is still used."""
-        if task_name == self._submit_model_task_name:
+        """A late submitted model or validation result of a participant is still used."""
+        if client.name not in self._participants:
+            self.log_error(fl_ctx, f"Ignoring the result of task {task_name} from {client.name}: not a participant.")
+        elif task_name == self._submit_model_task_name:
             self._accept_local_model(client.name, result, fl_ctx)
         elif task_name == self._validation_task_name:
             self._accept_val_result(client.name, result, fl_ctx)
@@ -349,6 +375,17 @@ class CrossSiteModelEval(Controller):
             self.log_error(fl_ctx, f"Ignoring the result of unknown task {task_name} from {client.name}.")
 
     # files --------------------------------------------------------------------------------------------
+    def _result_file_name(self, client_name: str, model_owner: str) -> str:
+        """``<client>_<owner>``, unless another (client, owner) pair has that name already (``a_b`` + ``c`` and
+        ``a`` + ``b_c``): then a numbered variant, so no result file replaces another's."""
+        base = name = f"{client_name}_{model_owner}"
+        n = 1
+        with self._lock:
+            while self._result_files.setdefault(name, (client_name, model_owner)) != (client_name, model_owner):
+                n += 1
+                name = f"{base}.{n}"
+        return name
+
     @staticmethod
     def _safe_name(name: str) -> str:
         if not name or os.path.basename(name) != name or name in (".", ".."):

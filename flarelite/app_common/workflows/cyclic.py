@@ -5,6 +5,9 @@ from __future__ import annotations
 import gc
 from typing import Any
 
+from ..abstract.fl_model import ParamsType
+from ..aggregators.contribution_check import check_contribution
+from .base_fedavg import set_round_args
 from .model_controller import ModelController
 
 _RESULT_ONLY_META = ("props", "client_name")  # added to each result by the controller, not part of the model
@@ -13,6 +16,10 @@ _RESULT_ONLY_META = ("props", "client_name")  # added to each result by the cont
 class Cyclic(ModelController):
     """Each round sends the model to each of ``num_clients`` sampled clients in turn; each result's params and
     meta become the model the next client gets. The model is saved after each round.
+
+    A result is checked first (``contribution_check``; NVFlare 2.9.0 does not check): one with NaN, values that are
+    not numbers or a shape other than the model's, or a DIFF, is not passed on (the model stays as it was); keys
+    the model does not have are dropped.
 
     Parameters:
         num_clients: clients per round (all if more than there are).
@@ -30,20 +37,13 @@ class Cyclic(ModelController):
         **kwargs: Any,
     ) -> None:
         super().__init__(*args, **kwargs)
-        for name, value, low in (
-            ("num_clients", num_clients, 1),
-            ("num_rounds", num_rounds, 0),
-            ("start_round", start_round, 0),
-            ("memory_gc_rounds", memory_gc_rounds, 0),
-        ):
-            if isinstance(value, bool) or not isinstance(value, int):
-                raise TypeError(f"{name} must be an int, got {type(value).__name__}")
-            if value < low:
-                raise ValueError(f"{name} must be >= {low}, got {value}")
-        self.num_clients = num_clients
-        self.num_rounds = num_rounds
-        self.start_round = start_round
-        self.memory_gc_rounds = memory_gc_rounds
+        set_round_args(
+            self,
+            num_clients=num_clients,
+            num_rounds=num_rounds,
+            start_round=start_round,
+            memory_gc_rounds=memory_gc_rounds,
+        )
 
     def run(self) -> None:
         """Pass the model around the sampled clients, round after round."""
@@ -63,7 +63,14 @@ class Cyclic(ModelController):
                 if not results:
                     self.warning(f"No result from {client} in round {self.current_round}; the model is unchanged.")
                     continue
-                model.params = results[0].params
+                params, note = check_contribution(results[0].params, model.params)
+                if params is None or results[0].params_type == ParamsType.DIFF:
+                    note = note if params is None else "it sent a DIFF; cyclic transfer passes on full weights"
+                    self.warning(f"The model {client} returned in round {self.current_round} is not used: {note}.")
+                    continue
+                if note:
+                    self.warning(f"The model {client} returned in round {self.current_round}: {note}.")
+                model.params = params
                 model.meta = {k: v for k, v in results[0].meta.items() if k not in _RESULT_ONLY_META}
             self.save_model(model)
             if self.memory_gc_rounds and (self.current_round - self.start_round + 1) % self.memory_gc_rounds == 0:

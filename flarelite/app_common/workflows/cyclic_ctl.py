@@ -4,7 +4,9 @@ Each round relays one task through the clients in the round's order; each client
 shareable generator, the task data the next client gets. The last result of a round is the global model.
 
 A result whose return code is not OK ends the workflow (logged); EARLY_TERMINATION ends it quietly when
-``allow_early_termination`` is set and is otherwise skipped (the next client gets the model unchanged).
+``allow_early_termination`` is set and is otherwise skipped (the next client gets the model unchanged). A result
+that holds no WEIGHTS/WEIGHT_DIFF DXO, or whose values are NaN, not numbers, or shaped unlike the model's, is
+skipped the same way (``contribution_check``; NVFlare 2.9.0 passes it on); keys the model lacks are dropped.
 ``snapshot_every_n_rounds`` is accepted and has no effect (flarelite has no job snapshots).
 """
 
@@ -15,15 +17,19 @@ import random
 
 from ...apis.client import Client
 from ...apis.controller_spec import ClientTask, Task
+from ...apis.dxo import DataKind, from_shareable
 from ...apis.fl_constant import ReturnCode
 from ...apis.fl_context import FLContext
 from ...apis.impl.controller import Controller
 from ...apis.shareable import Shareable
 from ...apis.signal import Signal
 from ..abstract.learnable_persistor import LearnablePersistor
+from ..abstract.model import ModelLearnableKey
 from ..abstract.shareable_generator import ShareableGenerator
+from ..aggregators.contribution_check import check_contribution
 from ..app_constant import AppConstants
 from ..app_event_type import AppEventType
+from ..utils.validation_utils import check_int, check_str
 
 
 class RelayOrder:
@@ -66,24 +72,14 @@ class CyclicController(Controller):
         memory_gc_rounds: int = 1,
     ) -> None:
         super().__init__(task_check_period=task_check_period)
-        for name, value in (
-            ("num_rounds", num_rounds),
-            ("task_assignment_timeout", task_assignment_timeout),
-            ("persist_every_n_rounds", persist_every_n_rounds),
-            ("snapshot_every_n_rounds", snapshot_every_n_rounds),
-            ("memory_gc_rounds", memory_gc_rounds),
-        ):
-            if isinstance(value, bool) or not isinstance(value, int):
-                raise TypeError(f"{name} must be an int, got {type(value).__name__}")
-            if value < 0:
-                raise ValueError(f"{name} must be >= 0, got {value}")
-        for name, value in (
-            ("persistor_id", persistor_id),
-            ("shareable_generator_id", shareable_generator_id),
-            ("task_name", task_name),
-        ):
-            if not isinstance(value, str):
-                raise TypeError(f"{name} must be a str, got {type(value).__name__}")
+        check_int("num_rounds", num_rounds)
+        check_int("task_assignment_timeout", task_assignment_timeout)
+        check_int("persist_every_n_rounds", persist_every_n_rounds)
+        check_int("snapshot_every_n_rounds", snapshot_every_n_rounds)
+        check_int("memory_gc_rounds", memory_gc_rounds)
+        check_str("persistor_id", persistor_id)
+        check_str("shareable_generator_id", shareable_generator_id)
+        check_str("task_name", task_name)
         if isinstance(order, list):
             if not order or not all(isinstance(n, str) for n in order):
                 raise ValueError(f"order as a list must hold client names, got {order!r}")
@@ -176,11 +172,34 @@ class CyclicController(Controller):
             self.log_error(fl_ctx, f"{client_name} returned {rc} for task {task.name}; the workflow stops.")
             self._stop_workflow(task)
             return
+        problem = self._result_problem(result)
+        if problem:
+            self.log_warning(fl_ctx, f"the result of {client_name} is not passed on ({problem}); the model stays.")
+            client_task.result = None
+            return
         self._last_client = client_name
         self._last_learnable = self.shareable_generator.shareable_to_learnable(result, fl_ctx)
         fl_ctx.set_prop(AppConstants.GLOBAL_MODEL, self._last_learnable, private=True, sticky=True)
         task.data = self._make_task_data(fl_ctx)
         client_task.result = None
+
+    def _result_problem(self, result: Shareable) -> str:
+        """Why a client's result cannot become the next model ("" when it can): see ``contribution_check``."""
+        try:
+            dxo = from_shareable(result)
+        except ValueError as exc:
+            return str(exc)
+        if dxo.data_kind not in (DataKind.WEIGHTS, DataKind.WEIGHT_DIFF):
+            return f"it is a {dxo.data_kind} DXO, not WEIGHTS or WEIGHT_DIFF"
+        last = self._last_learnable
+        weights = last.get(ModelLearnableKey.WEIGHTS) if isinstance(last, dict) else None
+        params, note = check_contribution(dxo.data, weights)
+        if params is None:
+            return note
+        if note:  # keys the model lacks: dropped, as FedAvg drops them
+            dxo.data = params
+            dxo.update_shareable(result)
+        return ""
 
     def control_flow(self, abort_signal: Signal, fl_ctx: FLContext) -> None:
         """Run the rounds; an exception is logged and ends the run."""

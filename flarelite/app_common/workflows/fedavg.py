@@ -7,33 +7,36 @@ or not a finite number > 0), per key, so a key that only some clients send is av
 Without a persistor the model is kept in ``<run dir>/<save_filename>`` in flarelite's safe codec (an FL_MODEL
 DXO file; never pickle). Override ``save_model_file``/``load_model_file`` for a framework format.
 
-Differences from NVFlare 2.9.0: a round in which no result could be aggregated leaves the global model as it
-was (NVFlare replaces it with the empty aggregate); ``enable_tensor_disk_offload`` is accepted and ignored
-(flarelite keeps received tensors in memory).
+Differences from NVFlare 2.9.0:
+
+- a round in which no result could be aggregated leaves the global model as it was (NVFlare replaces it with
+  the empty aggregate);
+- each result is checked against the model sent in the round before it is averaged
+  (``flarelite.app_common.aggregators.contribution_check``): a value that is not a number, array or tensor, a
+  NaN or infinity, or a shape other than the global model's rejects the result (a warning names the client and
+  the key); keys the global model does not have are dropped; a DIFF when there is no global model, or results
+  mixing FULL and DIFF params in one round, are rejected too. NVFlare averages whatever arrives, so one odd
+  client can change the global model's shape, make it NaN, or make the honest clients' results fail;
+- ``enable_tensor_disk_offload`` is accepted and ignored (flarelite keeps received tensors in memory).
 """
 
 from __future__ import annotations
 
+import math
+import numbers
 import os
+import threading
 from typing import Any
 
 from ...apis.dxo import from_file as dxo_from_file
 from ..abstract.fl_model import FLModel, ParamsType
+from ..aggregators.contribution_check import check_contribution, num_steps_weight
 from ..aggregators.model_aggregator import ModelAggregator
-from ..aggregators.weighted_aggregation_helper import WeightedAggregationHelper
 from ..app_constant import AppConstants
 from ..app_event_type import AppEventType
 from ..utils.fl_model_utils import FLModelUtils
 from ..utils.math_utils import parse_compare_criteria
-from .base_fedavg import (
-    _WEIGHT_KEY,
-    CLIENT_UNKNOWN,
-    METRICS_AGGREGATION_INFO,
-    BaseFedAvg,
-    metrics_aggregation_info,
-    num_steps_weight,
-    numeric_metrics,
-)
+from .base_fedavg import CLIENT_UNKNOWN, BaseFedAvg, RoundAggregate
 
 FEDPROX_MU = "fedprox_mu"
 
@@ -79,6 +82,13 @@ class FedAvg(BaseFedAvg):
             raise ValueError(f"patience must be an int >= 0 or None, got {patience!r}")
         if aggregation_weights is not None and not isinstance(aggregation_weights, dict):
             raise TypeError(f"aggregation_weights must be a dict or None, got {type(aggregation_weights).__name__}")
+        bad_weights = {
+            k: v
+            for k, v in (aggregation_weights or {}).items()
+            if isinstance(v, bool) or not isinstance(v, numbers.Real) or not math.isfinite(v) or v < 0
+        }
+        if bad_weights:
+            raise ValueError(f"aggregation_weights must map client names to finite numbers >= 0, got {bad_weights}")
         if fedprox_mu is not None and (isinstance(fedprox_mu, bool) or not isinstance(fedprox_mu, (int, float))):
             raise TypeError(f"fedprox_mu must be a number or None, got {type(fedprox_mu).__name__}")
         if fedprox_mu is not None and fedprox_mu < 0:
@@ -96,14 +106,12 @@ class FedAvg(BaseFedAvg):
         self.stop_condition = parse_compare_criteria(stop_cond) if stop_cond else None
         self.num_fl_rounds_without_improvement = 0
         self.best_target_metric_value: Any = None
-        self._aggr_helper: WeightedAggregationHelper | None = None
-        self._aggr_metrics_helper: WeightedAggregationHelper | None = None
-        self._all_metrics = True
+        self._round: RoundAggregate | None = None
+        self._global_params: Any = None  # the params sent this round: what results are checked against
         self._warned_metric_keys: set[str] = set()
-        self._site_weights: list[dict] = []
         self._received_count = 0
         self._expected_count = 0
-        self._params_type: Any = None
+        self._count_lock = threading.Lock()
 
     # the workflow -----------------------------------------------------------------------------------
     def run(self) -> None:
@@ -126,7 +134,7 @@ class FedAvg(BaseFedAvg):
             self.fl_ctx.set_prop(AppConstants.CURRENT_ROUND, self.current_round, private=True, sticky=True)
             self.event(AppEventType.ROUND_STARTED)
             clients = self.sample_clients(self.num_clients)
-            self._reset_round(len(clients))
+            self._reset_round(len(clients), model.params)
             self.send_model(task_name=self.task_name, targets=clients, data=model, callback=self._aggregate_one_result)
             if not self.wait_for_standing_tasks():
                 self.info("Abort signal triggered. Finishing FedAvg.")
@@ -161,20 +169,21 @@ class FedAvg(BaseFedAvg):
             self._maybe_cleanup_memory()
         self.info("Finished FedAvg.")
 
-    def _reset_round(self, expected: int) -> None:
+    def _reset_round(self, expected: int, global_params: Any = None) -> None:
         if self.aggregator:
             self.aggregator.reset_stats()
         else:
-            self._aggr_helper = WeightedAggregationHelper(exclude_vars=self.exclude_vars)
-            self._aggr_metrics_helper = WeightedAggregationHelper()
-            self._all_metrics = True
-        self._site_weights = []
+            self._round = RoundAggregate(exclude_vars=self.exclude_vars)
+        self._global_params = global_params
         self._received_count = 0
         self._expected_count = expected
-        self._params_type = None
 
     def _aggregate_one_result(self, result: FLModel) -> bool:
-        """Add one client's result to the round's aggregate (the ``send_model`` callback); False: skipped."""
+        """Add one client's result to the round's aggregate (the ``send_model`` callback); False: skipped.
+
+        With the built-in aggregation a result is checked first (``contribution_check``): bad values or shapes
+        reject it, keys the global model lacks are dropped, a DIFF needs a global model to apply to.
+        """
         client_name = result.meta.get("client_name", CLIENT_UNKNOWN)
         if not result.params:
             self.warning(f"Empty result from client {client_name}, skipping.")
@@ -182,27 +191,30 @@ class FedAvg(BaseFedAvg):
         if self.aggregator:
             self.aggregator.accept_model(result)
         else:
+            if result.params_type == ParamsType.DIFF and not self._global_params:
+                self.warning(f"{client_name} sent a DIFF, but there is no global model to apply it to; skipping.")
+                return False
+            params, note = check_contribution(result.params, self._global_params, self.exclude_vars)
+            if params is None:
+                self.warning(f"The result of {client_name} in round {self.current_round} is not aggregated: {note}.")
+                return False
+            if note:
+                self.warning(f"The result of {client_name} in round {self.current_round}: {note}.")
+                result.params = params
             weight = (self.aggregation_weights or {}).get(client_name, 1.0) * num_steps_weight(result.meta)
-            self._aggr_helper.add(
-                data=result.params, weight=weight, contributor_name=client_name, contribution_round=self.current_round
-            )
-            self._site_weights.append({"name": client_name, "weight": weight, "weight_key": _WEIGHT_KEY})
-            if result.metrics is None:
-                self._all_metrics = False
-            if self._all_metrics:
-                good, bad = numeric_metrics(result.metrics)
-                for key in bad:
-                    if key not in self._warned_metric_keys:
-                        self._warned_metric_keys.add(key)
-                        self.warning(f"Metric {key!r} from {client_name} is not a finite number; it is not aggregated.")
-                if good:
-                    self._aggr_metrics_helper.add(
-                        data=good, weight=weight, contributor_name=client_name, contribution_round=self.current_round
-                    )
-        if self._params_type is None:
-            self._params_type = result.params_type
-        self._received_count += 1
-        self.info(f"Aggregated {self._received_count}/{self._expected_count} results")
+            try:
+                bad = self._round.add(result, weight, client_name, self.current_round)
+            except (TypeError, ValueError) as exc:
+                self.warning(f"The result of {client_name} in round {self.current_round} is not aggregated: {exc}")
+                return False
+            for key in bad:
+                if key not in self._warned_metric_keys:
+                    self._warned_metric_keys.add(key)
+                    self.warning(f"Metric {key!r} from {client_name} is not a finite number; it is not aggregated.")
+        with self._count_lock:
+            self._received_count += 1
+            count = self._received_count
+        self.info(f"Aggregated {count}/{self._expected_count} results")
         return True
 
     def _get_aggregated_result(self) -> FLModel:
@@ -213,19 +225,7 @@ class FedAvg(BaseFedAvg):
             result.meta["nr_aggregated"] = self._received_count
             result.meta["current_round"] = self.current_round
             return result
-        params = self._aggr_helper.get_result()
-        metrics = self._aggr_metrics_helper.get_result() if self._all_metrics else None
-        return FLModel(
-            params=params,
-            params_type=self._params_type or ParamsType.FULL,
-            metrics=metrics or None,
-            current_round=self.current_round,
-            meta={
-                "nr_aggregated": self._received_count,
-                "current_round": self.current_round,
-                METRICS_AGGREGATION_INFO: metrics_aggregation_info(self._site_weights),
-            },
-        )
+        return self._round.result(self.current_round)
 
     # early stopping -----------------------------------------------------------------------------------
     def should_stop(self, metrics: dict | None = None) -> bool:

@@ -26,13 +26,7 @@ from ..abstract.shareable_generator import ShareableGenerator
 from ..app_constant import AppConstants
 from ..app_event_type import AppEventType
 from ..utils.error_handling_utils import get_error_handling_message, should_ignore_result_error
-
-
-def _check_int(name: str, value: object, low: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
-    if value < low:
-        raise ValueError(f"{name} must be >= {low}, got {value}")
+from ..utils.validation_utils import check_int, check_str
 
 
 class ScatterAndGather(Controller):
@@ -72,22 +66,18 @@ class ScatterAndGather(Controller):
         enable_tensor_disk_offload: bool = False,
     ) -> None:
         super().__init__(task_check_period=task_check_period)
-        _check_int("min_clients", min_clients, 1)
-        _check_int("num_rounds", num_rounds, 0)
-        _check_int("start_round", start_round, 0)
-        _check_int("wait_time_after_min_received", wait_time_after_min_received, 0)
-        _check_int("train_timeout", train_timeout, 0)
-        _check_int("persist_every_n_rounds", persist_every_n_rounds, 0)
-        _check_int("snapshot_every_n_rounds", snapshot_every_n_rounds, 0)
-        _check_int("memory_gc_rounds", memory_gc_rounds, 0)
-        for name, value in (
-            ("aggregator_id", aggregator_id),
-            ("persistor_id", persistor_id),
-            ("shareable_generator_id", shareable_generator_id),
-            ("train_task_name", train_task_name),
-        ):
-            if not isinstance(value, str):
-                raise TypeError(f"{name} must be a str, got {type(value).__name__}")
+        check_int("min_clients", min_clients, 1)
+        check_int("num_rounds", num_rounds, 0)
+        check_int("start_round", start_round, 0)
+        check_int("wait_time_after_min_received", wait_time_after_min_received, 0)
+        check_int("train_timeout", train_timeout, 0)
+        check_int("persist_every_n_rounds", persist_every_n_rounds, 0)
+        check_int("snapshot_every_n_rounds", snapshot_every_n_rounds, 0)
+        check_int("memory_gc_rounds", memory_gc_rounds, 0)
+        check_str("aggregator_id", aggregator_id)
+        check_str("persistor_id", persistor_id)
+        check_str("shareable_generator_id", shareable_generator_id)
+        check_str("train_task_name", train_task_name)
         if ignore_result_error is not None and not isinstance(ignore_result_error, bool):
             raise TypeError(f"ignore_result_error must be True, False or None, got {ignore_result_error!r}")
         self.aggregator_id = aggregator_id

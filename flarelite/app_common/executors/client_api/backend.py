@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 import uuid
 from abc import ABC, abstractmethod
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
+from flarelite import logsafe
 from flarelite.apis.analytix import ANALYTIC_EVENT_TYPE, AnalyticsDataType, LogWriterName
 from flarelite.apis.fl_component import FED_EVENT_PREFIX, generate_log_prefix
 from flarelite.apis.fl_constant import FLContextKey, ReturnCode
@@ -25,6 +27,45 @@ if TYPE_CHECKING:
 POLL_INTERVAL = 0.2  # how often a waiting task looks at its abort signal (results wake it at once)
 
 
+class TaskClock:
+    """A task in flight waits ``task_wait_timeout`` for the script to take it, then ``result_wait_timeout``."""
+
+    def __init__(self, executor: ClientAPIExecutor, task_name: str, hint: Callable[[], str] | None = None) -> None:
+        self.task_name = task_name
+        self.hint = hint  # what to add when the script never took the task (asked when it is said)
+        self.task_wait = executor.task_wait_timeout
+        self.result_wait = executor.result_wait_timeout
+        self.sent_at = time.monotonic()
+        self.taken_at: float | None = None
+
+    def overdue(self, taken: bool) -> str | None:
+        """The failure message once the wait the task is in ran out; None while there is time."""
+        now = time.monotonic()
+        if not taken:
+            if self.task_wait is not None and now - self.sent_at > self.task_wait:
+                return (
+                    f"the training script did not take task {self.task_name!r} within {self.task_wait}s "
+                    f"(task_wait_timeout){self._hint()}"
+                )
+            return None
+        self.taken_at = self.taken_at or now
+        if self.result_wait is not None and now - self.taken_at > self.result_wait:
+            return (
+                f"the training script sent no result for task {self.task_name!r} within {self.result_wait}s "
+                "(result_wait_timeout); the task was aborted"
+            )
+        return None
+
+    def aborted(self, taken: bool) -> str:
+        """The message for the task aborted while in flight (a hint when the script never took it)."""
+        if taken:
+            return f"task {self.task_name!r} was aborted"
+        return f"task {self.task_name!r} was aborted before the training script took it{self._hint()}"
+
+    def _hint(self) -> str:
+        return self.hint() if self.hint is not None else ""
+
+
 class ClientAPIBackend(ABC):
     """Runs the training script of one ClientAPIExecutor and moves its tasks, results and metrics."""
 
@@ -36,6 +77,7 @@ class ClientAPIBackend(ABC):
         self.prefix = ""
         self.script_label = "script"
         self._output_logger = logging.getLogger(type(executor).__name__)
+        self._dropped_log = logsafe.RateLimit()
 
     # lifecycle ---------------------------------------------------------------------------------------------
     def bind(self, fl_ctx: FLContext) -> None:
@@ -124,7 +166,8 @@ class ClientAPIBackend(ABC):
         self._output_logger.log(level, text, extra={"site": self.site_name} if self.site_name else None)
 
     def handle_log(self, record: Any, federated: bool) -> None:
-        """Turn a metric record of the script into an analytics event; bad records are logged, never raised.
+        """Turn a metric record of the script into an analytics event; bad records are logged (rate-limited per
+        metric key), never raised.
 
         In-process the local event ``analytix_log_stats`` is fired (ConvertToFedEvent forwards it); from an
         external process the federated event ``fed.analytix_log_stats`` is fired directly.
@@ -140,9 +183,11 @@ class ClientAPIBackend(ABC):
             data_type = AnalyticsDataType(record.get("data_type"))
             dxo = create_analytic_dxo(key, record.get("value"), data_type, writer=writer, **kwargs)
         except Exception as exc:  # whatever the script sent: reported here, never raised in the script
-            self.executor.log_error(
-                self.new_context(), f"metric {key!r} from the training script dropped: {exc}", fire_event=False
-            )
+            said = self._dropped_log.check(f"{key!r:.200}")
+            if said is not None:  # once per metric key every 10 s, with how many were dropped meanwhile
+                more = f" ({said[0]} more records of it dropped since)" if said[0] else ""
+                message = f"metric {key!r} from the training script dropped: {exc}{more}"
+                self.executor.log_error(self.new_context(), message, fire_event=False)
             return
         fl_ctx = self.new_context()
         try:

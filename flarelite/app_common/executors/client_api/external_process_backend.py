@@ -1,16 +1,19 @@
 """External-process mode: the training script is a process of its own, talking to the site over a Unix socket.
 
-Launch: ``command`` (an argv, no shell) in the site's app folder, in its own process group, with the site's
+Launch: ``command`` (an argv, no shell; a bare ``python3``/``python``, the default, means the site's own
+interpreter, ``sys.executable``) in the site's app folder, in its own process group, with the site's
 environment plus ``FLARELITE_CLIENT_API_BOOTSTRAP`` (a JSON file, mode 0600, in a private 0700 folder under
 /tmp that also holds the socket) and the app's ``custom/`` folder first on ``PYTHONPATH`` (``CLIENT_API_TYPE``
 removed). Its stdout goes to the site log at INFO, its stderr at WARNING, each line with the site context.
 
 Handshake: the socket accepts connections until one presents the bootstrap's random token in its first message
-(HELLO; anything else is closed), then accepts no more. No handshake within ``launch_timeout`` seconds, or the
+(HELLO; anything else is closed), then accepts no more; connections are checked at once, so a stalled one delays
+no other (``client_api.handshake``). No handshake within ``launch_timeout`` seconds, or the
 process exiting first, is a failure that names the script and asks whether it called ``flare.init()`` (with
 ``launch_once`` the run ends with ``system_panic``; otherwise the task fails).
 
-Running: one task at a time (TASK -> ACCEPTED -> RESULT). Both sides send HEARTBEAT every
+Running: one task at a time (TASK -> ACCEPTED -> RESULT); an ACCEPTED or RESULT for any task but the one in
+flight is dropped (logged, rate-limited), so nothing the script sends piles up. Both sides send HEARTBEAT every
 ``heartbeat_interval``; a trainer the site hears nothing from for ``heartbeat_timeout`` seconds is taken as hung
 and killed. ``launch_once=True`` keeps one process for the job; False launches one per task and checks its exit.
 
@@ -32,7 +35,6 @@ from __future__ import annotations
 
 import collections
 import concurrent.futures
-import hmac
 import json
 import logging
 import os
@@ -48,19 +50,20 @@ import threading
 import time
 from typing import Any
 
+from flarelite import logsafe
 from flarelite.apis.fl_constant import ReturnCode
 from flarelite.apis.fl_context import FLContext
 from flarelite.apis.shareable import Shareable
 from flarelite.apis.signal import Signal
-from flarelite.client.channel import HELLO_MAX_SIZE, MAX_MESSAGE_SIZE, Channel, Msg
+from flarelite.client.channel import MAX_MESSAGE_SIZE, NAMES, Channel, Msg
 from flarelite.client.constants import BOOTSTRAP_ENV, CLIENT_API_TYPE_ENV
 from flarelite.errors import CodecError, ProtocolError, TransportError
 from flarelite.stopping import PR_SET_PDEATHSIG, signal_name
 
-from .backend import POLL_INTERVAL, ClientAPIBackend, script_name
+from .backend import POLL_INTERVAL, ClientAPIBackend, TaskClock, script_name
+from .handshake import MAX_PENDING, Doorman
 
 DEFAULT_SHUTDOWN_TIMEOUT = 30.0
-HELLO_TIMEOUT = 10.0  # a connection must present its token this soon
 STDERR_LINES = 20
 MAX_LINE = 64 << 10
 SOCKET_PATH_MAX = 100  # AF_UNIX paths are limited to ~104-108 bytes
@@ -119,6 +122,18 @@ _WRAPPER = (
 )
 
 
+_PYTHONS = ("python", "python3", f"python{sys.version_info.major}.{sys.version_info.minor}")
+
+
+def site_interpreter(argv: list[str]) -> list[str]:
+    """``argv`` with a bare ``python``/``python3`` (ScriptRunner's default command) replaced by the site's own
+    interpreter, so the script finds the packages the site runs with (a site started from a virtual
+    environment that is not activated would otherwise run the script with whatever ``python3`` PATH finds)."""
+    if argv and argv[0] in _PYTHONS and sys.executable:
+        return [sys.executable, *argv[1:]]
+    return list(argv)
+
+
 def _launch_argv(argv: list[str]) -> list[str]:
     """``argv``, run through the die-with-the-site wrapper on Linux."""
     if not sys.platform.startswith("linux"):
@@ -150,8 +165,10 @@ class _Trainer:
         self.killed = False  # the site sent it a signal
         self.shut_down = False  # the script said it is done (flare.shutdown())
         self.reported = False  # its failure already went out (a task's reply, or system_panic)
-        self.accepted: set[str] = set()
-        self.results: dict[str, Shareable] = {}
+        self.in_flight: str | None = None  # the task sent to the script and not answered yet
+        self.accepted: set[str] = set()  # holds only the task in flight, once the script accepted it
+        self.results: dict[str, Shareable] = {}  # holds only the result of the task in flight
+        self._stray_log = logsafe.RateLimit()
         self.stderr_tail: collections.deque[str] = collections.deque(maxlen=STDERR_LINES)
         self._threads: list[threading.Thread] = []
         self._readers: list[threading.Thread] = []
@@ -181,7 +198,7 @@ class _Trainer:
         try:
             listener.bind(sock_path)
             os.chmod(sock_path, 0o600)
-            listener.listen(1)
+            listener.listen(MAX_PENDING)
         except OSError:
             listener.close()
             raise
@@ -278,9 +295,9 @@ class _Trainer:
         self._spawn(self._heartbeat_loop)
 
     def _accept(self, listener: socket.socket, token: str, deadline: float | None, timeout: float | None) -> Channel:
-        listener.settimeout(POLL_INTERVAL)
         hint = "did it call flare.init()?"
-        while True:
+
+        def check() -> None:
             if self.gone is not None:
                 raise RuntimeError(self.gone)
             if self._exited.is_set():
@@ -296,28 +313,12 @@ class _Trainer:
                 self._lose(message, crashed=True)  # before the kill, so that this is the reason given
                 self.kill()
                 raise RuntimeError(message)
-            try:
-                conn, _ = listener.accept()
-            except socket.timeout:
-                continue
-            except OSError as exc:
-                raise RuntimeError(f"the Client API socket failed: {exc}") from exc
-            channel = Channel(conn, peer=f"the training script {self.label}", max_message_size=MAX_MESSAGE_SIZE)
-            try:
-                kind, body = channel.recv(deadline=time.monotonic() + HELLO_TIMEOUT, max_size=HELLO_MAX_SIZE)
-                if kind != Msg.HELLO:
-                    raise ProtocolError(f"the first message was kind {kind}, not HELLO")
-                if not hmac.compare_digest(body["token"].encode(), token.encode()):
-                    raise ProtocolError("wrong token")
-            except (TransportError, CodecError) as exc:
-                channel.close()
-                self.backend.executor.log_warning(
-                    self.backend.new_context(),
-                    f"refused a connection to the Client API socket: {exc}",
-                    fire_event=False,
-                )
-                continue
-            return channel
+
+        def warn(message: str) -> None:
+            self.backend.executor.log_warning(self.backend.new_context(), message, fire_event=False)
+
+        doorman = Doorman(listener, token, f"the training script {self.label}", warn)
+        return doorman.accept(POLL_INTERVAL, check)
 
     # running ---------------------------------------------------------------------------------------------
     def _read_loop(self) -> None:
@@ -334,14 +335,8 @@ class _Trainer:
                 with self.cond:
                     self.cond.notify_all()
                 return  # the process is ending: _watch_exit reports it
-            if kind == Msg.ACCEPTED:
-                with self.cond:
-                    self.accepted.add(body["task_id"])
-                    self.cond.notify_all()
-            elif kind == Msg.RESULT:
-                with self.cond:
-                    self.results[body["task_id"]] = body["data"]
-                    self.cond.notify_all()
+            if kind in (Msg.ACCEPTED, Msg.RESULT):
+                self._answer(kind, body)
             elif kind == Msg.LOG:
                 self.backend.handle_log(body["record"], federated=True)
             elif kind == Msg.SHUTDOWN:
@@ -352,6 +347,59 @@ class _Trainer:
                 self.kill()
                 self._lose(f"the training script {self.label} sent an unexpected message kind {kind}", crashed=True)
                 return
+
+    def _answer(self, kind: int, body: dict) -> None:
+        """An ACCEPTED or RESULT: kept for the task in flight only; any other task id is dropped (and logged)."""
+        task_id = body["task_id"]
+        with self.cond:
+            if task_id == self.in_flight:
+                if kind == Msg.RESULT:
+                    self.results[task_id] = body["data"]
+                    self.in_flight = None
+                else:
+                    self.accepted.add(task_id)
+                self.cond.notify_all()
+                return
+        said = self._stray_log.check("stray")
+        if said is not None:
+            more = f" ({said[0]} more such messages since)" if said[0] else ""
+            self.backend.executor.log_warning(
+                self.backend.new_context(),
+                f"the training script {self.label} sent {NAMES[kind]} for task {task_id!r:.80}, which is not in "
+                f"flight: dropped{more}",
+                False,
+            )
+
+    def send_task(self, task_id: str, task_name: str, data: Shareable) -> bool:
+        """Send a task to the script and make it the one in flight; False if the connection is gone.
+
+        Raises:
+            CodecError: the task's data holds a value the codec does not carry.
+        """
+        channel = self.channel
+        if channel is None:
+            return False
+        with self.cond:
+            self.in_flight = task_id
+            self.accepted.clear()
+            self.results.clear()
+        body = {"task_id": task_id, "task_name": task_name, "data": data}
+        try:
+            channel.send(Msg.TASK, body, stall_timeout=self.backend.executor.heartbeat_timeout or None)
+        except TransportError:
+            return False
+        except CodecError:
+            self.settle(task_id)
+            raise
+        return True
+
+    def settle(self, task_id: str) -> None:
+        """The site is done with task ``task_id`` (answered, aborted or timed out): later answers are dropped."""
+        with self.cond:
+            if self.in_flight == task_id:
+                self.in_flight = None
+            self.accepted.discard(task_id)
+            self.results.pop(task_id, None)
 
     def _heartbeat_loop(self) -> None:
         ex = self.backend.executor
@@ -509,7 +557,7 @@ class ExternalProcessBackend(ClientAPIBackend):
 
     def _launch(self) -> _Trainer:
         trainer = _Trainer(self, self.script_label)
-        trainer.start(self.executor.argv, self._cwd, self._env, self.executor.launch_timeout)
+        trainer.start(site_interpreter(self.executor.argv), self._cwd, self._env, self.executor.launch_timeout)
         return trainer
 
     def trainer_gone(self, trainer: _Trainer) -> None:
@@ -555,8 +603,6 @@ class ExternalProcessBackend(ClientAPIBackend):
     def _run_task(
         self, trainer: _Trainer, task_name: str, shareable: Shareable, fl_ctx: FLContext, abort_signal: Signal
     ) -> Shareable:
-        ex = self.executor
-
         def gone_reply() -> Shareable:
             trainer.reported = True
             return self.fail(ReturnCode.EXECUTION_EXCEPTION, f"task {task_name!r} failed: {trainer.gone}", fl_ctx)
@@ -569,59 +615,40 @@ class ExternalProcessBackend(ClientAPIBackend):
         if abort_signal.triggered:
             return self.fail(ReturnCode.TASK_ABORTED, f"task {task_name!r} was aborted", fl_ctx, error=False)
         task = self.task_message(task_name, shareable, fl_ctx)
-        body = {"task_id": task.task_id, "task_name": task_name, "data": shareable}
         try:
-            sent = trainer.channel is not None
-            if sent:
-                trainer.channel.send(Msg.TASK, body, ex.heartbeat_timeout or None)  # type: ignore[union-attr]
+            sent = trainer.send_task(task.task_id, task_name, shareable)
         except CodecError as exc:
             message = f"task {task_name!r} cannot be sent to the script: {exc}"
             return self.fail(ReturnCode.EXECUTION_EXCEPTION, message, fl_ctx)
-        except TransportError:
-            sent = False
-        if not sent:
-            with trainer.cond:
-                trainer.cond.wait_for(lambda: trainer.gone is not None, timeout=5.0)
-            if trainer.gone is not None:
-                return gone_reply()
-            message = f"task {task_name!r} could not be sent to the script"
-            return self.fail(ReturnCode.EXECUTION_EXCEPTION, message, fl_ctx)
-        sent_at = time.monotonic()
-        accepted_at: float | None = None
-        while True:
-            with trainer.cond:
-                if task.task_id not in trainer.results and trainer.gone is None:
-                    trainer.cond.wait(POLL_INTERVAL)
-                result = trainer.results.pop(task.task_id, None)
-                accepted = task.task_id in trainer.accepted
-            if result is not None:
-                trainer.accepted.discard(task.task_id)
-                return self.finish_result(result, shareable)
-            if trainer.gone is not None:
-                return gone_reply()
-            if abort_signal.triggered:
-                trainer.send(Msg.ABORT, {"task_id": task.task_id, "reason": "the task was aborted"})
-                return self.fail(ReturnCode.TASK_ABORTED, f"task {task_name!r} was aborted", fl_ctx, error=False)
-            now = time.monotonic()
-            if not accepted:
-                if ex.task_wait_timeout is not None and now - sent_at > ex.task_wait_timeout:
-                    trainer.send(Msg.ABORT, {"task_id": task.task_id, "reason": "task_wait_timeout"})
-                    return self.fail(
-                        ReturnCode.EXECUTION_EXCEPTION,
-                        f"the training script did not accept task {task_name!r} within {ex.task_wait_timeout}s "
-                        "(task_wait_timeout)",
-                        fl_ctx,
-                    )
-            else:
-                accepted_at = accepted_at or now
-                if ex.result_wait_timeout is not None and now - accepted_at > ex.result_wait_timeout:
-                    trainer.send(Msg.ABORT, {"task_id": task.task_id, "reason": "result_wait_timeout"})
-                    return self.fail(
-                        ReturnCode.EXECUTION_EXCEPTION,
-                        f"the training script sent no result for task {task_name!r} within {ex.result_wait_timeout}s "
-                        "(result_wait_timeout); the task was aborted",
-                        fl_ctx,
-                    )
+        try:
+            if not sent:
+                with trainer.cond:
+                    trainer.cond.wait_for(lambda: trainer.gone is not None, timeout=5.0)
+                if trainer.gone is not None:
+                    return gone_reply()
+                message = f"task {task_name!r} could not be sent to the script"
+                return self.fail(ReturnCode.EXECUTION_EXCEPTION, message, fl_ctx)
+            clock = TaskClock(self.executor, task_name)
+            while True:
+                with trainer.cond:
+                    if task.task_id not in trainer.results and trainer.gone is None:
+                        trainer.cond.wait(POLL_INTERVAL)
+                    result = trainer.results.pop(task.task_id, None)
+                    accepted = task.task_id in trainer.accepted
+                if result is not None:
+                    return self.finish_result(result, shareable)
+                if trainer.gone is not None:
+                    return gone_reply()
+                if abort_signal.triggered:
+                    trainer.send(Msg.ABORT, {"task_id": task.task_id, "reason": "the task was aborted"})
+                    return self.fail(ReturnCode.TASK_ABORTED, clock.aborted(accepted), fl_ctx, error=False)
+                overdue = clock.overdue(accepted)
+                if overdue is not None:
+                    reason = "result_wait_timeout" if accepted else "task_wait_timeout"
+                    trainer.send(Msg.ABORT, {"task_id": task.task_id, "reason": reason})
+                    return self.fail(ReturnCode.EXECUTION_EXCEPTION, overdue, fl_ctx)
+        finally:
+            trainer.settle(task.task_id)
 
     def abort_task(self, task_id: str | None) -> None:
         """Tell the trainer to drop task ``task_id``."""

@@ -27,7 +27,6 @@ import runpy
 import shlex
 import sys
 import threading
-import time
 from typing import Any
 
 from flarelite.apis.fl_constant import ReturnCode
@@ -35,9 +34,9 @@ from flarelite.apis.fl_context import FLContext
 from flarelite.apis.shareable import Shareable
 from flarelite.apis.signal import Signal
 from flarelite.client.in_process import InProcessExchange, TaskState
-from flarelite.client.thread_binding import SiteBinding, bind_thread, register, unregister
+from flarelite.client.thread_binding import SiteBinding, bind_thread, flush_output, register, unregister
 
-from .backend import POLL_INTERVAL, ClientAPIBackend, script_name
+from .backend import POLL_INTERVAL, ClientAPIBackend, TaskClock, script_name
 
 JOIN_TIMEOUT = 30.0
 ARGV_HOLD = 30.0
@@ -151,6 +150,7 @@ class InProcessBackend(ClientAPIBackend):
             else:
                 self.executor.log_exception(ctx, reason)
         finally:
+            flush_output()  # a last print(..., end="") still reaches the site log
             binding.initialized.set()
             exchange.trainer_ended(reason, crashed)
             _script_ended()
@@ -167,11 +167,9 @@ class InProcessBackend(ClientAPIBackend):
                 f"task {task_name!r} cannot run: {exchange.trainer_done}; the script is not restarted within a job",
                 fl_ctx,
             )
-        ex = self.executor
         task = self.task_message(task_name, shareable, fl_ctx)
         exchange.offer_task(task)
-        offered_at = time.monotonic()
-        taken_at: float | None = None
+        clock = TaskClock(self.executor, task_name, self._untaken_hint)
         while True:
             state, result = exchange.await_result(task.task_id, POLL_INTERVAL)
             if state == TaskState.RESULT:
@@ -182,29 +180,18 @@ class InProcessBackend(ClientAPIBackend):
                 return self.fail(rc, f"task {task_name!r} got no result: {exchange.trainer_done}", fl_ctx)
             if abort_signal.triggered:
                 exchange.abort_task(task.task_id)
-                return self.fail(ReturnCode.TASK_ABORTED, f"task {task_name!r} was aborted", fl_ctx, error=False)
+                return self.fail(ReturnCode.TASK_ABORTED, clock.aborted(state != TaskState.OFFERED), fl_ctx, False)
             if state == TaskState.WITHDRAWN:
                 return self.fail(ReturnCode.TASK_ABORTED, f"task {task_name!r} was withdrawn", fl_ctx, error=False)
-            now = time.monotonic()
-            if state == TaskState.OFFERED:
-                if ex.task_wait_timeout is not None and now - offered_at > ex.task_wait_timeout:
-                    exchange.abort_task(task.task_id)
-                    return self.fail(
-                        ReturnCode.EXECUTION_EXCEPTION,
-                        f"the training script did not take task {task_name!r} within {ex.task_wait_timeout}s "
-                        "(task_wait_timeout); is it calling flare.receive()?",
-                        fl_ctx,
-                    )
-            elif state == TaskState.TAKEN:
-                taken_at = taken_at or now
-                if ex.result_wait_timeout is not None and now - taken_at > ex.result_wait_timeout:
-                    exchange.abort_task(task.task_id)
-                    return self.fail(
-                        ReturnCode.EXECUTION_EXCEPTION,
-                        f"the training script sent no result for task {task_name!r} within {ex.result_wait_timeout}s "
-                        "(result_wait_timeout); the task was aborted",
-                        fl_ctx,
-                    )
+            overdue = clock.overdue(state == TaskState.TAKEN)
+            if overdue is not None:
+                exchange.abort_task(task.task_id)
+                return self.fail(ReturnCode.EXECUTION_EXCEPTION, overdue, fl_ctx)
+
+    def _untaken_hint(self) -> str:
+        if self.binding is not None and not self.binding.initialized.is_set():
+            return "; the script has not called flare.init()"
+        return "; is the script calling flare.receive()?"
 
     def abort_task(self, task_id: str | None) -> None:
         """Withdraw task ``task_id`` from the script (its result, if any comes, is dropped)."""

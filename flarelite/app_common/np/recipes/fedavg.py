@@ -10,6 +10,7 @@ from ....client.config import ExchangeFormat, TransferType
 from ....job_config.base_fed_job import BaseFedJob
 from ....job_config.script_runner import FrameworkType
 from ....recipe.fedavg import FedAvgRecipe
+from ...utils.validation_utils import forward_args
 from ..np_model_persistor import NPModelPersistor
 
 
@@ -70,35 +71,9 @@ class NumpyFedAvgRecipe(FedAvgRecipe):
             and not (hasattr(model, "tolist") and hasattr(model, "dtype"))
         ):
             raise TypeError(f"NumpyFedAvgRecipe: model must be a list or a numpy array, got {type(model).__name__}")
-        super().__init__(
-            name=name,
-            model=model.tolist() if hasattr(model, "tolist") else model,
-            initial_ckpt=initial_ckpt,
-            min_clients=min_clients,
-            num_rounds=num_rounds,
-            train_script=train_script,
-            train_args=train_args,
-            aggregator=aggregator,
-            aggregator_data_kind=aggregator_data_kind,
-            launch_external_process=launch_external_process,
-            command=command,
-            framework=FrameworkType.NUMPY,
-            server_expected_format=server_expected_format,
-            params_transfer_type=params_transfer_type,
-            per_site_config=per_site_config,
-            launch_once=launch_once,
-            shutdown_timeout=shutdown_timeout,
-            key_metric=key_metric,
-            key_metric_mode=key_metric_mode,
-            stop_cond=stop_cond,
-            patience=patience,
-            best_model_filename=best_model_filename,
-            save_filename=save_filename,
-            exclude_vars=exclude_vars,
-            aggregation_weights=aggregation_weights,
-            client_memory_gc_rounds=client_memory_gc_rounds,
-            cuda_empty_cache=cuda_empty_cache,
-        )
+        if hasattr(model, "tolist"):
+            model = model.tolist()
+        super().__init__(**forward_args(locals(), FedAvgRecipe.__init__, framework=FrameworkType.NUMPY))
         self._client_defaults["framework"] = FrameworkType.NUMPY  # type: ignore[index]
         self.framework = FrameworkType.RAW
 

@@ -6,6 +6,7 @@ from typing import Any
 
 import torch
 
+from ....app_common.utils.validation_utils import forward_args
 from ....job_config.base_fed_job import BaseFedJob as _NeutralBaseFedJob
 from .model import PTModel
 
@@ -39,18 +40,7 @@ class BaseFedJob(_NeutralBaseFedJob):
         """
         if initial_model is not None and not isinstance(initial_model, torch.nn.Module):
             raise TypeError(f"initial_model must be a torch.nn.Module, got {type(initial_model).__name__}")
-        super().__init__(
-            name=name,
-            min_clients=min_clients,
-            mandatory_clients=mandatory_clients,
-            key_metric=key_metric,
-            key_metric_mode=key_metric_mode,
-            validation_json_generator=validation_json_generator,
-            model_selector=model_selector,
-            convert_to_fed_event=convert_to_fed_event,
-            analytics_receiver=analytics_receiver,
-            metrics_artifact_writer=metrics_artifact_writer,
-        )
+        super().__init__(**forward_args(locals(), _NeutralBaseFedJob.__init__))
         if initial_model is not None:
             ids = self.to_server(PTModel(initial_model, persistor=model_persistor, locator=model_locator))
             self.comp_ids.update(ids)

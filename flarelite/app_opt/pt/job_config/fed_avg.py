@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from ....app_common.utils.validation_utils import forward_args
 from ....app_common.workflows.fedavg import FedAvg
 from .base_fed_job import BaseFedJob
 
@@ -30,14 +31,7 @@ class FedAvgJob(BaseFedJob):
         """
         if not isinstance(initial_model, torch.nn.Module):
             raise ValueError(f"FedAvgJob: initial_model must be a torch.nn.Module, got {type(initial_model).__name__}")
-        super().__init__(
-            initial_model=initial_model,
-            name=name,
-            min_clients=min_clients,
-            mandatory_clients=mandatory_clients,
-            key_metric=key_metric,
-            key_metric_mode=key_metric_mode,
-        )
+        super().__init__(**forward_args(locals(), BaseFedJob.__init__))
         self.n_clients = n_clients
         self.num_rounds = num_rounds
         controller = FedAvg(

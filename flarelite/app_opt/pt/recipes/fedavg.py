@@ -7,6 +7,7 @@ from typing import Any
 from ....apis.dxo import DataKind
 from ....app_common.abstract.model_locator import ModelLocator
 from ....app_common.abstract.model_persistor import ModelPersistor
+from ....app_common.utils.validation_utils import forward_args
 from ....client.config import ExchangeFormat, TransferType
 from ....job_config.base_fed_job import BaseFedJob
 from ....job_config.script_runner import FrameworkType
@@ -72,39 +73,7 @@ class FedAvgRecipe(_UnifiedFedAvgRecipe):
         if model_locator is not None and not isinstance(model_locator, ModelLocator):
             raise TypeError(f"model_locator must be a ModelLocator, got {type(model_locator).__name__}")
         self.model_locator = model_locator
-        super().__init__(
-            name=name,
-            model=model,
-            initial_ckpt=initial_ckpt,
-            min_clients=min_clients,
-            num_rounds=num_rounds,
-            train_script=train_script,
-            train_args=train_args,
-            aggregator=aggregator,
-            aggregator_data_kind=aggregator_data_kind,
-            launch_external_process=launch_external_process,
-            command=command,
-            framework=FrameworkType.PYTORCH,
-            server_expected_format=server_expected_format,
-            params_transfer_type=params_transfer_type,
-            model_persistor=model_persistor,
-            per_site_config=per_site_config,
-            launch_once=launch_once,
-            launch_timeout=launch_timeout,
-            shutdown_timeout=shutdown_timeout,
-            key_metric=key_metric,
-            key_metric_mode=key_metric_mode,
-            stop_cond=stop_cond,
-            patience=patience,
-            best_model_filename=best_model_filename,
-            save_filename=save_filename,
-            exclude_vars=exclude_vars,
-            aggregation_weights=aggregation_weights,
-            server_memory_gc_rounds=server_memory_gc_rounds,
-            enable_tensor_disk_offload=enable_tensor_disk_offload,
-            client_memory_gc_rounds=client_memory_gc_rounds,
-            cuda_empty_cache=cuda_empty_cache,
-        )
+        super().__init__(**forward_args(locals(), _UnifiedFedAvgRecipe.__init__, framework=FrameworkType.PYTORCH))
 
     def _setup_model_and_persistor(self, job: BaseFedJob) -> str:
         if self.model is None:  # a custom persistor only (checked by the unified recipe)

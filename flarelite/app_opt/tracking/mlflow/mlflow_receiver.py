@@ -9,7 +9,12 @@ flarelite differences: the tracking URI is given to this receiver's own MlflowCl
 process-wide with ``mlflow.set_tracking_uri``); a site that was not known at START_RUN gets its run when its
 first record arrives; batches are split to MLflow's limits (1000 entries, 100 params, 100 tags); a text's
 artifact path must be relative and stay inside the run's artifacts; without a job name (flarelite's runtime does
-not pass it to sites) a run is named ``<site>-<job id[:6]>-<run_name>``.
+not pass it to sites) a run is named ``<site>-<job id[:6]>-<run_name>``. A bad entry costs only itself (NVFlare
+loses the whole buffered batch with it): names MLflow refuses are dropped when they arrive (checked with
+MLflow's own validation), a parameter logged again with another value is dropped (MLflow parameters cannot
+change; at most 10,000 parameters per site), and a batch whose content MLflow still refuses is split until only
+the refused entries are left out; each of these is logged once per site every 10 s. A record of more than 1000
+entries is refused (``check_record_size``).
 """
 
 from __future__ import annotations
@@ -18,24 +23,35 @@ import os
 import time
 from typing import Any
 
+from flarelite import logsafe
 from flarelite.apis.analytix import ANALYTIC_EVENT_TYPE, AnalyticsData, AnalyticsDataType, LogWriterName, TrackConst
 from flarelite.apis.dxo import from_shareable
 from flarelite.apis.fl_constant import ReservedKey
 from flarelite.apis.fl_context import FLContext
 from flarelite.apis.shareable import Shareable
-from flarelite.app_common.widgets.streaming import AnalyticsReceiver, site_run_dir
+from flarelite.app_common.widgets.streaming import AnalyticsReceiver, check_record_size, site_run_dir
 
 DEFAULT_EXPERIMENT_NAME = "FLARE FL Experiment"
 DEFAULT_RUN_NAME = "FLARE FL Run"
 _MAX_ENTITIES = 1000  # MLflow's log_batch limits
 _MAX_PARAMS = 100
 _MAX_TAGS = 100
+_GROUPS = ("metrics", "params", "tags")
+_REFUSED = "INVALID_PARAMETER_VALUE"  # the error code of an MlflowException for content MLflow does not take
+MAX_PARAMS_PER_SITE = 10_000  # parameters remembered per site (MLflow parameters cannot change)
 _INSTALL_HINT = "pip install mlflow (or pip install 'flarelite[mlflow]')"
 
 
 def _safe_artifact_path(path: str) -> bool:
+    """A relative file path of named parts, none of them ``.``/``..``, without NUL: it stays inside the artifacts."""
     parts = path.replace("\\", "/").split("/")
-    return bool(path) and not os.path.isabs(path) and ".." not in parts and "" not in parts[-1:]
+    return (
+        bool(path)
+        and "\x00" not in path
+        and not os.path.isabs(path)
+        and not any(p in (".", "..") for p in parts)
+        and parts[-1] != ""
+    )
 
 
 class MLflowReceiver(AnalyticsReceiver):
@@ -86,6 +102,9 @@ class MLflowReceiver(AnalyticsReceiver):
         self._uri: str | None = None
         self._job_id = ""
         self._job_name = ""
+        self._params: dict[str, dict[str, str]] = {}  # site -> the parameters it logged (MLflow keeps the first)
+        self._validate: Any = None  # MLflow's own check of a batch's names and values, if it has one
+        self._drop_log = logsafe.RateLimit()
 
     # setup ----------------------------------------------------------------------------------------------
     def initialize(self, fl_ctx: FLContext) -> None:
@@ -105,6 +124,12 @@ class MLflowReceiver(AnalyticsReceiver):
             ) from exc
         self._entities = entities
         self._client_class = MlflowClient
+        try:
+            from mlflow.utils.validation import _validate_batch_log_data  # checks names without a store
+
+            self._validate = _validate_batch_log_data
+        except ImportError:
+            self._validate = None  # older or newer MLflow: flush_buffer's splitting still keeps the good entries
         run_dir = site_run_dir(fl_ctx)
         self._uri = self.tracking_uri or f"sqlite:///{os.path.join(os.path.abspath(run_dir), 'mlflow.db')}"
         self._job_id = str(fl_ctx.get_job_id() or "")
@@ -154,6 +179,7 @@ class MLflowReceiver(AnalyticsReceiver):
             self.mlflow_clients[site] = client
             self.run_ids[site] = run.info.run_id
             self.buffer[site] = {"metrics": [], "params": [], "tags": []}
+            self._params[site] = {}
             self._last_flush[site] = time.monotonic()
         return client, self.run_ids[site]
 
@@ -161,6 +187,7 @@ class MLflowReceiver(AnalyticsReceiver):
     def save(self, fl_ctx: FLContext, shareable: Shareable, record_origin: str) -> None:
         """Buffer one record of ``record_origin`` (texts are written at once); send the buffer when it is due."""
         data = AnalyticsData.from_dxo(from_shareable(shareable), receiver=LogWriterName.MLFLOW)
+        check_record_size(data)
         client, run_id = self._run_for(record_origin)
         if data.data_type == AnalyticsDataType.TEXT:
             path = data.path
@@ -173,7 +200,7 @@ class MLflowReceiver(AnalyticsReceiver):
                 return
             client.log_text(run_id=run_id, text=data.value, artifact_file=path)
             return
-        if not self._buffer(data, record_origin):
+        if not self._buffer(data, record_origin, fl_ctx):
             self.log_warning(
                 fl_ctx, f"records of type {data.data_type.value} are not written to MLflow; dropped", False
             )
@@ -183,27 +210,68 @@ class MLflowReceiver(AnalyticsReceiver):
         if time.monotonic() - self._last_flush[record_origin] >= self.buffer_flush_time or size >= _MAX_ENTITIES:
             self.flush_buffer(record_origin)
 
-    def _buffer(self, data: AnalyticsData, site: str) -> bool:
+    def _buffer(self, data: AnalyticsData, site: str, fl_ctx: FLContext | None = None) -> bool:
+        """Add the record's entries to ``site``'s buffer (False: MLflow has no place for its type)."""
         entities = self._entities
-        buf = self.buffer[site]
         now_ms = int(time.time() * 1000)
         step = data.step or 0
         kind = data.data_type
-        if kind == AnalyticsDataType.METRIC:
-            buf["metrics"].append(entities.Metric(data.tag, float(data.value), now_ms, step))
-        elif kind == AnalyticsDataType.METRICS:
-            buf["metrics"].extend(entities.Metric(k, float(v), now_ms, step) for k, v in data.value.items())
-        elif kind == AnalyticsDataType.PARAMETER:
-            buf["params"].append(entities.Param(data.tag, str(data.value)))
-        elif kind == AnalyticsDataType.PARAMETERS:
-            buf["params"].extend(entities.Param(str(k), str(v)) for k, v in data.value.items())
-        elif kind == AnalyticsDataType.TAG:
-            buf["tags"].append(entities.RunTag(data.tag, str(data.value)))
-        elif kind == AnalyticsDataType.TAGS:
-            buf["tags"].extend(entities.RunTag(str(k), str(v)) for k, v in data.value.items())
+        plural = kind in (AnalyticsDataType.METRICS, AnalyticsDataType.PARAMETERS, AnalyticsDataType.TAGS)
+        pairs = list(data.value.items()) if plural else [(data.tag, data.value)]
+        if kind in (AnalyticsDataType.METRIC, AnalyticsDataType.METRICS):
+            group, made = "metrics", [entities.Metric(str(k), float(v), now_ms, step) for k, v in pairs]
+        elif kind in (AnalyticsDataType.PARAMETER, AnalyticsDataType.PARAMETERS):
+            group, made = "params", self._new_params(site, [entities.Param(str(k), str(v)) for k, v in pairs], fl_ctx)
+        elif kind in (AnalyticsDataType.TAG, AnalyticsDataType.TAGS):
+            group, made = "tags", [entities.RunTag(str(k), str(v)) for k, v in pairs]
         else:
             return False
+        self.buffer[site][group].extend(self._valid(group, made, site, fl_ctx))
         return True
+
+    def _new_params(self, site: str, params: list, fl_ctx: FLContext | None) -> list:
+        """The parameters not logged before; one logged before with another value is dropped (MLflow keeps the
+        first value of a parameter and refuses a batch that changes it)."""
+        logged = self._params.setdefault(site, {})
+        out = []
+        for p in params:
+            before = logged.get(p.key)
+            if before is None:
+                if len(logged) >= MAX_PARAMS_PER_SITE:
+                    self._dropped(site, "params", f"parameter {p.key!r}: {site} has {len(logged)}, the most", fl_ctx)
+                    continue
+                logged[p.key] = p.value
+                out.append(p)
+            elif before != p.value:
+                self._dropped(
+                    site,
+                    "changed",
+                    f"parameter {p.key!r}={p.value!r}: MLflow parameters cannot change "
+                    f"(it is {before!r}); log it as a metric or under another name",
+                    fl_ctx,
+                )
+        return out
+
+    def _valid(self, group: str, entries: list, site: str, fl_ctx: FLContext | None) -> list:
+        """``entries`` without those MLflow's own validation refuses (names, lengths, values)."""
+        if self._validate is None:
+            return entries
+        out = []
+        for entry in entries:
+            try:
+                self._validate(**{"metrics": [], "params": [], "tags": [], group: [entry]})
+            except Exception as exc:
+                self._dropped(site, "refused", f"{group[:-1]} {str(entry.key)[:80]!r} refused by MLflow: {exc}", fl_ctx)
+            else:
+                out.append(entry)
+        return out
+
+    def _dropped(self, site: str, kind: str, text: str, fl_ctx: FLContext | None) -> None:
+        """Log a dropped entry of ``site`` once per kind every 10 s (a peer can send them again and again)."""
+        allowed = self._drop_log.check(f"{site}\0{kind}")
+        if allowed is not None:
+            more = f" ({allowed[0]} more since the last line)" if allowed[0] else ""
+            self.log_warning(fl_ctx, f"dropped an MLflow entry from {site}: {text[:500]}{more}", False)
 
     def flush_buffer(self, record_origin: str) -> None:
         """Send the buffered records of ``record_origin`` to MLflow (in batches within MLflow's limits)."""
@@ -220,7 +288,28 @@ class MLflowReceiver(AnalyticsReceiver):
             batch_tags, tags = tags[:_MAX_TAGS], tags[_MAX_TAGS:]
             room = _MAX_ENTITIES - len(batch_params) - len(batch_tags)
             batch_metrics, metrics = metrics[:room], metrics[room:]
-            client.log_batch(run_id=run_id, metrics=batch_metrics, params=batch_params, tags=batch_tags)
+            self._log_batch(client, run_id, record_origin, batch_metrics, batch_params, batch_tags)
+
+    def _log_batch(self, client: Any, run_id: str, site: str, metrics: list, params: list, tags: list) -> None:
+        """Send one batch; when MLflow refuses its content, send its halves, down to the single entries it refuses.
+
+        Raises:
+            Exception: MLflow failed for another reason (e.g. its store cannot be reached): the batch is lost.
+        """
+        try:
+            client.log_batch(run_id=run_id, metrics=metrics, params=params, tags=tags)
+            return
+        except Exception as exc:
+            if getattr(exc, "error_code", None) != _REFUSED:
+                raise
+            entries = [("metrics", e) for e in metrics] + [("params", e) for e in params] + [("tags", e) for e in tags]
+            if len(entries) == 1:
+                group, entry = entries[0]
+                self._dropped(site, "refused", f"{group[:-1]} {str(entry.key)[:80]!r} refused by MLflow: {exc}", None)
+                return
+        half = len(entries) // 2
+        for part in (entries[:half], entries[half:]):
+            self._log_batch(client, run_id, site, *[[e for g, e in part if g == name] for name in _GROUPS])
 
     def finalize(self, fl_ctx: FLContext) -> None:
         """Send what is buffered and end every site's run."""

@@ -6,6 +6,7 @@ Images need ``Pillow`` (imported when the first image is written).
 
 from __future__ import annotations
 
+import hashlib
 import io
 import os
 import time
@@ -20,10 +21,20 @@ from tensorboard.summary.writer.event_file_writer import EventFileWriter
 MAX_SCALARS_WRITERS = 256  # add_scalars subfolders (one event file writer and thread each) per writer
 
 
+MAX_FOLDER_NAME_BYTES = 200  # file systems allow 255 bytes; the rest is room for what TensorBoard adds
+
+
 def safe_folder_name(name: str) -> str:
-    """Return ``name`` usable as one folder name: path separators become ``_``; ``""``, ``.`` and ``..`` get a ``_``."""
+    """Return ``name`` usable as one folder name: path separators and NUL become ``_``; ``""``, ``.`` and ``..``
+    get a leading ``_``; characters the file system cannot encode become ``?``; a name longer than
+    ``MAX_FOLDER_NAME_BYTES`` (UTF-8) is cut and ends with ``~`` and 12 hex digits of its hash (still unique)."""
     cleaned = name.replace("/", "_").replace("\\", "_").replace("\x00", "_")
-    return "_" + cleaned if cleaned in ("", ".", "..") else cleaned
+    cleaned = "_" + cleaned if cleaned in ("", ".", "..") else cleaned
+    encoded = cleaned.encode("utf-8", errors="replace")
+    if len(encoded) > MAX_FOLDER_NAME_BYTES:
+        digest = hashlib.sha256(name.encode("utf-8", errors="surrogatepass")).hexdigest()[:12]
+        encoded = encoded[: MAX_FOLDER_NAME_BYTES - 13] + b"~" + digest.encode()
+    return encoded.decode("utf-8", errors="ignore")
 
 
 def _image_hwc(value: Any) -> np.ndarray:

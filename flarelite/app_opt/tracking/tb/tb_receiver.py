@@ -5,8 +5,9 @@ Records land in ``<run dir>/<tb_folder>/<record origin>/`` (on the server of a s
 It needs the ``tensorboard`` package (``pip install tensorboard`` or ``flarelite[tensorboard]``), imported when
 the run starts, so that this module imports without it. No torch or TensorFlow is needed.
 
-flarelite difference: a record's origin and an ``add_scalars`` series name become folder names with path
-separators replaced by ``_`` (a peer cannot write outside the tb folder); at most 256 series per site.
+flarelite differences: a record's origin and an ``add_scalars`` series name become folder names with path
+separators replaced by ``_`` and long names cut (``safe_folder_name``: a peer cannot write outside the tb
+folder); at most 256 series per site; a record of more than 1000 entries is refused (``check_record_size``).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from flarelite.apis.analytix import AnalyticsData, AnalyticsDataType
 from flarelite.apis.dxo import from_shareable
 from flarelite.apis.fl_context import FLContext
 from flarelite.apis.shareable import Shareable
-from flarelite.app_common.widgets.streaming import AnalyticsReceiver, site_run_dir
+from flarelite.app_common.widgets.streaming import AnalyticsReceiver, check_record_size, site_run_dir
 
 FUNCTION_MAPPING = {
     AnalyticsDataType.SCALAR: "add_scalar",
@@ -94,6 +95,7 @@ class TBAnalyticsReceiver(AnalyticsReceiver):
     def save(self, fl_ctx: FLContext, shareable: Shareable, record_origin: str) -> None:
         """Write one record into the folder of ``record_origin``."""
         data = AnalyticsData.from_dxo(from_shareable(shareable))
+        check_record_size(data)
         writer = self.writers_table.get(record_origin)
         if writer is None:
             from .tb_event_writer import safe_folder_name
