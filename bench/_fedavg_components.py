@@ -53,6 +53,6 @@ class RoundClock(FLComponent):
         elif event_type == AppEventType.AFTER_AGGREGATION:
             self.ends.append(time.perf_counter())
         elif event_type == EventType.END_RUN:
-            path = os.path.join(fl_ctx.get_workspace().get_run_dir(), "rounds.json")
+            path = os.path.join(fl_ctx.get_workspace().get_run_dir(fl_ctx.get_job_id()), "rounds.json")
             with open(path, "w") as f:
                 json.dump({"starts": self.starts, "ends": self.ends}, f)

@@ -14,7 +14,10 @@ Baselines, measured here each run:
     them between processes.
 Target (issue 9): a round costs at most 1.5x the baseline.
 
-Run: python bench/fedavg_round.py [--sizes 10,100] [--sites 10] [--rounds 4]
+With ``--nvflare PYTHON`` (an interpreter with ``nvflare==2.9.0`` installed, e.g. a separate venv) the same job,
+its files with the import root changed to ``nvflare``, also runs in NVFlare's simulator (bench/_nvflare_round.py).
+
+Run: python bench/fedavg_round.py [--sizes 10,100] [--sites 10] [--rounds 4] [--nvflare /path/venv/bin/python]
 """
 
 from __future__ import annotations
@@ -125,11 +128,30 @@ def socket_round(mb: int, sites: int) -> float:
     return best
 
 
+def nvflare_round(python: str, mb: int, sites: int, rounds: int) -> float:
+    """The same job run by NVFlare 2.9.0 (bench/_nvflare_round.py in ``python``); nan if it fails."""
+    proc = subprocess.run(
+        [python, os.path.join(HERE, "_nvflare_round.py"), str(mb), str(sites), str(rounds)],
+        capture_output=True,
+        text=True,
+        timeout=1800,
+    )
+    if proc.returncode != 0:
+        print(f"NVFlare run failed ({proc.returncode}):\n{proc.stderr[-2000:]}", file=sys.stderr)
+        return float("nan")
+    return float(proc.stdout.strip().splitlines()[-1])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", default="10,100", help="model sizes in MB, comma-separated")
     parser.add_argument("--sites", type=int, default=10)
     parser.add_argument("--rounds", type=int, default=4, help="rounds per run (the first is left out)")
+    parser.add_argument(
+        "--nvflare",
+        metavar="PYTHON",
+        help="also run the same job with NVFlare 2.9.0 installed for this interpreter (e.g. a venv's python)",
+    )
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     rows = []
@@ -141,6 +163,9 @@ def main() -> None:
             base = baseline(mb, args.sites)
             ours = fedavg_round(mb, args.sites, args.rounds, protocol)
             rows.append((mb, label, ours, baseline_name, base))
+            if args.nvflare and protocol == "unix":
+                theirs = nvflare_round(args.nvflare, mb, args.sites, args.rounds)
+                rows.append((mb, "NVFlare 2.9.0 simulator", theirs, baseline_name, base))
     print(f"\nFedAvg round, {args.sites} sites, Client API script in-process, seconds per round (mean of rounds 2..)")
     header = f"{'model':>7} | {'sites':<26} | {'FedAvg round':>12} | {'baseline':<31} | {'baseline':>9} | {'ratio':>6}"
     print(header)
