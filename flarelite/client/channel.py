@@ -27,6 +27,7 @@ import time
 from typing import Any
 
 from flarelite.apis.shareable import Shareable
+from flarelite.buffers import lazy_buffer
 from flarelite.errors import CodecError, ProtocolError, TransportClosed, TransportTimeout
 from flarelite.serialization import decode, encode
 from flarelite.serialization.limits import MAX_META_BYTES, max_buffers
@@ -70,19 +71,12 @@ _FIELDS: dict[int, dict[str, tuple[type, ...]]] = {
 
 
 def allocate(size: int) -> bytearray | mmap.mmap:
-    """A writable, contiguous buffer of ``size`` bytes whose memory is committed only as it is written.
+    """A writable buffer for ``size`` incoming bytes, committed only as it is written (see ``lazy_buffer``).
 
     Raises:
         MemoryError: the address space for it cannot be reserved.
     """
-    if size < MAPPED_MIN:
-        return bytearray(size)
-    try:
-        if hasattr(mmap, "MAP_PRIVATE"):
-            return mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE)
-        return mmap.mmap(-1, size)  # Windows: pagefile-backed, committed on write too
-    except (OSError, OverflowError, ValueError) as exc:
-        raise MemoryError(f"cannot reserve {size} bytes for an incoming buffer: {exc}") from exc
+    return lazy_buffer(size, MAPPED_MIN)
 
 
 def _bytes_view(buf: Any) -> memoryview:

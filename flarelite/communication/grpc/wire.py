@@ -8,11 +8,11 @@ why a body may not be received (more buffers than its meta could reference, over
 
 from __future__ import annotations
 
-import mmap
 from array import array
 from collections.abc import Iterator
 from typing import Any
 
+from ...buffers import lazy_buffer
 from ...errors import ProtocolError
 from ..protocol import Frame
 from ..sizes import DEFAULT_MAX_MESSAGE_SIZE as DEFAULT_MAX_MESSAGE_SIZE  # re-exported
@@ -122,19 +122,8 @@ def header_problem(h: pb.Header, max_message_size: int) -> str:
 
 
 def _allocate(size: int) -> Any:
-    """A writable, contiguous buffer of ``size`` bytes whose memory is committed only as it is written.
-
-    Large buffers are private anonymous mappings: the kernel supplies their pages on first write, so a
-    header's announced size costs address space, not memory, until the bytes come.
-    """
-    if size < MAPPED_MIN:
-        return bytearray(size)
-    try:
-        if hasattr(mmap, "MAP_PRIVATE"):
-            return mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE)
-        return mmap.mmap(-1, size)  # Windows: pagefile-backed, committed on write too
-    except (OSError, OverflowError, ValueError) as exc:
-        raise MemoryError(f"cannot reserve {size} bytes for an incoming buffer: {exc}") from exc
+    """A buffer for ``size`` incoming bytes, committed as written (mapped from MAPPED_MIN bytes on)."""
+    return lazy_buffer(size, MAPPED_MIN)
 
 
 class ChunkCursor:
