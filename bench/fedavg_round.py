@@ -44,8 +44,6 @@ from flarelite.app_common.workflows.fedavg import FedAvg  # noqa: E402
 from flarelite.job_config.api import FedJob  # noqa: E402
 from flarelite.job_config.script_runner import FrameworkType, ScriptRunner  # noqa: E402
 
-model = make_model
-
 
 def fedavg_round(mb: int, sites: int, rounds: int, protocol: str) -> float:
     """Mean seconds per round after the first, for a FedAvg job run with ``protocol``."""
@@ -65,7 +63,7 @@ def fedavg_round(mb: int, sites: int, rounds: int, protocol: str) -> float:
 
 def memcpy_round(mb: int, sites: int) -> float:
     """Seconds to copy the model's bytes to every site and back (the floor for sites in one process)."""
-    arrays = model(mb)
+    arrays = make_model(mb)
     best = float("inf")
     for _ in range(3):
         start = time.perf_counter()
@@ -94,7 +92,7 @@ s.close()
 
 def socket_round(mb: int, sites: int) -> float:
     """Seconds for a raw Unix-socket server to send the bytes to ``sites`` processes at once and get them back."""
-    payload = memoryview(b"".join(a.tobytes() for a in model(mb).values()))
+    payload = memoryview(b"".join(a.tobytes() for a in make_model(mb).values()))
     n = len(payload)
     best = float("inf")
     for _ in range(2):

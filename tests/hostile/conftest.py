@@ -20,3 +20,16 @@ def short_dir():
     folder = tempfile.mkdtemp(prefix="fl")
     yield folder
     shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def pki(tmp_path_factory):
+    """A project CA with certificates for the server and site-1..site-3 (the mTLS worlds of the hostile tests)."""
+    from flarelite import certs
+
+    root = tmp_path_factory.mktemp("hostile-pki")
+    certs.init_ca(root, "hostile")
+    certs.issue(root, "server", "server")
+    for name in ("site-1", "site-2", "site-3"):
+        certs.issue(root, name)
+    return root

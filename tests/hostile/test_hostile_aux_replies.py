@@ -18,7 +18,6 @@ import pytest
 from rogue import Rogue
 from wire_fixtures.inbox import Inbox
 
-from flarelite import certs
 from flarelite.apis.dxo import DXO, DataKind, from_shareable
 from flarelite.apis.fl_constant import ReservedKey, ReturnCode
 from flarelite.apis.shareable import Shareable
@@ -30,16 +29,6 @@ from flarelite.runtime.frames import Kind, make_frame
 
 SITES = ["server", "site-1", "site-2", "site-3"]
 _RUNTIMES: list = []  # the runtimes the world fixture started (the flood test reaches site-2 through it)
-
-
-@pytest.fixture(scope="module")
-def pki(tmp_path_factory):
-    root = tmp_path_factory.mktemp("aux-pki")
-    certs.init_ca(root, "aux")
-    certs.issue(root, "server", "server")
-    for name in SITES[1:]:
-        certs.issue(root, name)
-    return root
 
 
 @pytest.fixture

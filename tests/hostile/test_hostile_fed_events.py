@@ -18,7 +18,6 @@ import pytest
 from rogue import Rogue
 from wire_fixtures.inbox import Inbox
 
-from flarelite import certs
 from flarelite.apis.fl_component import FED_EVENT_TOPIC, FLComponent
 from flarelite.apis.fl_constant import FedEventHeader, FLContextKey, ReservedKey, ReturnCode
 from flarelite.apis.fl_context import FLContext
@@ -55,16 +54,6 @@ class Recorder(FLComponent):
         if peer.get_identity_name() == "site-3" and not self.gate.is_set():
             self.holding.set()
             assert self.gate.wait(20)
-
-
-@pytest.fixture(scope="module")
-def pki(tmp_path_factory):
-    root = tmp_path_factory.mktemp("fed-pki")
-    certs.init_ca(root, "fed")
-    certs.issue(root, "server", "server")
-    for name in SITES[1:]:
-        certs.issue(root, name)
-    return root
 
 
 @pytest.fixture
