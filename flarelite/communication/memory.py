@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 
+from ..buffers import copied_buffer
 from ..errors import ConnectError, ProtocolError, TransportClosed
 from .protocol import CommunicationProtocol, Frame, FrameHandler, PeerHandler
 from .sizes import max_message_size as message_limit
@@ -126,7 +127,7 @@ class InMemoryCommunicationProtocol(CommunicationProtocol):
             endpoint._on_frame(delivered)
             return
         # one copy of each buffer: the receiver never shares the sender's memory
-        delivered = frame.addressed(self.address, target, [bytearray(b) for b in frame.buffers])
+        delivered = frame.addressed(self.address, target, [copied_buffer(b) for b in frame.buffers])
         endpoint._on_frame(delivered)
 
     def stop(self) -> None:
