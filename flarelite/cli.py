@@ -27,6 +27,7 @@ def _simulator(args: argparse.Namespace) -> int:
         gpu=args.gpu,
         log_config=args.log_config,
         max_clients=args.max_clients,
+        data_plane=args.data_plane,
     )
     print(f"flarelite: run of {args.job_folder} succeeded; logs in {args.workspace}/<site>/log.txt")
     return 0
@@ -129,10 +130,11 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--tls", choices=["clear", "tls", "mtls"], default="clear", help="secure the gRPC connections")
     sim.add_argument("--direct-p2p", action="store_true", help="sites talk to each other directly, not via the server")
     sim.add_argument("--connect-timeout", type=float, default=60.0, help="seconds a site waits for the server")
-    from .launch import add_allow_class, add_max_message_size, add_site_arguments
+    from .launch import add_allow_class, add_data_plane, add_max_message_size, add_site_arguments
 
     add_allow_class(sim)
     add_max_message_size(sim)
+    add_data_plane(sim)
     sim.set_defaults(func=_simulator)
     check = sub.add_parser("check", help="validate a job folder and print its apps")
     check.add_argument("job_folder")

@@ -104,6 +104,7 @@ def run_server(
     temp_dirs: list[str] | tuple[str, ...] = (),
     max_message_size: int | str | None = None,
     max_concurrent_tasks: int | None = None,
+    data_plane: str = "auto",
 ) -> int:
     """Run the job's server site; return 0 when the run succeeded.
 
@@ -114,7 +115,8 @@ def run_server(
     custom/ modules (added to ``WS/server/local/resources.json``'s ``class_allow_list``).
     ``max_message_size``: the largest message (bytes, or a size like ``"4G"``) the server accepts and relays
     (default 2 GiB). ``max_concurrent_tasks``: at most that many client tasks out at once (the simulator's
-    ``threads``; None: no limit).
+    ``threads``; None: no limit). ``data_plane``: ``"auto"`` (sites on this machine exchange frames with the server
+    over a data channel beside gRPC) or ``"grpc"`` (gRPC only).
     """
     from .job_config.models import load_job
     from .runtime.allowlist import ClassPolicy
@@ -153,6 +155,7 @@ def run_server(
             listen=listen,
             tls=tls,
             max_message_size=max_message_size,  # checked by the endpoint (ConfigError)
+            data_plane=data_plane,
             **_heartbeat(heartbeat_timeout),
         ),
         run_dir=folder,
@@ -196,6 +199,7 @@ def run_client(
     heartbeat_timeout: float | None = None,
     parent_pid: int | None = None,
     max_message_size: int | str | None = None,
+    data_plane: str = "auto",
 ) -> int:
     """Run client site ``name``; with no ``job_folder`` its app comes from the server. Return 0 on success.
 
@@ -208,7 +212,9 @@ def run_client(
     ``direct_p2p``: the site also listens (``p2p_listen``) and exchanges frames with peers directly, falling
     back to the server's relay when a direct connection fails. ``connect_timeout``: how long (seconds) the site
     waits for the server at start, saying every few seconds what it waits for. ``max_message_size``: the
-    largest message (bytes, or a size like ``"4G"``) the site accepts (default 2 GiB).
+    largest message (bytes, or a size like ``"4G"``) the site accepts (default 2 GiB). ``data_plane``:
+    ``"auto"`` (with a server on this machine, frames to and from it take a data channel beside gRPC) or
+    ``"grpc"`` (gRPC only).
     """
     from .communication.protocol import site_name_problem
     from .runtime.allowlist import ClassPolicy
@@ -249,6 +255,7 @@ def run_client(
             p2p_listen=p2p_listen,
             p2p_advertise=p2p_advertise,
             max_message_size=max_message_size,  # checked by the endpoint (ConfigError)
+            data_plane=data_plane,
             **_heartbeat(heartbeat_timeout),
         ),
         run_dir=folder,
@@ -304,6 +311,17 @@ def add_max_message_size(p: argparse.ArgumentParser) -> None:
     )
 
 
+def add_data_plane(p: argparse.ArgumentParser) -> None:
+    """``--data-plane auto|grpc``: the faster channel beside gRPC where it is safe (auto), or gRPC only."""
+    p.add_argument(
+        "--data-plane",
+        choices=["auto", "grpc"],
+        default="auto",
+        help="auto (default): frames between a site and a server on this machine take a data channel beside gRPC "
+        "(a Unix socket of this user); grpc: gRPC only",
+    )
+
+
 def _heartbeat(timeout: float | None) -> dict[str, float]:
     return {} if timeout is None else {"heartbeat_timeout": timeout, "heartbeat_interval": timeout / 5}
 
@@ -330,6 +348,7 @@ def add_site_arguments(p: argparse.ArgumentParser, role: str, *, deploy: bool) -
     p.add_argument("--certs", default=None, help="folder made by `flarelite provision` (ca.crt, <site>.crt/.key)")
     p.add_argument("--job-id", default=None, help="the run's id (default: the job's name)")
     add_max_message_size(p)
+    add_data_plane(p)
     add_allow_class(p)
     if role == "server":
         p.add_argument("job_folder", help="the job folder (meta.json and its apps)")
@@ -391,6 +410,7 @@ def _process_options(args: argparse.Namespace, role: str) -> dict[str, Any]:
         "parent_pid": getattr(args, "parent_pid", None),
         "heartbeat_timeout": getattr(args, "heartbeat_timeout", None),
         "max_message_size": args.max_message_size,
+        "data_plane": args.data_plane,
     }
     if role == "server":
         options.update(client_lost_timeout=args.client_lost_timeout, temp_dirs=args.temp_dirs)

@@ -703,6 +703,7 @@ class FedJob:
         connect_timeout: float = 60.0,
         allowed_classes: list[str] | None = None,
         max_message_size: int | str | None = None,
+        data_plane: str = "auto",
     ) -> int:
         """Export the job to a temporary folder and run it in the simulator; return 0 when the run succeeds.
 
@@ -721,6 +722,8 @@ class FedJob:
         modules'); ``allowed_classes`` adds class paths or module prefixes for anything else a config names.
         ``max_message_size``: the largest message a site accepts, in bytes or as a size like ``"64M"`` (binary
         units; default 2 GiB); a larger one fails with a clear error at its sender or its receiver.
+        ``data_plane``: ``"auto"`` (default: with ``protocol="unix"``, frames between each site and the server take
+        a data channel beside gRPC) or ``"grpc"`` (gRPC only).
 
         Raises:
             ValueError: invalid arguments, or ``n_clients`` given for a job with per-site targets.
@@ -773,6 +776,7 @@ class FedJob:
                     max_message_size=max_message_size,
                     gpu=gpu,
                     log_config=log_config,
+                    data_plane=data_plane,
                 )
             finally:
                 _forget_folder(os.path.realpath(tmp))

@@ -378,8 +378,11 @@ class ServerRuntime(SiteRuntime, ServerEngineSpec):
 
     def connect_refusal(self, name: str) -> str | None:
         """Why ``name`` may not connect (None when it may): the job's named sites; for a job deployed to @ALL,
-        new names until the run starts, afterwards only the sites of the run."""
+        new names until the run starts, afterwards only the sites of the run; never a site that said goodbye
+        at the end of the run."""
         with self._cv:
+            if self._ending and name in self._gone:  # it said goodbye: whoever claims its name now is not it
+                return f"{name!r} has ended its part of the run"
             if name in self.clients:
                 return None
             if self.expected is not None:

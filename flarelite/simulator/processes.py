@@ -86,6 +86,7 @@ def run_processes(
     gpus: dict[str, str] | None = None,
     log_config: str | None = None,
     max_concurrent_tasks: int | None = None,
+    data_plane: str = "auto",
 ) -> int:
     """Start the server and one process per client, stream their console output, and wait for the run's end.
 
@@ -95,7 +96,8 @@ def run_processes(
     ``max_message_size`` (bytes, or a size like ``"64M"``; default 2 GiB) as ``--max-message-size``.
     ``gpus`` maps a client to its ``CUDA_VISIBLE_DEVICES`` (set in that process's environment only);
     ``log_config`` (checked by ``options.check_log_config``) is applied in every site process;
-    ``max_concurrent_tasks`` is how many client tasks the server has out at once (None: no limit).
+    ``max_concurrent_tasks`` is how many client tasks the server has out at once (None: no limit);
+    ``data_plane`` (``"auto"`` or ``"grpc"``) is passed to every site as ``--data-plane``.
     Site processes share this machine's cores: unless the caller's environment sets them, ``OMP_NUM_THREADS``
     and ``MKL_NUM_THREADS`` give each site its share (cores / sites that run at once, at least 1), so that
     numeric libraries in several processes (torch, numpy) do not each start a thread per core and spin
@@ -121,6 +123,8 @@ def run_processes(
         common += ["--max-message-size", str(message_limit(max_message_size))]
     if log_config is not None:
         common += ["--log-config", log_config]
+    if data_plane != "auto":
+        common += ["--data-plane", data_plane]
     if allowed_classes:
         from ..runtime.allowlist import check_entries  # the runtime loads only when there is something to check
 

@@ -90,6 +90,7 @@ def run_simulation(
     gpu: str | None = None,
     log_config: str | None = None,
     max_clients: int = DEFAULT_MAX_CLIENTS,
+    data_plane: str = "auto",
 ) -> int:
     """Run the job in ``job_folder`` on this machine; return 0 when the run succeeds.
 
@@ -113,6 +114,8 @@ def run_simulation(
     ``flarelite.runtime.allowlist``). The sites run the custom/ code their simulator's server ships.
     ``max_message_size``: the largest message any site accepts, in bytes or as a size like ``"64M"`` (binary
     units; default 2 GiB, every protocol); a larger one reaches its receiver as an error, which answers it.
+    ``data_plane``: ``"auto"`` (default; with ``protocol="unix"`` each site and the server exchange frames over a
+    data channel beside gRPC, see ``flarelite.communication.dataplane``) or ``"grpc"`` (gRPC only).
 
     ``temp_dirs``: folders the caller made for this run (the exported job), removed by the server's process if
     this process is killed (processes modes). A site that dies while the others finish the workflow does not
@@ -126,6 +129,11 @@ def run_simulation(
     """
     if protocol not in ("unix", "grpc", "memory"):
         raise ConfigError(f"protocol must be 'unix', 'grpc' or 'memory', got {protocol!r}")
+    if data_plane not in ("auto", "grpc"):
+        raise ConfigError(
+            f"data_plane must be 'auto' (a data channel beside gRPC between each site and the server on this "
+            f"machine) or 'grpc' (gRPC only), got {data_plane!r}"
+        )
     if protocol == "memory" and direct_p2p:
         raise ConfigError("direct_p2p needs a gRPC protocol ('unix' or 'grpc'); in memory every site is direct")
     if protocol == "memory" and tls != "clear":
@@ -170,6 +178,7 @@ def run_simulation(
             connect_timeout=connect_timeout,
             allowed_classes=allowed_classes,
             temp_dirs=temp_dirs,
+            data_plane=data_plane,
             max_message_size=limit,
             gpus=gpus,
             log_config=log_config,

@@ -45,6 +45,7 @@ _DISCARD = object()
 
 
 DEFAULT_RELAY_WINDOW = 8 << 20  # bytes a client may have in the relay per target (and queue per destination)
+DATA_PLANES = ("auto", "grpc")  # see data_routes.py
 DEFAULT_MAX_OPEN_FRAMES = 256  # frames one connection may have started and not finished, delivered here
 
 
@@ -81,8 +82,15 @@ class EndpointCore(CommunicationProtocol):
         relay_window: int = DEFAULT_RELAY_WINDOW,
         max_open_frames: int = DEFAULT_MAX_OPEN_FRAMES,
         max_pending_bytes: int | None = None,
+        data_plane: str = "auto",
     ) -> None:
         super().__init__(address)
+        if data_plane not in DATA_PLANES:
+            raise ConfigError(
+                f"data_plane must be one of {', '.join(DATA_PLANES)} (auto: a faster channel beside gRPC where it "
+                f"is safe, today between a site and its server on one machine; grpc: gRPC only), got {data_plane!r}"
+            )
+        self.data_plane = data_plane
         if (listen is None) == (server is None):
             raise ConfigError(f"{self!r}: give listen= (the server) or server= (a client), exactly one of them")
         if not (64 << 10) <= chunk_size <= (4 << 20):
@@ -136,6 +144,10 @@ class EndpointCore(CommunicationProtocol):
         self._grpc_server: Any = None
         self._tasks: set[asyncio.Task] = set()
         self._stopping: asyncio.Event | None = None
+        self._data: dict[str, Any] = {}  # data channels by peer (data_routes.py)
+        self._data_offers: dict[str, Any] = {}  # channels offered or being opened, by peer
+        self._data_lock = threading.Lock()
+        self._data_listener: Any = None
 
     @property
     def is_server(self) -> bool:
@@ -239,6 +251,8 @@ class EndpointCore(CommunicationProtocol):
             check_header(h)
         except ProtocolError as exc:
             raise ProtocolError(f"{conn.name}: {exc}") from None
+        if h.blob and h.target != self.address:
+            raise ProtocolError(f"{conn.name} sent a frame for {h.target!r} with its buffers on the data channel")
         size = body_size(h)
         chunked = bool(h.buffer_sizes) or h.meta_size > 0
         if h.target != self.address:
@@ -248,6 +262,9 @@ class EndpointCore(CommunicationProtocol):
             raise ProtocolError(f"{conn.name} sent {self.address} a frame for {h.target!r}")
         if conn.stamp_sender:
             h.sender = conn.name  # the authenticated identity, not the claim
+        if h.blob:  # its buffers come on the data channel (data_routes.py)
+            await self._on_blob_header(conn, h)
+            return
         problem = header_problem(h, self.max_message_size) or (self._over_cap(h, size, pending) if chunked else "")
         if problem:
             self._refuse(conn, header_from_proto(h), problem, h.stream, size - len(h.meta) if chunked else 0, pending)
@@ -335,6 +352,10 @@ class EndpointCore(CommunicationProtocol):
 
     def _on_peer_envelope(self, event: pb.PeerEvent) -> None:
         """A site joined or left (told by the server); dialing.py handles it."""
+        raise NotImplementedError
+
+    async def _on_blob_header(self, conn: Connection, h: pb.Header) -> None:
+        """A header whose buffers come on the data channel; data_routes.py handles it."""
         raise NotImplementedError
 
     # relaying (server) -------------------------------------------------------------------------------

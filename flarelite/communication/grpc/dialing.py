@@ -17,7 +17,7 @@ from ..protocol import site_name_problem
 from . import flarelite_pb2 as pb
 from . import flarelite_pb2_grpc as pb_grpc
 from .connection import Connection
-from .core import EndpointCore
+from .data_routes import DataRoutes
 from .listening import ALREADY_CONNECTED, warn_unauthenticated
 from .tls import channel_credentials, channel_options
 from .wire import (
@@ -33,7 +33,7 @@ class _Busy(ConnectError):
     """The server refused this site because a connection under its name is still open: retry later."""
 
 
-class Dialing(EndpointCore):
+class Dialing(DataRoutes):
     """Connect to the server and keep connected; dial peers that accept direct connections."""
 
     async def _connect_first(self) -> None:
@@ -117,7 +117,9 @@ class Dialing(EndpointCore):
             await asyncio.wait_for(channel.channel_ready(), timeout=timeout)
             call = pb_grpc.TransportStub(channel).Connect()
             advertise = (self.p2p_advertise or self.bound or "") if self.direct_p2p else ""
-            hello = pb.Hello(name=self.address, version=WIRE_VERSION, p2p_address=advertise)
+            hello = pb.Hello(
+                name=self.address, version=WIRE_VERSION, p2p_address=advertise, data_plane=self._wants_data()
+            )
             await call.write(pb.Envelope(hello=hello))
             first = await asyncio.wait_for(call.read(), timeout=10)
         except BaseException:
@@ -141,6 +143,8 @@ class Dialing(EndpointCore):
         self._conns[self._server_name] = conn
         self._addresses = dict(welcome.addresses)
         self._spawn(self._run_client(channel, call, conn))
+        if welcome.data_address and self._wants_data():  # open before start() returns: the first frames use it
+            await asyncio.get_running_loop().run_in_executor(None, self._open_data, welcome, conn)
         for name, address in self._addresses.items():
             self._maybe_dial(name, address)
 
@@ -156,6 +160,7 @@ class Dialing(EndpointCore):
         finally:
             writer.cancel()
             beat.cancel()
+            self._drop_data(self._server_name, conn)
             call.cancel()
             await channel.close()
             lost = sorted(self._peers - {self._server_name})

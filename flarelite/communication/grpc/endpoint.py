@@ -84,6 +84,9 @@ class GrpcCommunicationProtocol(Listening, Dialing):
         relay_window: flow control per destination, in bytes (default 8 MiB, at least ``chunk_size``): what a
             client may have in the server's relay per target (the server's value, told in Welcome), and what
             ``send`` queues per destination before it waits.
+        data_plane: ``"auto"`` (default): frames between a site and a server on one machine (a Unix socket
+            server) take a data channel beside the stream (``data_routes.py``), falling back to gRPC;
+            ``"grpc"``: gRPC only.
     """
 
     # lifecycle ---------------------------------------------------------------------------------------
@@ -153,6 +156,7 @@ class GrpcCommunicationProtocol(Listening, Dialing):
     async def _shutdown(self) -> None:
         assert self._stopping is not None
         self._stopping.set()
+        self._close_data()
         for conn in list(self._conns.values()):
             conn.enqueue(pb.Envelope(close=pb.Close(reason=f"{self.address} is stopping")))
         await asyncio.sleep(0.05)  # let the goodbyes go out
@@ -202,6 +206,15 @@ class GrpcCommunicationProtocol(Listening, Dialing):
         deadline = None if timeout is None else time.monotonic() + max(0.0, timeout)
         conn = self._route(target)
         stream = next(self._streams)
+        blob, meta_in_blob = self._blob_for(target, frame, deadline, on_loop)
+        if blob:  # the buffers went on the data channel: the header follows on the stream, in its place
+            env = header_to_proto(frame, stream, self.chunk_size, sender=self.address, target=target)
+            env.header.blob = blob
+            if meta_in_blob:
+                env.header.meta, env.header.meta_size = b"", len(frame.meta)
+            out = Outgoing.of([(env, header_cost(env))], target=target, stream=stream)
+            self._queue(conn, out, env.ByteSize() + QUEUED_OVERHEAD, deadline, on_loop)
+            return
         if not frame.buffers and len(frame.meta) <= self.chunk_size:  # one envelope: build it now, queue, return
             env = header_to_proto(frame, stream, self.chunk_size, sender=self.address, target=target)
             out = Outgoing.of([(env, header_cost(env))], target=target, stream=stream)

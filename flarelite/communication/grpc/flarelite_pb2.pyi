@@ -31,17 +31,19 @@ class Envelope(_message.Message):
     def __init__(self, hello: _Optional[_Union[Hello, _Mapping]] = ..., welcome: _Optional[_Union[Welcome, _Mapping]] = ..., refused: _Optional[_Union[Refused, _Mapping]] = ..., header: _Optional[_Union[Header, _Mapping]] = ..., chunk: _Optional[_Union[Chunk, _Mapping]] = ..., heartbeat: _Optional[_Union[Heartbeat, _Mapping]] = ..., peer: _Optional[_Union[PeerEvent, _Mapping]] = ..., close: _Optional[_Union[Close, _Mapping]] = ..., cancel: _Optional[_Union[Cancel, _Mapping]] = ..., credit: _Optional[_Union[Credit, _Mapping]] = ...) -> None: ...
 
 class Hello(_message.Message):
-    __slots__ = ("name", "version", "p2p_address")
+    __slots__ = ("name", "version", "p2p_address", "data_plane")
     NAME_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     P2P_ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    DATA_PLANE_FIELD_NUMBER: _ClassVar[int]
     name: str
     version: int
     p2p_address: str
-    def __init__(self, name: _Optional[str] = ..., version: _Optional[int] = ..., p2p_address: _Optional[str] = ...) -> None: ...
+    data_plane: bool
+    def __init__(self, name: _Optional[str] = ..., version: _Optional[int] = ..., p2p_address: _Optional[str] = ..., data_plane: _Optional[bool] = ...) -> None: ...
 
 class Welcome(_message.Message):
-    __slots__ = ("name", "peers", "max_message_size", "addresses", "relay_window")
+    __slots__ = ("name", "peers", "max_message_size", "addresses", "relay_window", "data_address", "data_token")
     class AddressesEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -54,12 +56,16 @@ class Welcome(_message.Message):
     MAX_MESSAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
     ADDRESSES_FIELD_NUMBER: _ClassVar[int]
     RELAY_WINDOW_FIELD_NUMBER: _ClassVar[int]
+    DATA_ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    DATA_TOKEN_FIELD_NUMBER: _ClassVar[int]
     name: str
     peers: _containers.RepeatedScalarFieldContainer[str]
     max_message_size: int
     addresses: _containers.ScalarMap[str, str]
     relay_window: int
-    def __init__(self, name: _Optional[str] = ..., peers: _Optional[_Iterable[str]] = ..., max_message_size: _Optional[int] = ..., addresses: _Optional[_Mapping[str, str]] = ..., relay_window: _Optional[int] = ...) -> None: ...
+    data_address: str
+    data_token: bytes
+    def __init__(self, name: _Optional[str] = ..., peers: _Optional[_Iterable[str]] = ..., max_message_size: _Optional[int] = ..., addresses: _Optional[_Mapping[str, str]] = ..., relay_window: _Optional[int] = ..., data_address: _Optional[str] = ..., data_token: _Optional[bytes] = ...) -> None: ...
 
 class Refused(_message.Message):
     __slots__ = ("reason",)
@@ -68,7 +74,7 @@ class Refused(_message.Message):
     def __init__(self, reason: _Optional[str] = ...) -> None: ...
 
 class Header(_message.Message):
-    __slots__ = ("stream", "kind", "sender", "target", "msg_id", "ref_id", "topic", "job_id", "rc", "meta", "meta_size", "buffer_sizes", "error")
+    __slots__ = ("stream", "kind", "sender", "target", "msg_id", "ref_id", "topic", "job_id", "rc", "meta", "meta_size", "buffer_sizes", "error", "blob")
     STREAM_FIELD_NUMBER: _ClassVar[int]
     KIND_FIELD_NUMBER: _ClassVar[int]
     SENDER_FIELD_NUMBER: _ClassVar[int]
@@ -82,6 +88,7 @@ class Header(_message.Message):
     META_SIZE_FIELD_NUMBER: _ClassVar[int]
     BUFFER_SIZES_FIELD_NUMBER: _ClassVar[int]
     ERROR_FIELD_NUMBER: _ClassVar[int]
+    BLOB_FIELD_NUMBER: _ClassVar[int]
     stream: int
     kind: str
     sender: str
@@ -95,7 +102,8 @@ class Header(_message.Message):
     meta_size: int
     buffer_sizes: _containers.RepeatedScalarFieldContainer[int]
     error: str
-    def __init__(self, stream: _Optional[int] = ..., kind: _Optional[str] = ..., sender: _Optional[str] = ..., target: _Optional[str] = ..., msg_id: _Optional[str] = ..., ref_id: _Optional[str] = ..., topic: _Optional[str] = ..., job_id: _Optional[str] = ..., rc: _Optional[str] = ..., meta: _Optional[bytes] = ..., meta_size: _Optional[int] = ..., buffer_sizes: _Optional[_Iterable[int]] = ..., error: _Optional[str] = ...) -> None: ...
+    blob: int
+    def __init__(self, stream: _Optional[int] = ..., kind: _Optional[str] = ..., sender: _Optional[str] = ..., target: _Optional[str] = ..., msg_id: _Optional[str] = ..., ref_id: _Optional[str] = ..., topic: _Optional[str] = ..., job_id: _Optional[str] = ..., rc: _Optional[str] = ..., meta: _Optional[bytes] = ..., meta_size: _Optional[int] = ..., buffer_sizes: _Optional[_Iterable[int]] = ..., error: _Optional[str] = ..., blob: _Optional[int] = ...) -> None: ...
 
 class Chunk(_message.Message):
     __slots__ = ("stream", "buffer", "data")

@@ -30,6 +30,7 @@ from . import flarelite_pb2 as pb
 from . import flarelite_pb2_grpc as pb_grpc
 from .connection import Connection
 from .core import EndpointCore
+from .data_routes import DataRoutes
 from .tls import peer_identity, server_credentials
 from .wire import (
     WIRE_VERSION,
@@ -157,7 +158,7 @@ def warn_unauthenticated(endpoint: EndpointCore) -> None:
     )
 
 
-class Listening(EndpointCore):
+class Listening(DataRoutes):
     """Listen, accept, check who connects, and tell the sites who else is connected."""
 
     _stream_log: _StreamLog | None = None
@@ -191,6 +192,8 @@ class Listening(EndpointCore):
             self.bound = self.listen
         await server.start()
         self._grpc_server = server
+        if self.is_server and socket_path is not None and self.data_plane == "auto":
+            self._start_data_listener(socket_path)
         _log.info("%s listening on %s (%s)", self.address, self.bound, self.tls.mode, extra={"site": self.address})
         if self.is_server:
             warn_unauthenticated(self)
@@ -267,6 +270,8 @@ class Listening(EndpointCore):
         else:
             self._addresses.pop(name, None)
         addresses = {n: a for n, a in self._addresses.items() if n in peers}
+        # offered before anyone learns of the site: the server's sends to it wait for the channel to open
+        data_address, data_token = self._offer_data(name, conn) if first.hello.data_plane else ("", b"")
         self._conns[name] = conn
         self._broadcast_peer(name, True)
         await context.write(
@@ -277,6 +282,8 @@ class Listening(EndpointCore):
                     max_message_size=self.max_message_size,
                     addresses=addresses,
                     relay_window=self.relay_window,
+                    data_address=data_address,
+                    data_token=data_token,
                 )
             )
         )
@@ -293,6 +300,7 @@ class Listening(EndpointCore):
             conn.close(conn.close_reason or f"{name} disconnected")
             writer.cancel()
             beat.cancel()
+            self._drop_data(name, conn)
             if self._conns.get(name) is conn:
                 del self._conns[name]
                 self._addresses.pop(name, None)

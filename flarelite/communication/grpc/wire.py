@@ -165,11 +165,19 @@ class ChunkCursor:
         Raises:
             ValueError: the chunk is out of order, overflows its buffer or comes after the frame is complete.
         """
-        if chunk.buffer != self.index or self.complete:
+        return self.advance_by(chunk.buffer, len(chunk.data))
+
+    def advance_by(self, buffer: int, nbytes: int) -> tuple[int, int]:
+        """Account ``nbytes`` for buffer number ``buffer``; return where they start in it and its size.
+
+        Raises:
+            ValueError: out of order, overflowing the buffer, or after the frame is complete.
+        """
+        if buffer != self.index or self.complete:
             state = "the frame is complete" if self.complete else f"buffer {self.index} is being filled"
-            raise ValueError(f"chunk for buffer {chunk.buffer} while {state}")
+            raise ValueError(f"chunk for buffer {buffer} while {state}")
         size, start = self.sizes[self.index], self.filled
-        end = start + len(chunk.data)
+        end = start + nbytes
         if end > size:
             raise ValueError(f"chunk overflows buffer {self.index} ({end} > {size} bytes)")
         self.filled = end
@@ -212,6 +220,19 @@ class Assembly(ChunkCursor):
             if end == size:
                 return
         self.parts[-1][start:end] = data
+
+    def slot(self, buffer: int, nbytes: int) -> memoryview:
+        """Where the next ``nbytes`` of buffer number ``buffer`` go: a writable view to receive them into
+        (``recv_into``), accounted as received (the caller fills it or drops the whole frame).
+
+        Raises:
+            ValueError: out of order, overflowing the buffer, or after the frame is complete.
+            MemoryError: no memory for the buffer this starts.
+        """
+        start, size = self.advance_by(buffer, nbytes)
+        if start == 0 and nbytes:
+            self.parts.append(_allocate(size))
+        return memoryview(self.parts[-1])[start : start + nbytes] if nbytes else memoryview(b"")
 
     def finish(self) -> Frame:
         """The complete frame."""

@@ -1,0 +1,248 @@
+"""DataRoutes: how the gRPC endpoint uses the data plane (``communication/dataplane``) beside its streams.
+
+Same machine (the server listens on a Unix socket, ``data_plane="auto"``): the server also listens on
+``<its socket>.data``. A site that says so in its Hello gets, in its Welcome, that path and a one-time token
+bound to its gRPC connection; it dials and presents the token (within ``DATA_WAIT`` seconds, once). From then
+on, a frame between that site and the server whose buffers hold ``BLOB_MIN`` bytes or more sends them as a blob
+on the channel, then its header on the gRPC stream with ``blob`` set. The receiver's stream reader takes the
+blob's buffers from the channel when it reaches the header (they are there, or nearly: the sender wrote them
+first), so frames keep the stream's order and causality (relayed frames, PeerEvents, small frames all stay on
+the stream), and only the bulk of the bytes takes the faster way. Frames between sites keep their way (the relay,
+or a direct connection). The channel lives and dies with its gRPC connection; without one, or when it fails
+before a blob is written, frames go wholly by gRPC.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import logging
+import secrets
+import socket
+from dataclasses import dataclass
+
+from ...errors import ConnectError, ProtocolError, TransportClosed
+from ..dataplane import channel as data_channel  # (the module: it imports this package's wire in turn)
+from ..dataplane.handshake import TOKEN_BYTES, DataListener, accept_reply, dial
+from ..protocol import Frame
+from . import flarelite_pb2 as pb
+from .connection import Connection
+from .core import EndpointCore
+from .wire import Inbound, header_from_proto, header_problem
+
+_log = logging.getLogger("flarelite.grpc")
+DATA_WAIT = 3.0  # seconds an offered channel has to be opened
+BLOB_MIN = 256 << 10  # frames whose buffers hold at least this many bytes send them on the channel
+
+
+@dataclass
+class _Offer:
+    """A channel offered to a site: its token, and the gRPC connection it belongs to."""
+
+    token: bytes
+    conn: Connection
+
+
+class DataRoutes(EndpointCore):
+    """Offer, open, use and close data channels (see the module docstring)."""
+
+    @property
+    def data_peers(self) -> list[str]:
+        """The peers a data channel is open to now."""
+        with self._data_lock:
+            return sorted(name for name, channel in self._data.items() if not channel.closed)
+
+    # server ------------------------------------------------------------------------------------------
+    def _start_data_listener(self, socket_path: str) -> None:
+        """Listen for data channels beside the gRPC socket at ``socket_path`` (server, data_plane auto)."""
+        from .listening import prepare_socket_path
+
+        path = socket_path + ".data"
+        if len(path.encode()) > 100:
+            _log.info(
+                "%s: no data plane: the socket path %s is too long", self.address, path, extra={"site": self.address}
+            )
+            return
+        prepare_socket_path(path, self.address)
+        listener = DataListener(path, self.address, self._attach_site)
+        listener.start()
+        self._data_listener = listener
+
+    def _offer_data(self, name: str, conn: Connection) -> tuple[str, bytes]:
+        """Offer ``name`` (connected now as ``conn``) a channel: the Welcome's data_address and data_token."""
+        if self._data_listener is None:
+            return "", b""
+        offer = _Offer(secrets.token_bytes(TOKEN_BYTES), conn)
+        with self._data_lock:
+            self._data_offers[name] = offer
+        assert self._loop is not None
+        self._loop.call_later(DATA_WAIT, self._expire_offer, name, offer)
+        return self._data_listener.path, offer.token
+
+    def _expire_offer(self, name: str, offer: _Offer) -> None:
+        with self._data_lock:
+            if self._data_offers.get(name) is offer:
+                del self._data_offers[name]
+                _log.info(
+                    "%s: %s did not open its data channel; its frames go by gRPC",
+                    self.address,
+                    name,
+                    extra={"site": self.address},
+                )
+
+    def _attach_site(self, name: str, token: bytes, sock: socket.socket) -> str | None:
+        """A site presents ``token`` on the data socket (listener thread): open its channel, or say why not."""
+        with self._data_lock:
+            offer = self._data_offers.get(name)
+            if offer is None or not hmac.compare_digest(offer.token, token):
+                return "no data channel is offered under that name with that token (or the offer expired)"
+            del self._data_offers[name]  # once
+            if offer.conn.closed or not self._running:
+                return "the gRPC connection it was offered on is closed"
+            try:
+                accept_reply(sock)
+            except OSError as exc:
+                return f"the answer could not be sent: {exc}"
+            channel = self._new_channel(sock, name, offer.conn)
+            old = self._data.get(name)
+            self._data[name] = channel
+        if old is not None:
+            old.close(f"{name} opened a new data channel")
+        channel.start()
+        _log.info("%s: data channel to %s open", self.address, name, extra={"site": self.address})
+        return None
+
+    # site --------------------------------------------------------------------------------------------
+    def _wants_data(self) -> bool:
+        """Whether this site asks the server for a data channel (same machine: a Unix socket server)."""
+        return self.data_plane == "auto" and (self.server_address or "").startswith("unix:")
+
+    def _open_data(self, welcome: pb.Welcome, conn: Connection) -> None:
+        """Dial the server's data socket (a worker thread); on failure, frames go by gRPC."""
+        server = self._server_name
+        try:
+            sock = dial(welcome.data_address, self.address, bytes(welcome.data_token), DATA_WAIT)
+        except ConnectError as exc:
+            _log.warning("%s: %s; frames to %s go by gRPC", self.address, exc, server, extra={"site": self.address})
+            return
+        with self._data_lock:
+            if conn.closed:
+                sock.close()
+                return
+            channel = self._new_channel(sock, server, conn)
+            old = self._data.get(server)
+            self._data[server] = channel
+        if old is not None:
+            old.close("a new data channel replaced it")
+        channel.start()
+
+    # both --------------------------------------------------------------------------------------------
+    def _new_channel(self, sock: socket.socket, peer: str, conn: Connection) -> data_channel.DataChannel:
+        def admit(h: pb.Header, size: int, pending: Inbound) -> str:
+            return header_problem(h, self.max_message_size) or self._over_cap(h, size, pending)
+
+        channel = data_channel.DataChannel(
+            sock,
+            local=self.address,
+            peer=peer,
+            admit=admit,
+            on_close=self._channel_closed,
+            max_held_bytes=self.max_pending_bytes,
+        )
+        channel.conn = conn  # type: ignore[attr-defined]
+        conn.data_channel = channel  # its finished blobs stay claimable by this stream's headers after it closes
+        return channel
+
+    def _channel_closed(self, channel: data_channel.DataChannel) -> None:
+        with self._data_lock:
+            if self._data.get(channel.peer) is channel:
+                del self._data[channel.peer]
+
+    def _channel_of(self, name: str, conn: Connection) -> data_channel.DataChannel | None:
+        with self._data_lock:
+            channel = self._data.get(name)
+        return channel if channel is not None and getattr(channel, "conn", None) is conn else None
+
+    def _drop_data(self, name: str, conn: Connection) -> None:
+        """``conn`` (the gRPC connection to ``name``) ended: so does its channel, and any offer made on it."""
+        with self._data_lock:
+            offer = self._data_offers.get(name)
+            if offer is not None and offer.conn is conn:
+                del self._data_offers[name]
+        channel = self._channel_of(name, conn)
+        if channel is not None:
+            channel.close(f"the gRPC connection to {name} ended")
+
+    def _close_data(self) -> None:
+        """Stopping: close every channel and the listener."""
+        with self._data_lock:
+            channels = list(self._data.values())
+            self._data.clear()
+            self._data_offers.clear()
+        for channel in channels:
+            channel.close(f"{self.address} stopped")
+        if self._data_listener is not None:
+            self._data_listener.stop()
+            self._data_listener = None
+
+    # sending: the bytes by the channel ---------------------------------------------------------------
+    def _blob_for(self, target: str, frame: Frame, deadline: float | None, on_loop: bool) -> tuple[int, bool]:
+        """Send ``frame``'s buffers (and its meta when over a chunk) as a blob to ``target``: (its id, meta in it),
+        or (0, False) when the frame goes wholly by gRPC (no channel, small, or sent from the loop).
+
+        Raises TransportTimeout / TransportClosed once part of the blob went on the channel.
+        """
+        if on_loop or not self._data:
+            return 0, False
+        pieces = [memoryview(b).cast("B") if memoryview(b).format != "B" else memoryview(b) for b in frame.buffers]
+        meta_in_blob = len(frame.meta) > self.chunk_size
+        if meta_in_blob:
+            pieces.append(memoryview(frame.meta))
+        if sum(p.nbytes for p in pieces) < BLOB_MIN:
+            return 0, False
+        with self._data_lock:
+            channel = self._data.get(target)
+        if channel is None:
+            return 0, False
+        try:
+            return channel.send_blob(pieces, deadline, f"{frame.kind} frame"), meta_in_blob
+        except data_channel.ChannelUnavailable:
+            return 0, False
+        except TransportClosed as exc:
+            raise TransportClosed(f"{frame.kind} frame to {target!r} not sent: {exc}") from None
+
+    # receiving: a header that names a blob -----------------------------------------------------------
+    async def _on_blob_header(self, conn: Connection, h: pb.Header) -> None:
+        """Deliver the frame of ``h`` with its buffers from the channel (or its header with ``error`` saying why)."""
+        channel = conn.data_channel
+        problem = header_problem(h, self.max_message_size)
+        if not isinstance(channel, data_channel.DataChannel):
+            problem = problem or f"its buffers were sent on a data channel from {conn.name} that was never opened"
+        elif problem:
+            channel.drop(h.blob)
+        if problem:
+            self._refuse(conn, header_from_proto(h), problem, h.stream, 0, conn.pending)
+            return
+        wait = 0.8 * self.heartbeat_timeout  # normally milliseconds: the sender wrote the blob before the header
+        try:
+            buffers = await asyncio.wait_for(asyncio.wrap_future(channel.claim(h.blob)), wait)
+        except asyncio.TimeoutError:
+            channel.drop(h.blob)
+            problem = f"its buffers did not arrive on the data channel within {wait:.0f}s"
+        except (TransportClosed, ProtocolError) as exc:
+            problem = f"its buffers were lost: {exc}"
+        else:
+            sizes = [memoryview(b).nbytes for b in buffers]
+            if sizes != [*h.buffer_sizes, *([h.meta_size] if h.meta_size else [])]:
+                problem = f"its buffers on the data channel ({sizes[:8]}...) are not the sizes its header announced"
+        if problem:
+            self._refuse(conn, header_from_proto(h), problem, h.stream, 0, conn.pending)
+            return
+        frame = header_from_proto(h)
+        if h.meta_size:
+            frame.meta = bytes(buffers.pop())
+        frame.buffers = buffers
+        self._deliver(frame)
+
+
+__all__ = ["BLOB_MIN", "DATA_WAIT", "DataRoutes"]
