@@ -513,3 +513,20 @@ def test_sample_clients_returns_all_clients_with_an_error_when_asked_for_more(ca
     assert len(fedavg.sample_clients(1)) == 1 and sorted(fedavg.sample_clients()) == ["site-1", "site-2"]
     with pytest.raises(ValueError, match="num_clients"):
         fedavg.sample_clients(-1)
+
+
+def test_a_large_array_is_weighed_on_several_cores_to_the_same_average():
+    from flarelite.app_common.aggregators import weighted_aggregation_helper as wah
+
+    rng = np.random.default_rng(1)
+    size = wah._PARALLEL_MIN + 12_345  # over the threshold, and not a multiple of the parts
+    values = [rng.standard_normal(size).astype(np.float32) for _ in range(3)]
+    weights = [1.0, 2.5, 0.5]
+    originals = [v.copy() for v in values]
+    helper = wah.WeightedAggregationHelper()
+    for i, (value, weight) in enumerate(zip(values, weights)):
+        helper.add({"x": value}, weight, f"site-{i}", 0)
+    got = helper.get_result()["x"]
+    expected = sum(v.astype(np.float64) * w for v, w in zip(values, weights)) / sum(weights)
+    assert np.allclose(got, expected, atol=1e-5)
+    assert all(np.array_equal(v, o) for v, o in zip(values, originals))  # the contributions are untouched

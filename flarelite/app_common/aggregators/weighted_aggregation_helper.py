@@ -50,17 +50,62 @@ def _fused_add(total: Any, value: Any, weight: float, scratch: dict, key: str) -
         np.add(total, value * weight, out=total)
         return True
     flat_total, flat_value = total.reshape(-1), value.reshape(-1)
+    pool, parts = _pool(flat_total.size)
+    if pool is None:
+        _weigh_into(flat_total, flat_value, weight, scratch)
+        return True
+    # a large array: its parts are weighed on the other cores too (numpy leaves the GIL while it computes)
+    bounds = [flat_total.size * i // parts for i in range(parts + 1)]
+    futures = [
+        pool.submit(_weigh_into, flat_total[a:b], flat_value[a:b], weight, {}) for a, b in zip(bounds[1:-1], bounds[2:])
+    ]
+    _weigh_into(flat_total[: bounds[1]], flat_value[: bounds[1]], weight, scratch)
+    for future in futures:
+        future.result()
+    return True
+
+
+_PARALLEL_MIN = 1 << 21  # elements (8 MB of float32): below, one thread weighs the whole array
+_pool_lock = threading.Lock()
+_pool_state: list = []  # [ThreadPoolExecutor, workers], made on first use
+
+
+def _pool(size: int) -> tuple[Any, int]:
+    """The shared pool and how many parts to cut an array of ``size`` elements into ((None, 1): do it here)."""
+    if size < _PARALLEL_MIN:
+        return None, 1
+    with _pool_lock:
+        if not _pool_state:
+            import concurrent.futures
+            import os
+
+            cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+            workers = max(0, min(cores, 8) - 1)
+            pool = (
+                concurrent.futures.ThreadPoolExecutor(workers, thread_name_prefix="flarelite-aggregate")
+                if workers
+                else None
+            )
+            _pool_state.extend([pool, workers + 1])
+    pool, parts = _pool_state
+    return (pool, parts) if pool is not None else (None, 1)
+
+
+def _weigh_into(flat_total: Any, flat_value: Any, weight: float, scratch: dict) -> None:
+    """``flat_total += flat_value * weight``, a cache-sized chunk at a time: one pass over memory, not three."""
+    import numpy as np
+
     step = min(flat_total.size, _CHUNK)
-    buf = scratch.get(total.dtype.str)
+    if step == 0:
+        return
+    buf = scratch.get(flat_total.dtype.str)
     if buf is None or buf.size < step:
-        buf = scratch[total.dtype.str] = np.empty(step, dtype=total.dtype)
-    # weighted and added a cache-sized chunk at a time: one pass over the model's memory, not three
+        buf = scratch[flat_total.dtype.str] = np.empty(step, dtype=flat_total.dtype)
     for start in range(0, flat_total.size, step):
         part = flat_total[start : start + step]
         scaled = buf[: part.size]
         np.multiply(flat_value[start : start + step], weight, out=scaled)
         np.add(part, scaled, out=part)
-    return True
 
 
 def _accumulate(total: Any, value: Any) -> Any:
