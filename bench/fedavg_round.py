@@ -10,8 +10,8 @@ connections) is left out and the rest averaged.
 Baselines, measured here each run:
   - sites in one process (protocol "memory"): copying the bytes (numpy memcpy) to every site and back;
   - sites as processes (Unix sockets): a raw Unix-socket server sending the bytes to 10 client processes at once
-    and receiving them back (socket.sendall / recv_into, no framing, no codec): the machine's floor for moving
-    them between processes.
+    and receiving them back (socket.sendall / recv_into into huge-page memory, no framing, no codec): the
+    machine's floor for moving them between processes.
 Target (issue 9): a round costs at most 1.5x the baseline. The processes row uses the data channel beside gRPC
 (the default on one machine); the row after it is the same run with ``data_plane="grpc"`` (gRPC alone).
 
@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import mmap
 import os
 import socket
 import subprocess
@@ -77,11 +78,13 @@ def memcpy_round(mb: int, sites: int) -> float:
 
 
 _ECHO = r"""
-import socket, sys
+import mmap, socket, sys
 n = int(sys.argv[2])
 s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
 s.connect(sys.argv[1])
-buf = bytearray(n)
+buf = mmap.mmap(-1, n, flags=mmap.MAP_PRIVATE)
+if hasattr(mmap, "MADV_HUGEPAGE"):
+    buf.madvise(mmap.MADV_HUGEPAGE)  # the fastest memory to receive into (as flarelite's receivers use)
 view = memoryview(buf)
 got = 0
 while got < n:
@@ -107,7 +110,9 @@ def socket_round(mb: int, sites: int) -> float:
 
             def serve(conn: socket.socket) -> None:
                 conn.sendall(payload)
-                back = bytearray(n)
+                back = mmap.mmap(-1, n, flags=mmap.MAP_PRIVATE)
+                if hasattr(mmap, "MADV_HUGEPAGE"):
+                    back.madvise(mmap.MADV_HUGEPAGE)
                 view, got = memoryview(back), 0
                 while got < n:
                     got += conn.recv_into(view[got:], n - got)

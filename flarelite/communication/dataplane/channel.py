@@ -11,6 +11,8 @@ Records on the socket (little-endian):
 
 Sending (``send_blob``): the caller's thread writes the blob itself (no hop to an event loop); callers take turns
 chunk by chunk, first come first served, so one large blob never holds up another for more than a chunk. The
+socket is blocking (one call per record, finished by the kernel without the GIL); a write's deadline is kept by a
+watchdog thread, which closes the channel when the record being written passes it. The
 sender queues the frame's header on gRPC only once its blob is written, so the receiver has (or is reading) the
 blob when the header arrives. A blob that cannot be finished within its timeout is cancelled, or, cut
 mid-record, the channel is closed.
@@ -44,10 +46,11 @@ CHUNK = 4 << 20  # bytes of a buffer per C record (a turn)
 MAX_ENVELOPE = 2 << 20  # an E record holds a blob's announcement (its buffer sizes) or a cancel
 MAX_BLOB_BUFFERS = 1 << 17
 MAX_REFUSED = 256  # refused blobs whose headers have not come yet; more close the channel
-POLL = 1.0  # seconds a blocked socket call waits before the channel looks at its state again
+POLL = 1.0  # seconds a writer waiting for its turn looks at the channel's state again
 _E = struct.Struct("<cI")
 _C = struct.Struct("<cQII")
 _READ_BUFFER = 256 << 10
+_WAITALL = getattr(socket, "MSG_WAITALL", 0)
 
 Admit = Callable[[pb.Header, int, Inbound], str]  # why a blob may not be received here ('' if it may)
 
@@ -142,7 +145,14 @@ class DataChannel:
         self.local, self.peer = local, peer
         self._admit, self._on_close = admit, on_close
         self.max_held_bytes = max_held_bytes
-        sock.settimeout(POLL)  # never changed: writers and the reader loop on it, tracking their own progress
+        # blocking: a write or a chunk's read is one call that the kernel finishes without the GIL; ``close`` wakes
+        # them (shutdown), and a write's deadline is kept by the watchdog, which closes the channel at it
+        sock.settimeout(None)
+        self._watch = threading.Condition(threading.Lock())
+        self._writing: tuple[float, int] | None = None  # (deadline, serial) of the record being written
+        self._serial = 0
+        self._cut_by_deadline = 0  # the serial of the record the watchdog cut
+        self._watchdog: threading.Thread | None = None
         self._turns = _Turns()
         self._ids = itertools.count(1)
         self.closed = False
@@ -234,26 +244,59 @@ class DataChannel:
             pass
 
     def _write(self, parts: tuple, deadline: float | None, what: str) -> None:
-        """Write one record; a record cut short (socket error, deadline) closes the channel."""
-        sock = self.sock
-        for part in parts:
-            view = memoryview(part)
-            sent, total = 0, view.nbytes
-            while sent < total:
-                if self.closed:
-                    raise TransportClosed(f"data channel to {self.peer!r} closed: {self.close_reason}")
-                try:
-                    sent += sock.send(view[sent:])
-                except socket.timeout:
-                    if deadline is not None and time.monotonic() >= deadline:
-                        self.close("a blob was cut short by its timeout")
-                        raise TransportTimeout(
-                            f"{what} to {self.peer!r} was not sent within its timeout (the receiver takes it "
-                            "slower); the data channel was closed and what was sent of it is dropped"
-                        ) from None
-                except OSError as exc:
-                    self.close(f"write failed: {exc}")
-                    raise TransportClosed(f"data channel to {self.peer!r} failed: {exc}") from None
+        """Write one record (blocking); a record cut short (socket error, deadline) closes the channel."""
+        if self.closed:
+            raise TransportClosed(f"data channel to {self.peer!r} closed: {self.close_reason}")
+        serial = self._watch_write(deadline)
+        try:
+            for part in parts:
+                self.sock.sendall(part)
+        except OSError as exc:
+            if self._cut_by_deadline == serial:
+                raise TransportTimeout(
+                    f"{what} to {self.peer!r} was not sent within its timeout (the receiver takes it slower); the "
+                    "data channel was closed and what was sent of it is dropped"
+                ) from None
+            self.close(f"write failed: {exc}")
+            raise TransportClosed(f"data channel to {self.peer!r} failed: {exc}") from None
+        finally:
+            if deadline is not None:
+                with self._watch:
+                    self._writing = None
+
+    def _watch_write(self, deadline: float | None) -> int:
+        """Tell the watchdog that a record with ``deadline`` is being written (None: no deadline); its serial."""
+        if deadline is None:
+            return 0
+        with self._watch:
+            self._serial += 1
+            self._writing = (deadline, self._serial)
+            if self._watchdog is None:
+                self._watchdog = threading.Thread(
+                    target=self._watch_loop, name=f"{self.local}-data-watch-{self.peer}", daemon=True
+                )
+                self._watchdog.start()
+            self._watch.notify()
+            return self._serial
+
+    def _watch_loop(self) -> None:
+        """Close the channel when the record being written passes its deadline (a blocked write then fails)."""
+        with self._watch:
+            while not self.closed:
+                writing = self._writing
+                if writing is None:
+                    self._watch.wait(POLL)
+                    continue
+                left = writing[0] - time.monotonic()
+                if left > 0:
+                    self._watch.wait(min(left, POLL))
+                    continue
+                if self._writing is writing:
+                    self._cut_by_deadline = writing[1]
+                    self._writing = None
+                    break
+        if self._cut_by_deadline and not self.closed:
+            self.close("a blob was cut short by its timeout")
 
     # claiming ----------------------------------------------------------------------------------------
     def claim(self, blob: int) -> concurrent.futures.Future:
@@ -422,19 +465,16 @@ class DataChannel:
             self._finished(blob, state.finish().buffers)
 
     # the socket, read through a small buffer (record heads) or straight into the destination (chunks) ------
-    def _recv_into(self, view: memoryview) -> int:
-        while True:
-            if self.closed:
-                raise _Cut("")
-            try:
-                got = self.sock.recv_into(view)
-            except socket.timeout:
-                continue
-            except OSError as exc:
-                raise _Cut(f"reading from {self.peer} failed: {exc}") from None
-            if got == 0:
-                raise _Cut("")
-            return got
+    def _recv_into(self, view: memoryview, flags: int = 0) -> int:
+        if self.closed:
+            raise _Cut("")
+        try:
+            got = self.sock.recv_into(view, 0, flags)
+        except OSError as exc:
+            raise _Cut(f"reading from {self.peer} failed: {exc}") from None
+        if got == 0:
+            raise _Cut("")
+        return got
 
     def _take(self, n: int) -> bytes:
         """The next ``n`` bytes of the stream."""
@@ -461,8 +501,8 @@ class DataChannel:
             view[:have] = self._buf[self._lo : self._lo + have]
             self._lo += have
         got = have
-        while got < view.nbytes:
-            got += self._recv_into(view[got:])
+        while got < view.nbytes:  # a chunk's bytes in one call where the platform can (the kernel waits for all)
+            got += self._recv_into(view[got:], _WAITALL)
 
     def _discard(self, n: int) -> None:
         """Read and drop the next ``n`` bytes of the stream."""
