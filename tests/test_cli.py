@@ -59,3 +59,22 @@ def test_a_bad_job_folder_exits_non_zero(tmp_path):
 def test_console_script_is_installed():
     proc = subprocess.run(["flarelite", "--help"], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0 and "simulator" in proc.stdout
+
+
+def test_a_client_with_no_server_fails_in_one_clear_line_not_a_traceback(tmp_path):
+    import socket as _socket
+
+    probe = _socket.socket()
+    probe.bind(("127.0.0.1", 0))
+    port = probe.getsockname()[1]
+    probe.close()  # nothing listens there now
+    proc = subprocess.run(
+        [sys.executable, "-m", "flarelite.cli", "client", "--name", "site-1", "--server", f"127.0.0.1:{port}"]
+        + ["--connect-timeout", "2", "-w", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode != 0
+    assert f"could not reach the server at 127.0.0.1:{port} within 2.0s" in proc.stderr
+    assert "Traceback" not in proc.stderr and "could not tell the server" not in proc.stderr

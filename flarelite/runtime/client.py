@@ -104,6 +104,8 @@ class ClientRuntime(SiteRuntime):
                 self._send_control(Kind.READY)
                 self.log.info("ready: executors for tasks %s", sorted(self.executors))
             self._serve()
+        except ConnectError as exc:  # no server, or not admitted: the message says it all (no traceback)
+            self._fatal(str(exc))
         except Exception as exc:  # an error of the runtime itself: this site dies, the run must know
             self._fatal(f"client runtime error: {exc!r}", exc)
         finally:
@@ -165,6 +167,8 @@ class ClientRuntime(SiteRuntime):
             else:
                 self.log.error("cannot go on: %s", reason)
             self.abort_signal.trigger(reason)
+            if not self._opened:
+                return  # never reached the server: nobody to tell
             try:
                 self._send_control(Kind.FATAL, topic=reason)
             except TransportError as err:

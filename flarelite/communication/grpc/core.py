@@ -21,6 +21,7 @@ import grpc
 
 from ... import logsafe
 from ...errors import ConfigError, ProtocolError
+from ..addresses import check_address
 from ..protocol import CommunicationProtocol, Frame, FrameHandler, PeerHandler
 from ..sizes import max_message_size as check_max_message_size
 from . import flarelite_pb2 as pb
@@ -93,6 +94,14 @@ class EndpointCore(CommunicationProtocol):
         self.data_plane = data_plane
         if (listen is None) == (server is None):
             raise ConfigError(f"{self!r}: give listen= (the server) or server= (a client), exactly one of them")
+        if listen is not None:
+            check_address(listen, f"{address}: the address to listen on", listening=True)
+        if server is not None:
+            check_address(server, f"{address}: the server address", listening=False)
+        if p2p_listen is not None:
+            check_address(p2p_listen, f"{address}: the p2p listen address", listening=True)
+        if p2p_advertise is not None:
+            check_address(p2p_advertise, f"{address}: the p2p advertised address", listening=False)
         if not (64 << 10) <= chunk_size <= (4 << 20):
             raise ConfigError(f"chunk_size must be between 64 KiB and 4 MiB, got {chunk_size}")
         max_message_size = check_max_message_size(max_message_size)
