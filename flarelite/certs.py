@@ -397,7 +397,22 @@ def provision(
     made[server_name] = issue(out_dir, server_name, "server", hosts, days=days, force=force)
     for c in clients:
         made[c] = issue(out_dir, c, "client", days=days, force=force)
+    _write_record(out_dir, project, server_name, clients)
     return made
+
+
+PROJECT_RECORD = "project.json"  # what provision made: the server's name, read by TLSConfig.from_dir and launch
+
+
+def _write_record(out_dir: str, project: str, server: str, clients: list[str]) -> None:
+    """Write PROJECT_RECORD, so that the server's name in the project file is the one used everywhere."""
+    import json
+
+    record = {"project": project, "server": server, "clients": clients}
+    tmp = os.path.join(out_dir, PROJECT_RECORD + ".tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(record, f, indent=1)
+    os.replace(tmp, os.path.join(out_dir, PROJECT_RECORD))
 
 
 def _from_nvflare_project(spec: dict, bad: Callable[[str, str], ConfigError]) -> dict:
@@ -440,7 +455,9 @@ def _cmd_site(args: argparse.Namespace) -> int:
 
 
 def _cmd_provision(args: argparse.Namespace) -> int:
-    made = provision(args.project_file, args.output, days=args.days, force=args.force)
+    if (args.project_file is None) == (args.project_flag is None):
+        raise ConfigError("give the project file once: flarelite provision PROJECT.yml -o DIR (or -p PROJECT.yml)")
+    made = provision(args.project_file or args.project_flag, args.output, days=args.days, force=args.force)
     for name, paths in made.items():
         print(f"flarelite: wrote {'the CA' if name == 'ca' else repr(name)}: {paths.cert}, {paths.key}")
     return 0
@@ -483,7 +500,10 @@ def add_cert_commands(subparsers: argparse._SubParsersAction) -> None:
         '["10.0.0.5"]}, "clients": ["site-1", "site-2"]} ("name" and "server" may be left out), or NVFlare\'s '
         "project.yml layout (name; participants of type server, with host_names, and of type client).",
     )
-    prov.add_argument("project_file", metavar="PROJECT.yml", help="the project description (YAML or JSON)")
+    prov.add_argument("project_file", metavar="PROJECT.yml", nargs="?", help="the project description (YAML or JSON)")
+    prov.add_argument(
+        "-p", "--project_file", dest="project_flag", metavar="PROJECT.yml", help="the same, as NVFlare's flag"
+    )
     prov.add_argument("-o", "--output", required=True, help="the folder to write the certificates to")
     prov.add_argument(
         "--days", type=int, default=DEFAULT_DAYS, help=f"validity of site certificates (default {DEFAULT_DAYS})"

@@ -34,6 +34,10 @@ def tls_config(mode: str, certs_dir: str | None, name: str) -> Any:
         return TLSConfig("clear")
     if not certs_dir:
         raise ConfigError(f"mode {mode} needs --certs DIR (make one with: flarelite provision PROJECT.json -o DIR)")
+    if name == SiteType.SERVER:  # the server presents the certificate of the name its project file gave it
+        from .communication.grpc.tls import recorded_server_name
+
+        name = recorded_server_name(os.fspath(certs_dir)) or name
     return TLSConfig.from_dir(mode, certs_dir, name)
 
 

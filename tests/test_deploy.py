@@ -115,3 +115,69 @@ def test_poc_runs_the_job_as_a_deployment(tmp_path, hello_job):
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stderr.count("Received message from") == 6
     assert "run=hello-p2p" in proc.stderr
+
+
+NVFLARE_PROJECT = """\
+api_version: 3
+name: example_project
+description: NVIDIA FLARE sample project yaml file
+participants:
+  - name: server1
+    type: server
+    org: nvidia
+    fed_learn_port: 8002
+    admin_port: 8003
+  - name: site-1
+    type: client
+    org: nvidia
+  - name: site-2
+    type: client
+    org: nvidia
+  - name: site-3
+    type: client
+    org: nvidia
+  - name: admin@nvidia.com
+    type: admin
+    org: nvidia
+    role: project_admin
+builders:
+  - path: nvflare.lighter.impl.workspace.WorkspaceBuilder
+    args:
+      template_file: master_template.yml
+  - path: nvflare.lighter.impl.cert.CertBuilder
+"""
+
+
+def test_nvflares_project_file_with_a_server_not_called_server_deploys_under_mtls(tmp_path, hello_job):
+    (tmp_path / "project.yml").write_text(NVFLARE_PROJECT)
+    out = tmp_path / "certs"
+    made = subprocess.run(
+        cli("provision", "-p", str(tmp_path / "project.yml"), "-o", str(out)),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert made.returncode == 0, made.stderr
+    assert (out / "server1.crt").exists() and not (out / "server.crt").exists()
+    address = f"127.0.0.1:{free_port()}"
+    sec = ["--mtls", "--certs", str(out)]
+    ws = tmp_path / "ws"
+    procs = [subprocess.Popen(cli("server", hello_job, "--address", address, "-w", str(ws), *sec), text=True)]
+    procs += [
+        subprocess.Popen(
+            cli("client", "--name", name, "--server", address, "-w", str(ws / "c"), *sec),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for name in SITES
+    ]
+    try:
+        outs = [p.communicate(timeout=60)[0] or "" for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+    assert [p.returncode for p in procs] == [0, 0, 0, 0], "\n".join(o[-2000:] for o in outs)
+    for name in SITES:
+        assert received(ws / "c", name) == 2

@@ -60,6 +60,28 @@ class _Material:
     key: bytes | None
 
 
+def recorded_server_name(folder: str) -> str | None:
+    """The server's name that ``flarelite provision`` recorded in ``folder/project.json`` (None if none).
+
+    Raises:
+        ConfigError: the record is there but not readable JSON with a valid ``server`` name.
+    """
+    import json
+
+    path = os.path.join(folder, "project.json")
+    if not os.path.exists(path):
+        return None
+    try:
+        with open(path, encoding="utf-8") as f:
+            server = json.load(f).get("server")
+        check_name(server, "server name")
+    except (OSError, ValueError, AttributeError) as exc:
+        raise ConfigError(f"{path} (written by `flarelite provision`) cannot be read: {exc}") from exc
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from exc
+    return server
+
+
 @dataclass(frozen=True)
 class TLSConfig:
     """How one endpoint secures its gRPC connections: ``mode`` plus the PEM files that mode needs.
@@ -127,7 +149,8 @@ class TLSConfig:
         """Pick ``ca.crt``, ``<name>.crt`` and ``<name>.key`` from a folder made by ``flarelite cert``/``provision``.
 
         ``name`` is this endpoint's certificate name (e.g. ``"server"`` or ``"site-1"``); a tls client may leave
-        it out (it needs only ``ca.crt``). Files are checked when credentials are built.
+        it out (it needs only ``ca.crt``). Files are checked when credentials are built. Without ``server_name``,
+        the server name ``flarelite provision`` recorded in the folder (``project.json``) is the one checked.
         """
         if mode == "clear":
             raise ConfigError(
@@ -139,6 +162,8 @@ class TLSConfig:
             raise ConfigError(
                 f"certificates folder {folder} does not exist; make it with `flarelite provision` or `flarelite cert`"
             )
+        if server_name is None:
+            server_name = recorded_server_name(folder)
         if name is not None:
             check_name(name, "certificate name")
         cert = os.path.join(folder, f"{name}.crt") if name else None
