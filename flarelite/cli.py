@@ -34,10 +34,43 @@ def _simulator(args: argparse.Namespace) -> int:
 
 
 def _check(args: argparse.Namespace) -> int:
+    import importlib
+    import os
+
     from .job_config.models import load_job
+    from .runtime.allowlist import ClassPolicy
+    from .runtime.components import component_problems
 
     job = load_job(args.job_folder)
+    problems: list[str] = []
+    checked = 0
+    for name, app in sorted(job.apps.items()):
+        added = app.custom_dir not in sys.path and os.path.isdir(app.custom_dir)
+        before = set(sys.modules)
+        if added:
+            sys.path.insert(0, app.custom_dir)  # as a site imports the app's custom/ modules
+        try:
+            policy = ClassPolicy(allowed=args.allowed_classes, custom_dirs=[app.custom_dir])
+            for side, config in (("server", app.server), ("client", app.client)):
+                if config is not None:
+                    dump = config.model_dump()
+                    checked += 1
+                    problems += component_problems(dump, f"app {name!r}, {side} config", policy)
+        finally:
+            if added:
+                sys.path.remove(app.custom_dir)
+            custom = os.path.join(os.path.abspath(app.custom_dir), "")
+            for module in set(sys.modules) - before:  # apps may hold custom modules of the same name
+                if (getattr(sys.modules[module], "__file__", None) or "").startswith(custom):
+                    del sys.modules[module]
+            importlib.invalidate_caches()
     print(f"{job.meta.name}: apps {sorted(job.apps)}, deploy_map {job.meta.deploy_map}")
+    if problems:
+        for problem in problems:
+            print(f"problem: {problem}", file=sys.stderr)
+        print(f"flarelite: {len(problems)} problem(s) in {args.job_folder}; the run would fail", file=sys.stderr)
+        return 1
+    print(f"flarelite: every component of the {checked} config(s) imports and takes its arguments")
     return 0
 
 
@@ -136,8 +169,12 @@ def build_parser() -> argparse.ArgumentParser:
     add_max_message_size(sim)
     add_data_plane(sim)
     sim.set_defaults(func=_simulator)
-    check = sub.add_parser("check", help="validate a job folder and print its apps")
+    check = sub.add_parser(
+        "check",
+        help="validate a job folder: import every component it names (with its custom/ code) and bind its arguments",
+    )
     check.add_argument("job_folder")
+    add_allow_class(check)
     check.set_defaults(func=_check)
 
     srv = sub.add_parser("server", help="run a job's server and wait for its sites to join")

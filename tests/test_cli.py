@@ -78,3 +78,42 @@ def test_a_client_with_no_server_fails_in_one_clear_line_not_a_traceback(tmp_pat
     assert proc.returncode != 0
     assert f"could not reach the server at 127.0.0.1:{port} within 2.0s" in proc.stderr
     assert "Traceback" not in proc.stderr and "could not tell the server" not in proc.stderr
+
+
+def _exported_hello(tmp_path):
+    out = subprocess.run(
+        [sys.executable, os.path.join(REPO, "jobs", "hello-p2p", "job.py"), "--export", str(tmp_path / "jobs")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    return out.stdout.strip().splitlines()[-1]
+
+
+def _check(folder):
+    return subprocess.run(
+        [sys.executable, "-m", "flarelite.cli", "check", folder], capture_output=True, text=True, timeout=120
+    )
+
+
+def test_check_passes_a_good_job_and_names_what_would_fail(tmp_path):
+    import json
+
+    folder = _exported_hello(tmp_path)
+    good = _check(folder)
+    assert good.returncode == 0, good.stderr
+    assert "every component of the 4 config(s) imports and takes its arguments" in good.stdout
+    # a wrong argument in one config, the module gone from another app
+    server_cfg = os.path.join(folder, "app_server", "config", "config_fed_server.json")
+    with open(server_cfg) as f:
+        cfg = json.load(f)
+    cfg["workflows"][0]["args"] = {"no_such_option": 1}
+    with open(server_cfg, "w") as f:
+        json.dump(cfg, f)
+    os.remove(os.path.join(folder, "app_site-2", "custom", "modules.py"))
+    bad = _check(folder)
+    assert bad.returncode == 1
+    assert "workflows[0] (controller): modules.BasicController does not take these arguments" in bad.stderr
+    assert "app 'app_site-2'" in bad.stderr and "neither in the app's custom/ folder nor installed" in bad.stderr
+    assert "2 problem(s)" in bad.stderr and "Traceback" not in bad.stderr

@@ -7,6 +7,7 @@ module is imported, so a job config cannot make a site import, let alone constru
 from __future__ import annotations
 
 import importlib
+import importlib.util
 from typing import Any
 
 from ..errors import ComponentBuildError
@@ -87,3 +88,47 @@ def build_component(spec: dict, where: str, policy: ClassPolicy | None = None) -
 def _fmt_args(args: dict) -> str:
     text = ", ".join(f"{k}={v!r}" for k, v in args.items())
     return text if len(text) < 200 else text[:200] + "..."
+
+
+def component_problems(config: Any, where: str, policy: ClassPolicy | None = None) -> list[str]:
+    """What would fail when the components in ``config`` (an app's config, any nesting) are built, without
+    building them: each class is checked against ``policy`` and imported, and its arguments are bound to its
+    constructor's signature. One line per problem, naming where it sits; [] when every one would build.
+    """
+    import inspect
+
+    problems: list[str] = []
+
+    def visit(value: Any, at: str) -> None:
+        if is_component_spec(value):
+            spec_at = f"{at} ({value.get('id') or value.get('name') or value['path']})" if at else value["path"]
+            try:
+                cls = import_class(value["path"], spec_at, policy)
+            except ComponentBuildError as exc:
+                top = value["path"].split(".")[0]
+                if importlib.util.find_spec(top) is None:  # say the simplest true thing: it is not there
+                    problems.append(
+                        f"{spec_at}: module {top!r} of component {value['path']!r} is neither in the app's custom/ "
+                        "folder nor installed"
+                    )
+                else:
+                    problems.append(str(exc))
+            else:
+                args = value.get("args") or {}
+                try:
+                    inspect.signature(cls).bind(**args)
+                except TypeError as exc:
+                    problems.append(f"{spec_at}: {value['path']} does not take these arguments: {exc}")
+                except ValueError:
+                    pass  # a signature Python cannot inspect (a builtin): it is tried at run time
+            for key, arg in (value.get("args") or {}).items():
+                visit(arg, f"{spec_at}.args.{key}")
+        elif isinstance(value, dict):
+            for key, item in value.items():
+                visit(item, f"{at}.{key}" if at else str(key))
+        elif isinstance(value, list):
+            for i, item in enumerate(value):
+                visit(item, f"{at}[{i}]")
+
+    visit(config, where)
+    return problems
