@@ -411,3 +411,20 @@ def test_a_bad_data_plane_option_is_a_clear_error(tmp_path):
 
     with pytest.raises(ConfigError, match="data_plane must be 'auto'"):
         run_simulation(str(tmp_path), str(tmp_path / "ws"), n_clients=1, data_plane="fast")
+
+
+def test_direct_peer_connections_get_a_data_channel_too(net):
+    net("server")
+    one, in1 = net("site-1", direct_p2p=True)
+    two, in2 = net("site-2", direct_p2p=True)
+    wait_for(lambda: "site-1" in two.data_peers and "site-2" in one.data_peers)
+    assert "site-2" in one._conns and "site-1" in two._conns  # a direct connection carries the headers
+    big = np.arange(5 * CHUNK + 3, dtype=np.uint8)
+    for sender, target, inbox in ((two, "site-1", in1), (one, "site-2", in2)):
+        sender.send(target, Frame(kind="aux", msg_id="1", meta=b"m", buffers=[big, np.ones(3)]))
+        got = inbox.get()
+        assert got.sender == sender.address and np.array_equal(np.frombuffer(got.buffers[0], np.uint8), big)
+    two._data["site-1"].close("broken by the test")  # the bulk goes by gRPC again, and still arrives
+    wait_for(lambda: "site-2" not in one.data_peers)
+    two.send("site-1", Frame(kind="aux", msg_id="2", buffers=[big]))
+    assert in1.get().msg_id == "2"

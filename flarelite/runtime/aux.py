@@ -258,14 +258,19 @@ class AuxRunner:
 
         What one peer may have waiting here (held or queued, not yet handled) is bounded: past
         ``MAX_WAITING_PER_PEER`` requests or ``MAX_WAITING_BYTES_PER_PEER`` bytes its requests are dropped (they
-        time out at the sender), logged once per peer every 10 s.
+        time out at the sender), logged once per peer every 10 s. A request is always taken when none of that
+        peer's is waiting, however large (the transport's ``max_message_size`` bounds it).
         """
         size = frame.nbytes
         with self._lock:
             waiting = self._waiting.get(frame.sender)
             if waiting is None:
                 waiting = self._waiting[frame.sender] = [0, 0]
-            over = waiting[0] >= MAX_WAITING_PER_PEER or waiting[1] + size > MAX_WAITING_BYTES_PER_PEER
+            # one request is always taken when none of that peer's waits (its bytes are here already, and the
+            # transport's max_message_size bounds them): a single large request is work, not a flood
+            over = waiting[0] >= MAX_WAITING_PER_PEER or (
+                waiting[0] > 0 and waiting[1] + size > MAX_WAITING_BYTES_PER_PEER
+            )
             if not over:
                 waiting[0] += 1
                 waiting[1] += size

@@ -217,3 +217,18 @@ def test_a_flood_of_requests_is_bounded_per_peer_and_the_others_are_still_served
     asker.join(40)
     assert from_shareable(out["site-2"]).data == {"from": "site-2"}
     assert caplog.text.count("aux request(s) from site-3") <= 3  # one line per peer every 10 s, not one per drop
+
+
+def test_one_request_larger_than_the_waiting_budget_is_still_handled(world, monkeypatch):
+    """The byte budget bounds what piles up from a peer; a single large request (bounded by max_message_size)
+    is work, not a flood: it used to be dropped silently, and its sender waited out its timeout."""
+    import numpy as np
+
+    from flarelite.runtime import aux as aux_module
+
+    monkeypatch.setattr(aux_module, "MAX_WAITING_BYTES_PER_PEER", 1 << 20)
+    site1, _, release = world
+    release.set()
+    request = DXO(data_kind=DataKind.WEIGHTS, data={"w": np.ones(3 << 18, np.float32)}).to_shareable()  # 3 MiB
+    replies = site1.send_aux_request("site-2", "echo", request, 20, site1.new_context())
+    assert from_shareable(replies["site-2"]).data == {"from": "site-2"}

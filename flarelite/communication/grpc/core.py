@@ -367,6 +367,10 @@ class EndpointCore(CommunicationProtocol):
         """A header whose buffers come on the data channel; data_routes.py handles it."""
         raise NotImplementedError
 
+    def _drop_data(self, name: str, conn: Connection) -> None:
+        """``conn`` ended, and with it its data channel; data_routes.py handles it."""
+        raise NotImplementedError
+
     # relaying (server) -------------------------------------------------------------------------------
     # Flow control is per (source, target): a source may have ``relay_window`` bytes received here and not yet
     # written to the target; each relayed envelope is credited back to the source once written (or dropped).
@@ -465,6 +469,9 @@ class EndpointCore(CommunicationProtocol):
         """Reroute a frame that a broken direct connection to ``name`` never started onto the relay."""
 
         def reroute(out: Outgoing) -> bool:
+            first = out.pushed[0][0] if out.pushed else None
+            if first is not None and first.WhichOneof("body") == "header" and first.header.blob:
+                return False  # its buffers went on the direct connection's data channel: the relay cannot have them
             conn = self._conns.get(self._server_name)
             if conn is None or conn.closed or not self._running or name not in self._peers:
                 return False  # no relay, or the peer is gone: the frame fails
@@ -484,6 +491,7 @@ class EndpointCore(CommunicationProtocol):
             conn.close(conn.close_reason or "direct connection ended")
             writer.cancel()
             beat.cancel()
+            self._drop_data(conn.name, conn)
             if self._conns.get(conn.name) is conn:
                 del self._conns[conn.name]
             _log.info("%s: direct connection to %s ended (%s)", self.address, conn.name, conn.close_reason)

@@ -7,9 +7,11 @@ on, a frame between that site and the server whose buffers hold ``BLOB_MIN`` byt
 on the channel, then its header on the gRPC stream with ``blob`` set. The receiver's stream reader takes the
 blob's buffers from the channel when it reaches the header (they are there, or nearly: the sender wrote them
 first), so frames keep the stream's order and causality (relayed frames, PeerEvents, small frames all stay on
-the stream), and only the bulk of the bytes takes the faster way. Frames between sites keep their way (the relay,
-or a direct connection). The channel lives and dies with its gRPC connection; without one, or when it fails
-before a blob is written, frames go wholly by gRPC.
+the stream), and only the bulk of the bytes takes the faster way. Relayed frames between sites stay on gRPC; a
+direct connection between two sites (direct_p2p, Unix sockets) gets a channel of its own the same way, offered
+by the listening site in its Welcome. A blob is sent only when its header takes the stream the channel belongs
+to, and such a frame is never rerouted to the relay. The channel lives and dies with its gRPC connection;
+without one, or when it fails before a blob is written, frames go wholly by gRPC.
 """
 
 from __future__ import annotations
@@ -113,13 +115,15 @@ class DataRoutes(EndpointCore):
         return None
 
     # site --------------------------------------------------------------------------------------------
-    def _wants_data(self) -> bool:
-        """Whether this site asks the server for a data channel (same machine: a Unix socket server)."""
-        return self.data_plane == "auto" and (self.server_address or "").startswith("unix:")
+    def _wants_data(self, address: str | None = None) -> bool:
+        """Whether this site asks for a data channel where it dials ``address`` (default: the server's): only on
+        one machine (a Unix socket)."""
+        return self.data_plane == "auto" and (address or self.server_address or "").startswith("unix:")
 
-    def _open_data(self, welcome: pb.Welcome, conn: Connection) -> None:
-        """Dial the server's data socket (a worker thread); on failure, frames go by gRPC."""
-        server = self._server_name
+    def _open_data(self, welcome: pb.Welcome, conn: Connection, peer: str | None = None) -> None:
+        """Dial the data socket ``welcome`` offers (a worker thread) for ``peer`` (default: the server); on
+        failure, frames go by gRPC."""
+        server = peer or self._server_name
         try:
             sock = dial(welcome.data_address, self.address, bytes(welcome.data_token), DATA_WAIT)
         except ConnectError as exc:
@@ -186,9 +190,12 @@ class DataRoutes(EndpointCore):
             self._data_listener = None
 
     # sending: the bytes by the channel ---------------------------------------------------------------
-    def _blob_for(self, target: str, frame: Frame, deadline: float | None, on_loop: bool) -> tuple[int, bool]:
+    def _blob_for(
+        self, target: str, frame: Frame, deadline: float | None, on_loop: bool, conn: Connection
+    ) -> tuple[int, bool]:
         """Send ``frame``'s buffers (and its meta when over a chunk) as a blob to ``target``: (its id, meta in it),
-        or (0, False) when the frame goes wholly by gRPC (no channel, small, or sent from the loop).
+        or (0, False) when the frame goes wholly by gRPC (no channel on ``conn``, the stream its header takes;
+        small; or sent from the loop).
 
         Raises TransportTimeout / TransportClosed once part of the blob went on the channel.
         """
@@ -202,7 +209,7 @@ class DataRoutes(EndpointCore):
             return 0, False
         with self._data_lock:
             channel = self._data.get(target)
-        if channel is None:
+        if channel is None or getattr(channel, "conn", None) is not conn:  # the header must follow on its stream
             return 0, False
         try:
             return channel.send_blob(pieces, deadline, f"{frame.kind} frame"), meta_in_blob

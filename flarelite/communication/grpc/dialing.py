@@ -229,7 +229,8 @@ class Dialing(DataRoutes):
         try:
             await asyncio.wait_for(channel.channel_ready(), timeout=5)
             call = pb_grpc.TransportStub(channel).Connect()
-            await call.write(pb.Envelope(hello=pb.Hello(name=self.address, version=WIRE_VERSION)))
+            hello = pb.Hello(name=self.address, version=WIRE_VERSION, data_plane=self._wants_data(address))
+            await call.write(pb.Envelope(hello=hello))
             first = await asyncio.wait_for(call.read(), timeout=5)
             if first is grpc.aio.EOF or first.WhichOneof("body") != "welcome":
                 reason = first.refused.reason if first is not grpc.aio.EOF else "stream closed"
@@ -241,6 +242,8 @@ class Dialing(DataRoutes):
             return
         self._dialing.discard(name)
         conn = Connection(name, call.write, self.heartbeat_interval, reroute=self._via_server(name))
+        if first.welcome.data_address and self._wants_data(address):  # its bulk on a data channel too
+            await asyncio.get_running_loop().run_in_executor(None, self._open_data, first.welcome, conn, name)
         self._conns[name] = conn
         try:
             await self._run_direct(conn, call.read)

@@ -206,7 +206,7 @@ class GrpcCommunicationProtocol(Listening, Dialing):
         deadline = None if timeout is None else time.monotonic() + max(0.0, timeout)
         conn = self._route(target)
         stream = next(self._streams)
-        blob, meta_in_blob = self._blob_for(target, frame, deadline, on_loop)
+        blob, meta_in_blob = self._blob_for(target, frame, deadline, on_loop, conn)
         if blob:  # the buffers went on the data channel: the header follows on the stream, in its place
             env = header_to_proto(frame, stream, self.chunk_size, sender=self.address, target=target)
             env.header.blob = blob

@@ -192,7 +192,7 @@ class Listening(DataRoutes):
             self.bound = self.listen
         await server.start()
         self._grpc_server = server
-        if self.is_server and socket_path is not None and self.data_plane == "auto":
+        if socket_path is not None and self.data_plane == "auto":  # the server, or a site taking its peers
             self._start_data_listener(socket_path)
         _log.info("%s listening on %s (%s)", self.address, self.bound, self.tls.mode, extra={"site": self.address})
         if self.is_server:
@@ -259,7 +259,11 @@ class Listening(DataRoutes):
         if not self.is_server:  # a peer's direct connection to this site
             conn = Connection(name, context.write, self.heartbeat_interval, reroute=self._via_server(name))
             self._conns[name] = conn
-            await context.write(pb.Envelope(welcome=pb.Welcome(name=name, max_message_size=self.max_message_size)))
+            data_address, data_token = self._offer_data(name, conn) if first.hello.data_plane else ("", b"")
+            welcome = pb.Welcome(
+                name=name, max_message_size=self.max_message_size, data_address=data_address, data_token=data_token
+            )
+            await context.write(pb.Envelope(welcome=welcome))
             await self._run_direct(conn, context.read)
             return
         conn = Connection(name, context.write, self.heartbeat_interval)
