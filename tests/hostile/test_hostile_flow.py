@@ -298,15 +298,18 @@ def test_inline_frames_to_a_stalled_destination_are_bounded(net):
 
 
 @pytest.mark.timeout(60)
-@pytest.mark.parametrize("mode", ["relayed", "direct"])
+@pytest.mark.parametrize("mode", ["relayed", "direct", "direct data channel"])
 def test_a_receiver_killed_mid_transfer_fails_the_send_at_once(net, mode):
     net.server_process()
-    direct = mode == "direct"
-    receiver = net.site_process("site-2", direct_p2p=direct)
-    s1, in1 = net.site("site-1", direct_p2p=direct)
+    direct = mode != "relayed"
+    plane = "auto" if mode == "direct data channel" else "grpc"  # "direct": the gRPC stream's own bulk
+    receiver = net.site_process("site-2", direct_p2p=direct, data_plane=plane)
+    s1, in1 = net.site("site-1", direct_p2p=direct, data_plane=plane)
     poll(lambda: knows(s1, "site-2"), what="site-2")
     if direct:
         poll(lambda: "site-2" in s1._conns, what="a direct connection")
+    if plane == "auto":
+        poll(lambda: "site-2" in s1.data_peers, what="a data channel")
     os.kill(receiver.proc.pid, signal.SIGSTOP)  # it stops reading: the transfer stalls half-way
     outcome: dict = {}
 
@@ -320,7 +323,10 @@ def test_a_receiver_killed_mid_transfer_fails_the_send_at_once(net, mode):
 
     sender = threading.Thread(target=stream, daemon=True)
     sender.start()
-    poll(lambda: in_flight(s1, "site-2"), what="transfer under way")
+    if plane == "auto":  # a writer holds the channel's turn: its blob is being written
+        poll(lambda: bool(s1._data["site-2"]._turns._queue), what="transfer under way")
+    else:
+        poll(lambda: in_flight(s1, "site-2"), what="transfer under way")
     time.sleep(0.3)  # let it fill what the stopped receiver's socket takes
     assert "at" not in outcome, "the frame went out whole to a stopped receiver"
     killed = time.monotonic()
@@ -329,6 +335,7 @@ def test_a_receiver_killed_mid_transfer_fails_the_send_at_once(net, mode):
     report(f"{mode}: send after the receiver was killed", outcome)
     assert not sender.is_alive(), "send is still blocked 20 s after the receiver was killed"
     assert isinstance(outcome["error"], (TransportClosed, TransportError)), outcome
+    assert not isinstance(outcome["error"], TransportTimeout), outcome  # the send had no timeout: it is closed
     assert outcome["at"] - killed < 5
 
 

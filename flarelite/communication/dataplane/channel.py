@@ -252,7 +252,7 @@ class DataChannel:
             for part in parts:
                 self.sock.sendall(part)
         except OSError as exc:
-            if self._cut_by_deadline == serial:
+            if serial and self._cut_by_deadline == serial:  # (serial 0: a write without a deadline)
                 raise TransportTimeout(
                     f"{what} to {self.peer!r} was not sent within its timeout (the receiver takes it slower); the "
                     "data channel was closed and what was sent of it is dropped"
