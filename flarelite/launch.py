@@ -317,12 +317,14 @@ def add_max_message_size(p: argparse.ArgumentParser) -> None:
 
 def add_data_plane(p: argparse.ArgumentParser) -> None:
     """``--data-plane auto|grpc``: the faster channel beside gRPC where it is safe (auto), or gRPC only."""
+    from .communication.planes import DATA_PLANES
+
     p.add_argument(
         "--data-plane",
-        choices=["auto", "grpc"],
+        choices=DATA_PLANES,
         default="auto",
-        help="auto (default): frames between a site and a server on this machine take a data channel beside gRPC "
-        "(a Unix socket of this user); grpc: gRPC only",
+        help="auto (default): on this machine the bulk of large frames between a site and its server (and between "
+        "sites on a direct connection) takes a data channel beside gRPC (a Unix socket of this user); grpc: gRPC only",
     )
 
 

@@ -409,7 +409,7 @@ def test_a_fedavg_job_in_site_processes_gets_the_same_model_either_way(tmp_path,
 def test_a_bad_data_plane_option_is_a_clear_error(tmp_path):
     from flarelite.simulator.runner import run_simulation
 
-    with pytest.raises(ConfigError, match="data_plane must be 'auto'"):
+    with pytest.raises(ConfigError, match="data_plane must be one of auto, grpc"):
         run_simulation(str(tmp_path), str(tmp_path / "ws"), n_clients=1, data_plane="fast")
 
 

@@ -129,11 +129,9 @@ def run_simulation(
     """
     if protocol not in ("unix", "grpc", "memory"):
         raise ConfigError(f"protocol must be 'unix', 'grpc' or 'memory', got {protocol!r}")
-    if data_plane not in ("auto", "grpc"):
-        raise ConfigError(
-            f"data_plane must be 'auto' (a data channel beside gRPC between each site and the server on this "
-            f"machine) or 'grpc' (gRPC only), got {data_plane!r}"
-        )
+    from ..communication.planes import check_data_plane
+
+    check_data_plane(data_plane)
     if protocol == "memory" and direct_p2p:
         raise ConfigError("direct_p2p needs a gRPC protocol ('unix' or 'grpc'); in memory every site is direct")
     if protocol == "memory" and tls != "clear":

@@ -21,6 +21,7 @@ import collections
 import threading
 import time
 from collections.abc import Awaitable, Callable, Iterator
+from typing import Any
 
 from . import flarelite_pb2 as pb
 
@@ -174,7 +175,7 @@ class Connection:
         self.last_received = time.monotonic()
         self.last_sent = time.monotonic()
         self.heartbeat_interval = heartbeat_interval
-        self.data_channel: object = None  # the data channel opened on this connection (data_routes.py), if any
+        self.data_channel: Any = None  # the data channel opened on this connection (data_routes.py), if any
 
     def enqueue(self, out: Outgoing | pb.Envelope) -> None:
         """Add a frame (or a control envelope) to the writer's rotation (loop thread only)."""

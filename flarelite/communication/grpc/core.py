@@ -22,6 +22,7 @@ import grpc
 from ... import logsafe
 from ...errors import ConfigError, ProtocolError
 from ..addresses import check_address
+from ..planes import check_data_plane
 from ..protocol import CommunicationProtocol, Frame, FrameHandler, PeerHandler
 from ..sizes import max_message_size as check_max_message_size
 from . import flarelite_pb2 as pb
@@ -46,7 +47,6 @@ _DISCARD = object()
 
 
 DEFAULT_RELAY_WINDOW = 8 << 20  # bytes a client may have in the relay per target (and queue per destination)
-DATA_PLANES = ("auto", "grpc")  # see data_routes.py
 DEFAULT_MAX_OPEN_FRAMES = 256  # frames one connection may have started and not finished, delivered here
 
 
@@ -86,12 +86,7 @@ class EndpointCore(CommunicationProtocol):
         data_plane: str = "auto",
     ) -> None:
         super().__init__(address)
-        if data_plane not in DATA_PLANES:
-            raise ConfigError(
-                f"data_plane must be one of {', '.join(DATA_PLANES)} (auto: a faster channel beside gRPC where it "
-                f"is safe, today between a site and its server on one machine; grpc: gRPC only), got {data_plane!r}"
-            )
-        self.data_plane = data_plane
+        self.data_plane = check_data_plane(data_plane)
         if (listen is None) == (server is None):
             raise ConfigError(f"{self!r}: give listen= (the server) or server= (a client), exactly one of them")
         if listen is not None:

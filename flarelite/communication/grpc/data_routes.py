@@ -54,9 +54,10 @@ class DataRoutes(EndpointCore):
         with self._data_lock:
             return sorted(name for name, channel in self._data.items() if not channel.closed)
 
-    # server ------------------------------------------------------------------------------------------
+    # the listening side (the server; a site's p2p listener) -------------------------------------------
     def _start_data_listener(self, socket_path: str) -> None:
-        """Listen for data channels beside the gRPC socket at ``socket_path`` (server, data_plane auto)."""
+        """Listen for data channels beside the gRPC socket at ``socket_path`` (the server, or a site taking its
+        peers' direct connections; data_plane auto)."""
         from .listening import prepare_socket_path
 
         path = socket_path + ".data"
@@ -114,7 +115,7 @@ class DataRoutes(EndpointCore):
         _log.info("%s: data channel to %s open", self.address, name, extra={"site": self.address})
         return None
 
-    # site --------------------------------------------------------------------------------------------
+    # the dialing side (a site, to its server or to a peer) ------------------------------------------
     def _wants_data(self, address: str | None = None) -> bool:
         """Whether this site asks for a data channel where it dials ``address`` (default: the server's): only on
         one machine (a Unix socket)."""
@@ -153,8 +154,7 @@ class DataRoutes(EndpointCore):
             on_close=self._channel_closed,
             max_held_bytes=self.max_pending_bytes,
         )
-        channel.conn = conn  # type: ignore[attr-defined]
-        conn.data_channel = channel  # its finished blobs stay claimable by this stream's headers after it closes
+        conn.data_channel = channel  # its stream's headers claim its blobs (also after it closes), its blobs only
         return channel
 
     def _channel_closed(self, channel: data_channel.DataChannel) -> None:
@@ -162,19 +162,14 @@ class DataRoutes(EndpointCore):
             if self._data.get(channel.peer) is channel:
                 del self._data[channel.peer]
 
-    def _channel_of(self, name: str, conn: Connection) -> data_channel.DataChannel | None:
-        with self._data_lock:
-            channel = self._data.get(name)
-        return channel if channel is not None and getattr(channel, "conn", None) is conn else None
-
     def _drop_data(self, name: str, conn: Connection) -> None:
         """``conn`` (the gRPC connection to ``name``) ended: so does its channel, and any offer made on it."""
         with self._data_lock:
             offer = self._data_offers.get(name)
             if offer is not None and offer.conn is conn:
                 del self._data_offers[name]
-        channel = self._channel_of(name, conn)
-        if channel is not None:
+        channel = conn.data_channel
+        if isinstance(channel, data_channel.DataChannel):
             channel.close(f"the gRPC connection to {name} ended")
 
     def _close_data(self) -> None:
@@ -190,31 +185,25 @@ class DataRoutes(EndpointCore):
             self._data_listener = None
 
     # sending: the bytes by the channel ---------------------------------------------------------------
-    def _blob_for(
-        self, target: str, frame: Frame, deadline: float | None, on_loop: bool, conn: Connection
-    ) -> tuple[int, bool]:
-        """Send ``frame``'s buffers (and its meta when over a chunk) as a blob to ``target``: (its id, meta in it),
-        or (0, False) when the frame goes wholly by gRPC (no channel on ``conn``, the stream its header takes;
-        small; or sent from the loop).
+    def _blob_for(self, target: str, frame: Frame, deadline: float | None, on_loop: bool, conn: Connection) -> int:
+        """Send ``frame``'s buffers (and its meta when over a chunk, as ``header_to_proto`` decides) as a blob on
+        the data channel of ``conn``, the stream its header takes, when that channel is to ``target``; its id, or 0
+        when the frame goes wholly by gRPC (no such channel, small, or sent from the loop).
 
         Raises TransportTimeout / TransportClosed once part of the blob went on the channel.
         """
-        if on_loop or not self._data:
-            return 0, False
+        channel = conn.data_channel
+        if on_loop or not isinstance(channel, data_channel.DataChannel) or channel.closed or channel.peer != target:
+            return 0  # (a frame relayed to another site takes the server's stream: its channel is not for it)
         pieces = [memoryview(b).cast("B") if memoryview(b).format != "B" else memoryview(b) for b in frame.buffers]
-        meta_in_blob = len(frame.meta) > self.chunk_size
-        if meta_in_blob:
+        if len(frame.meta) > self.chunk_size:
             pieces.append(memoryview(frame.meta))
         if sum(p.nbytes for p in pieces) < BLOB_MIN:
-            return 0, False
-        with self._data_lock:
-            channel = self._data.get(target)
-        if channel is None or getattr(channel, "conn", None) is not conn:  # the header must follow on its stream
-            return 0, False
+            return 0
         try:
-            return channel.send_blob(pieces, deadline, f"{frame.kind} frame"), meta_in_blob
+            return channel.send_blob(pieces, deadline, f"{frame.kind} frame")
         except data_channel.ChannelUnavailable:
-            return 0, False
+            return 0
         except TransportClosed as exc:
             raise TransportClosed(f"{frame.kind} frame to {target!r} not sent: {exc}") from None
 

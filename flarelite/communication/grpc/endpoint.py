@@ -84,9 +84,9 @@ class GrpcCommunicationProtocol(Listening, Dialing):
         relay_window: flow control per destination, in bytes (default 8 MiB, at least ``chunk_size``): what a
             client may have in the server's relay per target (the server's value, told in Welcome), and what
             ``send`` queues per destination before it waits.
-        data_plane: ``"auto"`` (default): frames between a site and a server on one machine (a Unix socket
-            server) take a data channel beside the stream (``data_routes.py``), falling back to gRPC;
-            ``"grpc"``: gRPC only.
+        data_plane: ``"auto"`` (default): on one machine (Unix sockets), the buffers of large frames between a
+            site and its server, and between two sites on a direct connection, take a data channel beside the
+            stream (``data_routes.py``), the headers keeping their place on it; ``"grpc"``: gRPC only.
     """
 
     # lifecycle ---------------------------------------------------------------------------------------
@@ -206,12 +206,10 @@ class GrpcCommunicationProtocol(Listening, Dialing):
         deadline = None if timeout is None else time.monotonic() + max(0.0, timeout)
         conn = self._route(target)
         stream = next(self._streams)
-        blob, meta_in_blob = self._blob_for(target, frame, deadline, on_loop, conn)
+        blob = self._blob_for(target, frame, deadline, on_loop, conn)
         if blob:  # the buffers went on the data channel: the header follows on the stream, in its place
             env = header_to_proto(frame, stream, self.chunk_size, sender=self.address, target=target)
             env.header.blob = blob
-            if meta_in_blob:
-                env.header.meta, env.header.meta_size = b"", len(frame.meta)
             out = Outgoing.of([(env, header_cost(env))], target=target, stream=stream)
             self._queue(conn, out, env.ByteSize() + QUEUED_OVERHEAD, deadline, on_loop)
             return

@@ -274,7 +274,6 @@ class Listening(DataRoutes):
         else:
             self._addresses.pop(name, None)
         addresses = {n: a for n, a in self._addresses.items() if n in peers}
-        # offered before anyone learns of the site: the server's sends to it wait for the channel to open
         data_address, data_token = self._offer_data(name, conn) if first.hello.data_plane else ("", b"")
         self._conns[name] = conn
         self._broadcast_peer(name, True)
