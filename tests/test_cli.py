@@ -20,14 +20,7 @@ def flarelite(*args, cwd=None):
 
 
 def test_exported_hello_p2p_runs_from_the_cli(tmp_path):
-    export = subprocess.run(
-        [sys.executable, os.path.join(REPO, "jobs", "hello-p2p", "job.py"), "--export", str(tmp_path / "jobs")],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert export.returncode == 0, export.stderr
-    job_folder = export.stdout.strip().splitlines()[-1]
+    job_folder = _exported_hello(tmp_path)
     assert os.path.exists(os.path.join(job_folder, "meta.json"))
     assert os.path.exists(os.path.join(job_folder, "app_site-1", "custom", "modules.py"))
     proc = flarelite("simulator", job_folder, "-w", str(tmp_path / "ws"))
@@ -81,14 +74,15 @@ def test_a_client_with_no_server_fails_in_one_clear_line_not_a_traceback(tmp_pat
 
 
 def _exported_hello(tmp_path):
-    out = subprocess.run(
+    """jobs/hello-p2p exported under tmp_path/jobs: its folder."""
+    export = subprocess.run(
         [sys.executable, os.path.join(REPO, "jobs", "hello-p2p", "job.py"), "--export", str(tmp_path / "jobs")],
         capture_output=True,
         text=True,
         timeout=120,
-        check=True,
     )
-    return out.stdout.strip().splitlines()[-1]
+    assert export.returncode == 0, export.stderr
+    return export.stdout.strip().splitlines()[-1]
 
 
 def _check(folder):

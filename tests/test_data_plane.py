@@ -14,7 +14,7 @@ import time
 
 import numpy as np
 import pytest
-from wire_fixtures.inbox import Inbox
+from wire_fixtures.inbox import Inbox, endpoint_maker
 
 from flarelite.communication.dataplane import DataChannel, dial
 from flarelite.communication.dataplane.channel import _C, _E, CHUNK, _Turns
@@ -25,24 +25,11 @@ from flarelite.errors import ConfigError, ConnectError, ProtocolError, Transport
 
 
 @pytest.fixture
-def net(tmp_path):
+def net(short_dir):
     """make(name, **options) starts the server (first) or a site on a Unix socket; all stopped at the end."""
-    endpoints = []
-    listen = f"unix://{tmp_path}/server.sock"
-
-    def make(name, **kwargs):
-        inbox = Inbox()
-        if name == "server":
-            ep = GrpcCommunicationProtocol("server", listen=listen, heartbeat_interval=0.5, **kwargs)
-        else:
-            ep = GrpcCommunicationProtocol(name, server=listen, connect_timeout=10, **kwargs)
-        ep.start(inbox.on_frame, inbox.on_peer)
-        endpoints.append(ep)
-        return ep, inbox
-
+    make = endpoint_maker(f"unix://{short_dir}/server.sock")
     yield make
-    for ep in reversed(endpoints):
-        ep.stop()
+    make.stop_all()
 
 
 def wait_for(check, timeout=5.0):
@@ -273,9 +260,12 @@ def test_a_peer_that_breaks_the_protocol_loses_its_channel_and_nothing_else(atta
 def test_blobs_no_header_claims_are_capped():
     pair = Pair(max_held_bytes=10_000)
     try:
-        for blob in range(1, 5):
-            pair.announce(blob, [4000])
-            pair.chunk(blob, 0, b"x" * 4000)
+        try:
+            for blob in range(1, 5):
+                pair.announce(blob, [4000])
+                pair.chunk(blob, 0, b"x" * 4000)
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # the channel closed under the flood: what this test wants
         assert pair.channel.reader_done.wait(5) and pair.channel.closed
     finally:
         pair.close()

@@ -13,12 +13,10 @@ import os
 import shutil
 import subprocess
 import sys
-import tempfile
 
 import pytest
-from wire_fixtures.inbox import Inbox
+from wire_fixtures.inbox import endpoint_maker
 
-from flarelite.communication.grpc import GrpcCommunicationProtocol
 from flarelite.communication.protocol import Frame
 from flarelite.errors import ProtocolError
 from flarelite.simulator.runner import run_simulation
@@ -32,14 +30,6 @@ MiB = 1 << 20
 
 def available_memory() -> int:
     return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES")
-
-
-@pytest.fixture
-def short_dir():
-    """A short folder for Unix sockets (sun_path holds about 100 bytes; tmp_path can be longer)."""
-    folder = tempfile.mkdtemp(prefix="fl")
-    yield folder
-    shutil.rmtree(folder, ignore_errors=True)
 
 
 # ----------------------------------------------------------------------------------------------- over 2 GiB
@@ -137,21 +127,9 @@ def test_numpy_and_torch_payload_end_to_end_in_processes(tmp_path):
 @pytest.fixture
 def net(short_dir):
     """Start a server (``net("server", ...)``) then clients; every endpoint is stopped at the end."""
-    endpoints: list[GrpcCommunicationProtocol] = []
-
-    def make(name: str, **kwargs) -> tuple[GrpcCommunicationProtocol, Inbox]:
-        inbox = Inbox()
-        if name == "server":
-            ep = GrpcCommunicationProtocol("server", listen=f"unix://{short_dir}/s.sock", **kwargs)
-        else:
-            ep = GrpcCommunicationProtocol(name, server=endpoints[0].bound, connect_timeout=10, **kwargs)
-        ep.start(inbox.on_frame, inbox.on_peer)
-        endpoints.append(ep)
-        return ep, inbox
-
+    make = endpoint_maker(f"unix://{short_dir}/s.sock")
     yield make
-    for ep in reversed(endpoints):
-        ep.stop()
+    make.stop_all()
 
 
 def test_a_frame_of_exactly_the_announced_limit_passes_one_byte_more_does_not(net):

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime
-import tempfile
 from concurrent import futures
 
 import grpc
@@ -87,13 +86,6 @@ def server_cfg(pki, mode: str, project: str = "main") -> TLSConfig:
 
 def client_cfg(pki, mode: str, name: str | None = "site-1", project: str = "main", **kw) -> TLSConfig:
     return TLSConfig.from_dir(mode, pki / project, name, **kw)
-
-
-@pytest.fixture
-def short_dir():
-    """A short temporary folder for Unix sockets (their paths are limited to about 100 bytes)."""
-    with tempfile.TemporaryDirectory(prefix="fl-") as folder:
-        yield folder
 
 
 # ----------------------------------------------------------------------------------------------- option checks

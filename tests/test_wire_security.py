@@ -8,8 +8,6 @@ calls; this file covers what the transport does with it (hello, refusal, identit
 from __future__ import annotations
 
 import queue
-import shutil
-import tempfile
 import threading
 import time
 
@@ -44,14 +42,6 @@ def pki(tmp_path_factory):
         if project == "main":
             certs.issue(root / project, "site-2")
     return root
-
-
-@pytest.fixture
-def short_dir():
-    """A short folder for Unix sockets (sun_path holds about 100 bytes; tmp_path can be longer)."""
-    folder = tempfile.mkdtemp(prefix="fl")
-    yield folder
-    shutil.rmtree(folder, ignore_errors=True)
 
 
 @pytest.fixture

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import logging
-import shutil
-import tempfile
 import time
 
 import pytest
@@ -17,13 +15,6 @@ from flarelite.runtime import server as server_module
 from flarelite.runtime.server import ServerRuntime
 
 UNAUTHENTICATED = "site identities are not authenticated"
-
-
-@pytest.fixture
-def short_dir():
-    folder = tempfile.mkdtemp(prefix="fl")
-    yield folder
-    shutil.rmtree(folder, ignore_errors=True)
 
 
 def messages(caplog, needle: str) -> list[str]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import queue
 import time
 
+from flarelite.communication.grpc import GrpcCommunicationProtocol
 from flarelite.communication.protocol import Frame
 
 
@@ -44,3 +45,27 @@ class Inbox:
             except queue.Empty:
                 pass
         raise AssertionError(f"no peer event {(name, connected)} within {timeout}s")
+
+
+def endpoint_maker(listen: str):
+    """``make(name, **options)`` starts the server (the first call, listening on ``listen``) or a site dialing
+    it, each with an Inbox, and returns ``(endpoint, inbox)``; ``make.stop_all()`` stops them, last first."""
+    endpoints: list[GrpcCommunicationProtocol] = []
+
+    def make(name: str, **options) -> tuple[GrpcCommunicationProtocol, Inbox]:
+        inbox = Inbox()
+        if name == "server":
+            ep = GrpcCommunicationProtocol("server", listen=listen, **options)
+        else:
+            ep = GrpcCommunicationProtocol(name, server=endpoints[0].bound, connect_timeout=10, **options)
+        ep.start(inbox.on_frame, inbox.on_peer)
+        endpoints.append(ep)
+        return ep, inbox
+
+    def stop_all() -> None:
+        for ep in reversed(endpoints):
+            ep.stop()
+        endpoints.clear()
+
+    make.stop_all = stop_all  # type: ignore[attr-defined]
+    return make
