@@ -103,3 +103,107 @@ def test_a_flood_of_result_frames_is_bounded_per_client(tmp_path, caplog):
         time.sleep(0.01)
     assert server.scheduler._queued_results == {}  # processed (as results of unknown tasks): room again
     server.scheduler.stop()
+
+
+def _result_frame(name: str, client_task_id: str, task_name: str = "train"):
+    from flarelite.runtime.frames import make_frame
+
+    frame = make_frame(Kind.RESULT, Shareable(), msg_id=client_task_id, topic=task_name)
+    frame.sender = name
+    frame.ref_id = client_task_id
+    return frame
+
+
+def test_results_are_taken_while_a_broadcast_still_sends_and_follow_their_own_send(tmp_path):
+    """A broadcast sends without the scheduler's lock: site-1's result is processed while site-2's task is still
+    being written, and a result that comes before its own task is confirmed sent (site-2 answering at once)
+    waits until then, so every client's after_task_sent_cb runs before its result_received_cb."""
+    server = make_server(tmp_path)
+    release = threading.Event()
+    order: list[str] = []
+    ids: dict[str, str] = {}
+
+    def send_frame(target, frame, timeout=None):
+        if frame.kind != Kind.TASK:
+            return
+        ids[target] = frame.msg_id
+        if target == "site-2":
+            server.scheduler.on_result(_result_frame("site-2", frame.msg_id))  # it answers before the send returns
+            assert release.wait(10), "the test never released site-2"
+
+    server.send_frame = send_frame  # type: ignore[method-assign]
+    task = Task(
+        name="train",
+        data=Shareable(),
+        after_task_sent_cb=lambda client_task, fl_ctx: order.append(f"sent {client_task.client.name}"),
+        result_received_cb=lambda client_task, fl_ctx: order.append(f"result {client_task.client.name}"),
+    )
+    done = threading.Event()
+    targets = ["site-1", "site-2"]
+    threading.Thread(
+        target=lambda: (
+            server.scheduler.broadcast(task, server.new_context(), targets=targets, min_responses=2),
+            done.set(),
+        ),
+        daemon=True,
+    ).start()
+    deadline = time.monotonic() + 10
+    while "sent site-1" not in order and time.monotonic() < deadline:
+        time.sleep(0.01)
+    server.scheduler.on_result(_result_frame("site-1", ids["site-1"]))
+    while "result site-1" not in order and time.monotonic() < deadline:
+        time.sleep(0.01)
+    try:
+        assert "result site-1" in order, "site-1's result waited for the broadcast to finish sending"
+        time.sleep(0.2)
+        assert not any(step.endswith("site-2") for step in order), "site-2's result was taken before its send ended"
+    finally:
+        release.set()
+    assert done.wait(10)
+    while len(order) < 4 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert "result site-2" in order, order
+    assert order.index("sent site-2") < order.index("result site-2")
+    assert order.index("sent site-1") < order.index("result site-1")
+    assert server.scheduler._sending == set() and server.scheduler._early == {}
+    server.scheduler.stop()
+
+
+def test_a_second_early_result_for_the_same_task_is_not_kept(tmp_path):
+    """A client answering twice while its task is still being written: the first result waits, the second is a
+    result of no standing task (nothing more is held for it)."""
+    server = make_server(tmp_path)
+    release = threading.Event()
+    unknown: list[str] = []
+    received: list[str] = []
+    server.result_of_unknown_task = lambda name, topic, ref, result, fl_ctx: unknown.append(name)  # type: ignore
+
+    def send_frame(target, frame, timeout=None):
+        if frame.kind == Kind.TASK and target == "site-1":
+            for _ in range(2):
+                server.scheduler.on_result(_result_frame("site-1", frame.msg_id))
+            assert release.wait(10)
+
+    server.send_frame = send_frame  # type: ignore[method-assign]
+    task = Task(
+        name="train",
+        data=Shareable(),
+        result_received_cb=lambda client_task, fl_ctx: received.append(client_task.client.name),
+    )
+    threading.Thread(
+        target=lambda: server.scheduler.broadcast(
+            task, server.new_context(), targets=["site-1", "site-3"], min_responses=2
+        ),
+        daemon=True,
+    ).start()
+    deadline = time.monotonic() + 10
+    while not unknown and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert unknown == ["site-1"] and received == []
+    assert len(server.scheduler._early) == 1
+    release.set()
+    while not received and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert received == ["site-1"]
+    server.scheduler.cancel_all_tasks()
+    server.scheduler.stop()

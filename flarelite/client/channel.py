@@ -19,7 +19,6 @@ RESULT(task_id, data); LOG(record); HEARTBEAT; ABORT(task_id or None for the job
 
 from __future__ import annotations
 
-import mmap
 import socket
 import struct
 import threading
@@ -27,7 +26,7 @@ import time
 from typing import Any
 
 from flarelite.apis.shareable import Shareable
-from flarelite.buffers import lazy_buffer
+from flarelite.buffers import forget, lazy_buffer
 from flarelite.errors import CodecError, ProtocolError, TransportClosed, TransportTimeout
 from flarelite.serialization import decode, encode
 from flarelite.serialization.limits import MAX_META_BYTES, max_buffers
@@ -70,7 +69,7 @@ _FIELDS: dict[int, dict[str, tuple[type, ...]]] = {
 }
 
 
-def allocate(size: int) -> bytearray | mmap.mmap:
+def allocate(size: int) -> Any:
     """A writable buffer for ``size`` incoming bytes, committed only as it is written (see ``lazy_buffer``).
 
     Raises:
@@ -179,10 +178,14 @@ class Channel:
             got += n
             self.last_seen = time.monotonic()
 
-    def _read(self, n: int, deadline: float | None) -> bytearray | mmap.mmap:
+    def _read(self, n: int, deadline: float | None) -> Any:
         buf = allocate(n)
         if n:
-            self._read_into(memoryview(buf), deadline)
+            try:
+                self._read_into(memoryview(buf), deadline)
+            except BaseException:
+                forget(buf)  # never completed: freed, not kept for reuse
+                raise
         return buf
 
     def recv(self, deadline: float | None = None, max_size: int | None = None) -> tuple[int, dict]:

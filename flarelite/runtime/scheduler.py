@@ -2,7 +2,8 @@
 
 API calls (broadcast, send, relay, cancel) run on the caller's thread; results, client departures and
 deadlines are handled on the scheduler's own thread. Both hold one re-entrant lock, and the task callbacks
-(before/after_task_sent_cb, result_received_cb, task_done_cb) run under it, one at a time.
+(before/after_task_sent_cb, result_received_cb, task_done_cb) run under it, one at a time. A broadcast sends
+its frames without the lock, so results are taken while a large task is still going out to other sites.
 
 A client whose connection drops is *away*: its outstanding tasks are kept, and sent again (same task ids, so
 the client answers a task it already ran with the result it kept) when it joins again. A client away for
@@ -103,6 +104,8 @@ class TaskScheduler(WFCommSpec):
         self._queued_lock = threading.Lock()
         self._queued_results: dict[str, int] = {}  # client -> its result frames waiting for the scheduler thread
         self._drop_log = logsafe.RateLimit()  # one line per client every 10 s about its dropped results
+        self._sending: set[str] = set()  # client tasks of a broadcast whose frames are going out now
+        self._early: dict[str, tuple[Frame, Shareable, FLContext]] = {}  # their results that came meanwhile
 
     def start(self) -> None:
         """Start the scheduler thread."""
@@ -146,7 +149,9 @@ class TaskScheduler(WFCommSpec):
             except Exception:
                 self._finish(op, TaskCompletionStatus.ERROR)
                 raise
-            self._send_batch(op, batch, fl_ctx)
+            self._sending.update(ct.id for ct, _ in batch)
+        self._send_batch(op, batch, fl_ctx)
+        with self._lock:
             self._evaluate(op)
         self._wake()
 
@@ -469,16 +474,50 @@ class TaskScheduler(WFCommSpec):
 
     def _send_batch(self, op: _Op, batch: list[tuple[ClientTask, Frame]], fl_ctx: FLContext) -> None:
         """Send a broadcast's frames side by side, so that a slow site delays only its own task; return when
-        every frame is sent or failed (the task data may then change), then run the after_task_sent_cbs."""
-        if len(batch) > 1:
-            errors = list(
-                self.server.sender_pool().map(lambda item: self._deliver(item[0].client.name, item[1]), batch)
-            )
-        else:
-            errors = [self._deliver(ct.client.name, frame) for ct, frame in batch]
-        for (ct, _), error in zip(batch, errors):
-            if self._sent(op, ct, error):
-                self._callback(op.task.after_task_sent_cb, "after_task_sent_cb", client_task=ct, fl_ctx=fl_ctx)
+        every frame is sent or failed (the task data may then change). Each client's after_task_sent_cb runs as
+        soon as its own frame is out.
+
+        Called without the lock, so that results are processed while the frames still go out (a 100 MB model
+        to 10 sites takes a while); a result that comes before its own frame is confirmed sent waits (in
+        ``_early``) until then, so each client's after_task_sent_cb still runs before its result_received_cb.
+        """
+        if len(batch) == 1:
+            ct, frame = batch[0]
+            self._one_sent(op, ct, fl_ctx, self._deliver(ct.client.name, frame))
+            return
+        pool = self.server.sender_pool()
+        futures = []
+        try:
+            for ct, frame in batch:
+                futures.append(pool.submit(self._deliver, ct.client.name, frame))
+                futures[-1].add_done_callback(lambda f, ct=ct: self._one_sent(op, ct, fl_ctx, f))
+        except BaseException:  # the pool is shut down (the run is ending): what was not submitted is not sent
+            for ct, _ in batch[len(futures) :]:
+                self._one_sent(op, ct, fl_ctx, TransportError("the server is stopping"))
+            raise
+        finally:
+            for future in futures:
+                try:
+                    future.result()
+                except Exception:
+                    pass  # reported by _one_sent
+
+    def _one_sent(self, op: _Op, ct: ClientTask, fl_ctx: FLContext, outcome: Any) -> None:
+        """``ct``'s frame went out, or failed (``outcome``: an error, None, or the future of ``_deliver``)."""
+        if hasattr(outcome, "result"):
+            try:
+                outcome = outcome.result()
+            except Exception as exc:
+                outcome = exc if isinstance(exc, TransportError) else TransportError(f"sending failed: {exc!r}")
+        with self._lock:
+            try:
+                if self._sent(op, ct, outcome):
+                    self._callback(op.task.after_task_sent_cb, "after_task_sent_cb", client_task=ct, fl_ctx=fl_ctx)
+            finally:
+                self._sending.discard(ct.id)
+                early = self._early.pop(ct.id, None)
+                if early is not None:
+                    self._events.put(("accept", early))
 
     def _mark_away(self, name: str) -> None:
         if name not in self._dead and name not in self._away:
@@ -635,6 +674,8 @@ class TaskScheduler(WFCommSpec):
             try:
                 if what == "result":
                     self._process_result(arg)
+                elif what == "accept":
+                    self._accept_result(*arg)
                 elif what == "up":
                     self._process_up(arg)
                 with self._lock:
@@ -705,12 +746,23 @@ class TaskScheduler(WFCommSpec):
         fl_ctx.set_prop(FLContextKey.TASK_ID, frame.ref_id, private=True, sticky=False)
         fl_ctx.set_prop(FLContextKey.TASK_RESULT, result, private=True, sticky=False)
         result = self._filter_result(frame, result, fl_ctx)
+        self._accept_result(frame, result, fl_ctx)
+
+    def _accept_result(self, frame: Frame, result: Shareable, fl_ctx: FLContext) -> None:
+        """Match a decoded, filtered result to its client task and run the task's callbacks on it."""
+        name = frame.sender
         with self._lock:
             entry = self._client_tasks.get(frame.ref_id)
             if entry is None or entry[1].client.name != name or entry[0].done.is_set():
                 self.server.result_of_unknown_task(name, frame.topic, frame.ref_id, result, fl_ctx)
                 return
             op, ct = entry
+            if ct.id in self._sending:  # its frame is still being confirmed sent: after that (see _send_batch)
+                if ct.id in self._early:  # a second result for the same task before the first was taken
+                    self.server.result_of_unknown_task(name, frame.topic, frame.ref_id, result, fl_ctx)
+                else:
+                    self._early[ct.id] = (frame, result, fl_ctx)
+                return
             self.results_received += 1
             self._client_tasks.pop(ct.id, None)
             op.outstanding.pop(name, None)

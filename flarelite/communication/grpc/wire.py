@@ -12,7 +12,7 @@ from array import array
 from collections.abc import Iterator
 from typing import Any
 
-from ...buffers import lazy_buffer
+from ...buffers import forget, lazy_buffer
 from ...errors import ProtocolError
 from ..protocol import Frame
 from ..sizes import DEFAULT_MAX_MESSAGE_SIZE as DEFAULT_MAX_MESSAGE_SIZE  # re-exported
@@ -190,8 +190,8 @@ class Assembly(ChunkCursor):
 
     A buffer gets memory when its first chunk arrives (a small one at once, a large one as a mapping whose pages
     are committed as chunks are copied in), so a header announcing gigabytes costs nothing until they come.
-    The finished buffers are exactly the announced sizes, contiguous and writable (bytearray or mmap), each byte
-    copied once.
+    The finished buffers are exactly the announced sizes, contiguous and writable (bytearray, mmap or a pooled
+    ``uint8`` array, see ``flarelite.buffers``), each byte copied once.
     """
 
     __slots__ = ("frame", "nbytes", "meta_chunked", "parts")
@@ -219,7 +219,7 @@ class Assembly(ChunkCursor):
             self.parts.append(bytearray(data) if end == size else _allocate(size))
             if end == size:
                 return
-        self.parts[-1][start:end] = data
+        memoryview(self.parts[-1])[start:end] = data
 
     def slot(self, buffer: int, nbytes: int) -> memoryview:
         """Where the next ``nbytes`` of buffer number ``buffer`` go: a writable view to receive them into
@@ -246,7 +246,9 @@ class Assembly(ChunkCursor):
         return frame
 
     def discard(self) -> None:
-        """Free what was received (whoever still holds this Assembly)."""
+        """Free what was received (whoever still holds this Assembly): unmapped, not kept for reuse."""
+        for part in self.parts:
+            forget(part)
         self.parts = []
 
 
