@@ -24,6 +24,7 @@ import datetime
 import ipaddress
 import os
 import re
+import sys
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable
 
@@ -41,7 +42,7 @@ DEFAULT_DAYS = 365
 DEFAULT_CA_DAYS = 3650
 SERVER_DEFAULT_HOSTS = ("localhost", "127.0.0.1", "::1")
 
-_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,63}$")  # "@": admins are named like admin@org.com
 _RESERVED_NAMES = {"ca"}  # ca.crt / ca.key are the project CA's files
 _CLOCK_SKEW = datetime.timedelta(minutes=5)  # certificates are valid from a little before now
 
@@ -70,7 +71,7 @@ def check_name(name: str, what: str = "site name") -> str:
     if not _NAME_RE.match(name):
         raise ConfigError(
             f"{what} {name!r} is not allowed: "
-            "use 1-64 letters, digits, '.', '_' or '-', starting with a letter or digit"
+            "use 1-64 letters, digits, '.', '_', '-' or '@' (admins), starting with a letter or digit"
         )
     return name
 
@@ -248,8 +249,9 @@ def issue(
         out_dir: the folder holding ``ca.crt`` and ``ca.key`` (made by ``init_ca``); the new files go there too.
         name: the site (or server) name; the certificate's CN, and the identity the server sees under mTLS.
         kind: ``"client"`` (SAN DNS:name, ExtendedKeyUsage clientAuth and serverAuth, so that the site can also
-            accept direct connections from its peers) or ``"server"`` (SAN DNS:name,
-            DNS:localhost, IP:127.0.0.1, IP:::1 and ``hosts``; ExtendedKeyUsage serverAuth).
+            accept direct connections from its peers), ``"server"`` (SAN DNS:name,
+            DNS:localhost, IP:127.0.0.1, IP:::1 and ``hosts``; ExtendedKeyUsage serverAuth) or ``"admin"`` (a
+            person who submits jobs to a long-lived server: OU ``admin``, ExtendedKeyUsage clientAuth only).
         hosts: extra DNS names or IP addresses clients dial the server by (servers only).
         days: how long the certificate is valid (never past the CA's own expiry).
         force: replace an existing certificate of that name.
@@ -264,8 +266,8 @@ def issue(
 
     out_dir = os.fspath(out_dir)
     check_name(name)
-    if kind not in ("client", "server"):
-        raise ConfigError(f"certificate kind must be 'client' or 'server', got {kind!r}")
+    if kind not in ("client", "server", "admin"):
+        raise ConfigError(f"certificate kind must be 'client', 'server' or 'admin', got {kind!r}")
     if hosts and kind != "server":
         raise ConfigError(
             f"hosts {list(hosts)} are for server certificates; issue {name!r} with kind='server' (--server)"
@@ -277,7 +279,7 @@ def issue(
         [cert_path, key_path], force, f"a certificate for {name!r}", "Pass force=True (--force) to reissue it"
     )
 
-    san: list[x509.GeneralName] = [x509.DNSName(name)]
+    san: list[x509.GeneralName] = [x509.RFC822Name(name) if "@" in name else x509.DNSName(name)]
     if kind == "server":
         for host in [*SERVER_DEFAULT_HOSTS, *(hosts or [])]:
             entry = _host_entry(host)
@@ -287,12 +289,14 @@ def issue(
     subject = [x509.NameAttribute(NameOID.COMMON_NAME, name)]
     if org:
         subject.append(x509.NameAttribute(NameOID.ORGANIZATION_NAME, str(org[0].value)))
+    if kind == "admin":  # the role a long-lived server reads (flarelite/federation/control.py)
+        subject.append(x509.NameAttribute(NameOID.ORGANIZATIONAL_UNIT_NAME, "admin"))
     # a site's certificate also serves its listener when peers connect to it directly (direct_p2p)
-    usages = (
-        [ExtendedKeyUsageOID.SERVER_AUTH]
-        if kind == "server"
-        else [ExtendedKeyUsageOID.CLIENT_AUTH, ExtendedKeyUsageOID.SERVER_AUTH]
-    )
+    usages = {
+        "server": [ExtendedKeyUsageOID.SERVER_AUTH],
+        "admin": [ExtendedKeyUsageOID.CLIENT_AUTH],
+        "client": [ExtendedKeyUsageOID.CLIENT_AUTH, ExtendedKeyUsageOID.SERVER_AUTH],
+    }[kind]
 
     key = ec.generate_private_key(ec.SECP256R1())
     now = datetime.datetime.now(datetime.timezone.utc)
@@ -330,10 +334,11 @@ def provision(
         server: {name: server, hosts: [10.0.0.5, fl.example.org]}     # default name "server"
         clients: [site-1, site-2]
 
-    or in the layout of NVFlare's ``project.yml``: ``name`` and ``participants``, of which one has
-    ``type: server`` (its ``host_names`` become extra hosts) and the others ``type: client``; participants of
-    other types (admin, relay, overseer) and keys such as ``api_version``, ``description`` or ``builders`` are
-    ignored, since flarelite has no use for them.
+    (``admins: [admin@org.com]`` adds admin certificates: OU ``admin``, for ``flarelite job ...`` against a
+    long-lived server under mTLS), or in the layout of NVFlare's ``project.yml``: ``name`` and ``participants``,
+    of which one has ``type: server`` (its ``host_names`` become extra hosts), ``type: client`` ones are sites and
+    ``type: admin`` ones admins; participants of other types (relay, overseer) and ``builders`` are ignored with
+    one line each on stderr, keys such as ``api_version`` or ``description`` silently.
 
     Returns ``{"ca": ..., "<server>": ..., "<client>": ...}`` (``"ca"`` is never a site name).
 
@@ -361,9 +366,9 @@ def provision(
         raise bad("the top level", "must be a mapping (name, server, clients; or NVFlare's name and participants)")
     if "participants" in spec:
         spec = _from_nvflare_project(spec, bad)
-    unknown = sorted(set(spec) - {"name", "server", "clients"})
+    unknown = sorted(set(spec) - {"name", "server", "clients", "admins"})
     if unknown:
-        raise bad(f"keys {unknown}", "are not known; use 'name', 'server' and 'clients'")
+        raise bad(f"keys {unknown}", "are not known; use 'name', 'server', 'clients' and 'admins'")
     project = spec.get("name", DEFAULT_PROJECT)
     if not isinstance(project, str):
         raise bad("'name'", "must be a string")
@@ -379,7 +384,10 @@ def provision(
     clients = spec.get("clients")
     if not isinstance(clients, list) or not clients or not all(isinstance(c, str) for c in clients):
         raise bad("'clients'", 'must be a non-empty list of site names, e.g. ["site-1", "site-2"]')
-    names = [server_name, *clients]
+    admins = spec.get("admins", [])
+    if not isinstance(admins, list) or not all(isinstance(a, str) for a in admins):
+        raise bad("'admins'", 'must be a list of admin names, e.g. ["admin@example.org"]')
+    names = [server_name, *clients, *admins]
     for n in names:
         check_name(n, f"project file {project_file}: name")
     duplicates = sorted({n for n in names if names.count(n) > 1})
@@ -397,18 +405,20 @@ def provision(
     made[server_name] = issue(out_dir, server_name, "server", hosts, days=days, force=force)
     for c in clients:
         made[c] = issue(out_dir, c, "client", days=days, force=force)
-    _write_record(out_dir, project, server_name, clients)
+    for a in admins:
+        made[a] = issue(out_dir, a, "admin", days=days, force=force)
+    _write_record(out_dir, project, server_name, clients, admins)
     return made
 
 
 PROJECT_RECORD = "project.json"  # what provision made: the server's name, read by TLSConfig.from_dir and launch
 
 
-def _write_record(out_dir: str, project: str, server: str, clients: list[str]) -> None:
+def _write_record(out_dir: str, project: str, server: str, clients: list[str], admins: list[str] = ()) -> None:
     """Write PROJECT_RECORD, so that the server's name in the project file is the one used everywhere."""
     import json
 
-    record = {"project": project, "server": server, "clients": clients}
+    record = {"project": project, "server": server, "clients": clients, "admins": list(admins)}
     tmp = os.path.join(out_dir, PROJECT_RECORD + ".tmp")
     with open(tmp, "w", encoding="utf-8") as f:
         json.dump(record, f, indent=1)
@@ -431,7 +441,19 @@ def _from_nvflare_project(spec: dict, bad: Callable[[str, str], ConfigError]) ->
     converted: dict = {
         "server": {"name": servers[0]["name"], "hosts": hosts},
         "clients": [p["name"] for p in participants if p.get("type") == "client"],
+        "admins": [p["name"] for p in participants if p.get("type") == "admin"],
     }
+    for p in participants:
+        if p.get("type") not in ("server", "client", "admin"):
+            print(
+                f"flarelite provision: participant {p['name']!r} of type {p.get('type')!r} is ignored", file=sys.stderr
+            )
+    for builder in spec.get("builders") or []:
+        path = builder.get("path") if isinstance(builder, dict) else builder
+        print(
+            f"flarelite provision: builder {path!r} is ignored (flarelite makes the certificates itself)",
+            file=sys.stderr,
+        )
     if "name" in spec:
         converted["name"] = spec["name"]
     return converted

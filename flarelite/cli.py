@@ -1,4 +1,4 @@
-"""The ``flarelite`` command: simulator, check, server, client, poc, cert and provision."""
+"""The ``flarelite`` command: simulator, check, server, client, poc, job, admin, cert and provision."""
 
 from __future__ import annotations
 
@@ -9,7 +9,19 @@ from .errors import FlareliteError
 
 
 def _simulator(args: argparse.Namespace) -> int:
+    import os
+    import time
+
     from .simulator.runner import run_simulation
+
+    if args.workspace is None:
+        name = os.path.basename(os.path.normpath(args.job_folder)) or "job"
+        base = f"/tmp/flarelite/simulate_job/{name}-{time.strftime('%Y%m%d-%H%M%S')}"
+        args.workspace, n = base, 1
+        while os.path.exists(args.workspace):
+            n += 1
+            args.workspace = f"{base}-{n}"
+        print(f"flarelite: workspace {args.workspace}", flush=True)
 
     clients = [c.strip() for c in args.clients.split(",") if c.strip()] if args.clients else None
     run_simulation(
@@ -75,20 +87,33 @@ def _check(args: argparse.Namespace) -> int:
 
 
 def _server(args: argparse.Namespace) -> int:
+    if args.job_folder is None:
+        from .federation.run import serve
+
+        return serve(args)
     from .launch import run_site
 
     return run_site(args, "server")
 
 
 def _client(args: argparse.Namespace) -> int:
-    from .launch import run_site
+    from .federation.run import agent, is_federation
+    from .launch import run_site, tls_config
 
+    tls = tls_config(args.mode, args.certs, args.name)
+    if is_federation(args.server, tls, args.name, args.connect_timeout):
+        return agent(args, tls)
     return run_site(args, "client")
 
 
 def _poc(args: argparse.Namespace) -> int:
     import os
 
+    if args.what in ("prepare", "start", "stop", "clean"):
+        return _poc_federation(args)
+    args.job_folder = args.what
+    if args.workspace is None:
+        args.workspace = "/tmp/flarelite/poc"
     from .job_config.models import load_job
     from .simulator.processes import run_processes
     from .simulator.runner import resolve_clients
@@ -102,7 +127,7 @@ def _poc(args: argparse.Namespace) -> int:
         workspace,
         names,
         protocol=args.protocol,
-        tls=args.mode,
+        tls=args.mode or "clear",
         job_id=job.meta.name,
         ready_timeout=max(120.0, args.connect_timeout),
         end_timeout=30.0,
@@ -111,6 +136,31 @@ def _poc(args: argparse.Namespace) -> int:
         max_message_size=args.max_message_size,
     )
     print(f"flarelite: poc run of {job.meta.name} succeeded; logs in {workspace}/<site>/log.txt")
+    return 0
+
+
+def _poc_federation(args: argparse.Namespace) -> int:
+    from .federation import poc
+
+    ws = args.workspace or poc.DEFAULT_WS
+    if args.what == "prepare":
+        settings = poc.prepare(ws, args.n_clients or 2, mode=args.mode or "mtls", force=args.force)
+        print(
+            f"flarelite: POC prepared in {settings['workspace']}: server at {settings['address']} ({settings['mode']}),"
+        )
+        print(
+            f"  sites {', '.join(settings['sites'])}, admin {settings['admin']}; start it: flarelite poc start -w {ws}"
+        )
+    elif args.what == "start":
+        settings = poc.start(ws)
+        print(f"flarelite: POC running: server at {settings['address']}, sites {', '.join(settings['sites'])}")
+        print(f"  submit a job: flarelite job submit JOB_FOLDER -w {ws}; stop it: flarelite poc stop -w {ws}")
+    elif args.what == "stop":
+        stopped = poc.stop(ws)
+        print(f"flarelite: POC stopped ({', '.join(stopped)})" if stopped else f"flarelite: no POC running in {ws}")
+    else:
+        poc.clean(ws)
+        print(f"flarelite: POC workspace {ws} removed")
     return 0
 
 
@@ -123,7 +173,13 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     sim = sub.add_parser("simulator", help="run an exported job folder on this machine (a process per site by default)")
     sim.add_argument("job_folder", help="the job folder (meta.json and app folders), e.g. made by FedJob.export_job")
-    sim.add_argument("-w", "--workspace", default="/tmp/flarelite/simulate_job", help="workspace folder")
+    sim.add_argument(
+        "-w",
+        "--workspace",
+        default=None,
+        help="workspace folder (default: a fresh /tmp/flarelite/simulate_job/<job>-<date-time>; a folder holding an "
+        "earlier run has it moved to WS/.previous-N)",
+    )
     sim.add_argument("-n", "--n_clients", type=int, default=None, help="number of clients (site-1..site-N)")
     sim.add_argument("-c", "--clients", default=None, help="comma-separated client names")
     sim.add_argument(
@@ -177,24 +233,46 @@ def build_parser() -> argparse.ArgumentParser:
     add_allow_class(check)
     check.set_defaults(func=_check)
 
-    srv = sub.add_parser("server", help="run a job's server and wait for its sites to join")
+    srv = sub.add_parser(
+        "server", help="run a long-lived server that waits for sites and jobs (or, given a job folder, that one job)"
+    )
     add_site_arguments(srv, "server", deploy=True)
     srv.set_defaults(func=_server)
-    cli = sub.add_parser("client", help="join a server as a site; the server ships the site's app")
+    cli = sub.add_parser(
+        "client",
+        help="join a server as a site: a long-lived one's jobs each run in a fresh process; a one-job "
+        "server ships the site's app",
+    )
     add_site_arguments(cli, "client", deploy=True)
     cli.set_defaults(func=_client)
-    poc = sub.add_parser("poc", help="start a server and N client processes on this machine, as a deployment")
-    poc.add_argument("job_folder")
+    poc = sub.add_parser(
+        "poc",
+        help="a local federation: `poc prepare -n N`, `poc start`, `poc stop`, `poc clean` (NVFlare's POC); or "
+        "`poc JOB_FOLDER` to run one job with a server and N site processes",
+        description="prepare -n N: make a POC workspace (certificates, an admin); start: run its server and sites in "
+        "the background; stop; clean: stop and remove it. JOB_FOLDER: run that job once as a deployment.",
+    )
+    poc.add_argument("what", metavar="prepare|start|stop|clean|JOB_FOLDER")
     poc.add_argument("-n", "--n_clients", type=int, default=None, help="number of sites (site-1..site-N)")
-    poc.add_argument("-w", "--workspace", default="/tmp/flarelite/poc")
+    poc.add_argument("-w", "--workspace", default=None, help="the POC workspace (default /tmp/flarelite/poc)")
     poc.add_argument("-p", "--protocol", choices=["unix", "grpc"], default="grpc", help="grpc: TCP on 127.0.0.1")
-    poc.add_argument("--mode", "--security", dest="mode", choices=["clear", "tls", "mtls"], default="clear")
+    poc.add_argument(
+        "--mode",
+        "--security",
+        dest="mode",
+        choices=["clear", "tls", "mtls"],
+        default=None,
+        help="security (prepare: default mtls; a job run: default clear)",
+    )
+    poc.add_argument("--force", action="store_true", help="prepare: replace a workspace that holds something")
     poc.add_argument("--connect-timeout", type=float, default=60.0, help="seconds a site waits for the server")
     add_allow_class(poc)
     add_max_message_size(poc)
     poc.set_defaults(func=_poc)
+    from .admin.commands import add_admin_commands
     from .certs import add_cert_commands
 
+    add_admin_commands(sub)
     add_cert_commands(sub)
     return parser
 

@@ -357,7 +357,19 @@ def add_site_arguments(p: argparse.ArgumentParser, role: str, *, deploy: bool) -
     add_data_plane(p)
     add_allow_class(p)
     if role == "server":
-        p.add_argument("job_folder", help="the job folder (meta.json and its apps)")
+        if deploy:
+            p.add_argument(
+                "job_folder",
+                nargs="?",
+                default=None,
+                help="the job folder (meta.json and its apps) to run once; without it the server is long-lived: it "
+                "waits for sites and for jobs submitted with `flarelite job submit`",
+            )
+            p.add_argument(
+                "--max-jobs", type=int, default=2, help="long-lived server: how many jobs run at once (default 2)"
+            )
+        else:
+            p.add_argument("job_folder", help="the job folder (meta.json and its apps)")
         p.add_argument(
             "--listen",
             "--address",

@@ -137,7 +137,7 @@ def test_bad_site_names_are_rejected(project, name, message):
 def test_issue_needs_a_ca_and_a_known_kind_and_good_hosts(tmp_path, project):
     with pytest.raises(ConfigError, match=r"no project CA in .*flarelite cert init -o"):
         certs.issue(tmp_path / "empty", "site-1")
-    with pytest.raises(ConfigError, match="'client' or 'server'"):
+    with pytest.raises(ConfigError, match="'client', 'server' or 'admin'"):
         certs.issue(project, "site-1", kind="peer")
     with pytest.raises(ConfigError, match="hosts .* are for server certificates"):
         certs.issue(project, "site-1", hosts=["10.0.0.1"])
@@ -170,7 +170,7 @@ def test_provision_makes_the_whole_project(tmp_path):
     certs.provision(spec, tmp_path / "out", force=True)
 
 
-def test_provision_reads_yaml_and_nvflare_project_files(tmp_path):
+def test_provision_reads_yaml_and_nvflare_project_files(tmp_path, capsys):
     ours = tmp_path / "project.yml"
     ours.write_text("name: proj\nserver:\n  name: server\n  hosts: [10.0.0.5]\nclients:\n  - site-1\n  - site-2\n")
     made = certs.provision(ours, tmp_path / "ours")
@@ -203,7 +203,14 @@ builders:
 """
     )
     made = certs.provision(nvflare, tmp_path / "nv")
-    assert set(made) == {"ca", "fl.example.org", "site-1", "site-2"}
+    assert set(made) == {"ca", "fl.example.org", "site-1", "site-2", "admin@nvidia.com"}
+    admin = load(made["admin@nvidia.com"].cert)
+    assert cn(admin) == "admin@nvidia.com"
+    assert [a.value for a in admin.subject.get_attributes_for_oid(x509.NameOID.ORGANIZATIONAL_UNIT_NAME)] == ["admin"]
+    usage = admin.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+    assert list(usage) == [x509.ExtendedKeyUsageOID.CLIENT_AUTH]  # a person, never a server
+    err = capsys.readouterr().err
+    assert err.count("is ignored") == 1 and "nvflare.lighter.impl.cert.CertBuilder" in err
     assert cn(load(made["ca"].cert)) == "example_project"
     server = load(made["fl.example.org"].cert)
     server.verify_directly_issued_by(load(made["ca"].cert))

@@ -106,8 +106,9 @@ def run_simulation(
     as its ``CUDA_VISIBLE_DEVICES`` (processes modes; in memory it is warned about and ignored). ``log_config``:
     ``"concise"``, ``"full"``, ``"verbose"``, a level, or a JSON dictConfig file, applied here and in every site
     process (see ``flarelite.simulator.options``). More sites than ``max_clients`` (default 100) is an error.
-    Each site gets ``workspace/<site>/`` (its working directory in the processes modes) with its ``log.txt``.
-    ``hub`` lets a test reach the in-memory network.
+    Each site gets ``workspace/<site>/`` (its working directory in the processes modes) with its ``log.txt``; a
+    workspace holding an earlier run has that run moved to ``workspace/.previous-N`` first (the last 3 are kept;
+    ``<site>/local/`` stays, see ``previous_runs``). ``hub`` lets a test reach the in-memory network.
     ``connect_timeout``: how long (seconds) each site waits for the server at start (saying so every few seconds).
     ``allowed_classes``: class paths or module prefixes (``"torch.nn"``, ``"mypkg.models.Net"``) the job config
     may name beyond flarelite's classes and the job's custom/ modules; anything else is refused (see
@@ -140,6 +141,11 @@ def run_simulation(
 
     limit = message_limit(max_message_size)
     workspace = os.path.abspath(workspace)
+    from .previous_runs import set_aside
+
+    moved = set_aside(workspace)
+    if moved is not None:
+        _log.warning("the workspace %s held an earlier run: moved it to %s", workspace, moved)
     if gpu is not None:
         parse_gpu(gpu)  # a bad value fails before anything starts
     if log_config is not None:
