@@ -87,6 +87,9 @@ def _check(args: argparse.Namespace) -> int:
 
 
 def _server(args: argparse.Namespace) -> int:
+    from .launch import apply_log_level
+
+    apply_log_level(args, "server")
     if args.job_folder is None:
         from .federation.run import serve
 
@@ -98,8 +101,9 @@ def _server(args: argparse.Namespace) -> int:
 
 def _client(args: argparse.Namespace) -> int:
     from .federation.run import agent, is_federation
-    from .launch import run_site, tls_config
+    from .launch import apply_log_level, run_site, tls_config
 
+    apply_log_level(args, args.name)
     tls = tls_config(args.mode, args.certs, args.name)
     if is_federation(args.server, tls, args.name, args.connect_timeout):
         return agent(args, tls)
@@ -134,6 +138,7 @@ def _poc(args: argparse.Namespace) -> int:
         connect_timeout=args.connect_timeout,
         allowed_classes=args.allowed_classes,
         max_message_size=args.max_message_size,
+        log_config=args.log_config,
     )
     print(f"flarelite: poc run of {job.meta.name} succeeded; logs in {workspace}/<site>/log.txt")
     return 0
@@ -219,7 +224,7 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--tls", choices=["clear", "tls", "mtls"], default="clear", help="secure the gRPC connections")
     sim.add_argument("--direct-p2p", action="store_true", help="sites talk to each other directly, not via the server")
     sim.add_argument("--connect-timeout", type=float, default=60.0, help="seconds a site waits for the server")
-    from .launch import add_allow_class, add_data_plane, add_max_message_size, add_site_arguments
+    from .launch import add_allow_class, add_data_plane, add_log_level, add_max_message_size, add_site_arguments
 
     add_allow_class(sim)
     add_max_message_size(sim)
@@ -265,6 +270,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="security (prepare: default mtls; a job run: default clear)",
     )
     poc.add_argument("--force", action="store_true", help="prepare: replace a workspace that holds something")
+    add_log_level(poc)
     poc.add_argument("--connect-timeout", type=float, default=60.0, help="seconds a site waits for the server")
     add_allow_class(poc)
     add_max_message_size(poc)

@@ -315,6 +315,27 @@ def add_max_message_size(p: argparse.ArgumentParser) -> None:
     )
 
 
+def add_log_level(p: argparse.ArgumentParser) -> None:
+    """``-l/--log-level``: what the console and the log files show (the simulator's ``-l`` values)."""
+    p.add_argument(
+        "-l",
+        "--log-level",
+        "--log_config",
+        dest="log_config",
+        default=None,
+        help="concise, full, verbose, a level (debug, info, warning, ...) or a JSON logging dictConfig file",
+    )
+
+
+def apply_log_level(args: argparse.Namespace, site: str) -> None:
+    """Apply ``-l`` (when given) in this process, relative files under the site's folder."""
+    if getattr(args, "log_config", None):
+        from .simulator.options import apply_log_config
+
+        workspace = os.path.abspath(args.workspace or ".")
+        apply_log_config(args.log_config, base_dir=os.path.join(workspace, site))
+
+
 def add_data_plane(p: argparse.ArgumentParser) -> None:
     """``--data-plane auto|grpc``: the faster channel beside gRPC where it is safe (auto), or gRPC only."""
     from .communication.planes import DATA_PLANES
@@ -353,6 +374,8 @@ def add_site_arguments(p: argparse.ArgumentParser, role: str, *, deploy: bool) -
     p.set_defaults(mode="clear")
     p.add_argument("--certs", default=None, help="folder made by `flarelite provision` (ca.crt, <site>.crt/.key)")
     p.add_argument("--job-id", default=None, help="the run's id (default: the job's name)")
+    if deploy:
+        add_log_level(p)
     add_max_message_size(p)
     add_data_plane(p)
     add_allow_class(p)

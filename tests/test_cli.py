@@ -111,3 +111,58 @@ def test_check_passes_a_good_job_and_names_what_would_fail(tmp_path):
     assert "workflows[0] (controller): modules.BasicController does not take these arguments" in bad.stderr
     assert "app 'app_site-2'" in bad.stderr and "neither in the app's custom/ folder nor installed" in bad.stderr
     assert "2 problem(s)" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_the_console_is_short_and_says_a_long_line_once_the_log_files_keep_everything(tmp_path):
+    job = _exported_hello(tmp_path)
+    ws = tmp_path / "ws"
+    run = subprocess.run(
+        [sys.executable, "-m", "flarelite.cli", "simulator", job, "-w", str(ws)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=dict(os.environ, FLARELITE_CONSOLE="short"),  # what a terminal gets; captured output stays NVFlare's
+    )
+    assert run.returncode == 0, run.stderr
+    console = run.stderr
+    assert "[site-1 <- site-2] Received message from site-2" in console
+    assert "identity=" not in console and " - INFO - " not in console
+    assert console.count("security mode clear") == 1  # said by the server and every site: shown once
+    for site in ("server", "site-1", "site-2", "site-3"):
+        log = (ws / site / "log.txt").read_text()
+        assert "security mode clear" in log  # each site's own
+    assert "[identity=site-1, run=" in (ws / "site-1" / "log.txt").read_text()
+    piped = subprocess.run(
+        [sys.executable, "-m", "flarelite.cli", "simulator", job, "-w", str(ws), "-p", "memory"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={k: v for k, v in os.environ.items() if k != "FLARELITE_CONSOLE"},
+    )
+    assert " - P2PExecutor - INFO - [identity=site-1, run=simulate_job, peer=" in piped.stderr  # NVFlare's lines
+
+
+def test_log_level_is_an_option_of_server_client_and_poc(tmp_path):
+    for command in ("server", "client", "poc"):
+        help_text = subprocess.run(
+            [sys.executable, "-m", "flarelite.cli", command, "--help"], capture_output=True, text=True, timeout=60
+        ).stdout
+        assert "-l LOG_CONFIG, --log-level LOG_CONFIG" in help_text, command
+    bad = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "flarelite.cli",
+            "server",
+            "--address",
+            "127.0.0.1:0",
+            "-w",
+            str(tmp_path),
+            "-l",
+            "loud",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert bad.returncode == 1 and "loud" in bad.stderr and "Traceback" not in bad.stderr

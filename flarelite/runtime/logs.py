@@ -11,12 +11,30 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import threading
 from typing import Any
 
 from .. import logsafe
 
-CONSOLE_FORMAT = "%(asctime)s - %(name)s - %(levelname)s - %(message)s"
+CONSOLE_FORMAT = "%(asctime)s - %(name)s - %(levelname)s - %(message)s"  # the log files' (and -l full's)
+SHORT_FORMAT = "%(asctime)s %(levelname)-7s %(name)s %(message)s"  # the default console's
+_CONTEXT = re.compile(r"\[identity=([^,\]]*)(?:, run=[^,\]]*)?(?:, peer=([^,\]]*))?(?:, [a-z_]+=[^,\]]*)*\] - ")
+
+
+class ShortFormatter(logsafe.EscapingFormatter):
+    """The console's lines: the time of day, and the context prefix ``[identity=site-1, run=..., peer=site-2,
+    ...] - `` shortened to ``[site-1 <- site-2]`` (the log files keep it whole). ``flarelite.`` is left off the
+    runtime's logger names."""
+
+    def __init__(self) -> None:
+        super().__init__(SHORT_FORMAT, datefmt="%H:%M:%S")
+
+    def format(self, record: logging.LogRecord) -> str:
+        line = super().format(record)
+        line = line.replace(" flarelite.", " ", 1)
+        return _CONTEXT.sub(lambda m: f"[{m.group(1)}{' <- ' + m.group(2) if m.group(2) else ''}] ", line, count=1)
+
 
 _thread_site = threading.local()
 
@@ -65,7 +83,23 @@ class _SiteRouter(logging.Handler):
 _router = _SiteRouter()
 _install_lock = threading.Lock()
 _console: logging.Handler | None = None
-_pinned_level: int | None = None  # the root level a log config chose (simulator -l): setup_logging keeps it
+_pinned_level: int | None = None
+CONSOLE_ENV = "FLARELITE_CONSOLE"  # "short" or "full": the console's lines (default: short on a terminal)
+
+
+def short_console() -> bool:
+    """Whether the console shows short lines (``ShortFormatter``): ``FLARELITE_CONSOLE=short|full`` decides, else
+    whether stderr is a terminal. Piped or captured output keeps NVFlare's full lines, which scripts may parse;
+    the simulator passes its own choice on to its site processes, whose output it pipes."""
+    import sys
+
+    choice = os.environ.get(CONSOLE_ENV, "").strip().lower()
+    if choice in ("short", "full"):
+        return choice == "short"
+    try:
+        return sys.stderr.isatty()
+    except (AttributeError, ValueError):
+        return False  # the root level a log config chose (simulator -l): setup_logging keeps it
 
 
 def pin_root_level(level: int | None) -> None:
@@ -91,7 +125,7 @@ def setup_logging(console: bool = True, level: int = logging.INFO) -> int:
             logsafe.install(handler)
         if console and _console is None and not any(h is not _router for h in root.handlers):
             _console = logging.StreamHandler()
-            _console.setFormatter(logsafe.EscapingFormatter(CONSOLE_FORMAT))
+            _console.setFormatter(ShortFormatter() if short_console() else logsafe.EscapingFormatter(CONSOLE_FORMAT))
             logsafe.install(_console)
             root.addHandler(_console)
         if _pinned_level is None and (root.level == logging.NOTSET or root.level > level):

@@ -50,10 +50,31 @@ def provision_certs(workspace: str, names: list[str]) -> str:
     return folder
 
 
-def _pump(proc: subprocess.Popen, sink: object, quiet: threading.Event) -> None:
+class _Repeats:
+    """A long warning that every site gives alike (the same text but for the site's own name, such as the clear
+    mode's) is shown once on the console: the first; each site's log.txt keeps its own."""
+
+    LONG = 120
+
+    def __init__(self) -> None:
+        self._seen: set[str] = set()
+        self._lock = threading.Lock()
+
+    def first(self, line: str, site: str) -> bool:
+        if len(line) < self.LONG or "WARNING" not in line[:80]:
+            return True
+        key = line.split(" ", 2)[-1].replace(site, "<site>", 1)  # without the date and time; its own name
+        with self._lock:
+            if key in self._seen:
+                return False
+            self._seen.add(key)
+            return True
+
+
+def _pump(proc: subprocess.Popen, sink: object, quiet: threading.Event, repeats: _Repeats, site: str) -> None:
     assert proc.stdout is not None
     for line in iter(proc.stdout.readline, ""):
-        if not quiet.is_set():
+        if not quiet.is_set() and repeats.first(line, site):
             sink.write(line)  # type: ignore[attr-defined]
     proc.stdout.close()
 
@@ -141,13 +162,17 @@ def run_processes(
         commands[name] += ["--server-lost-timeout", str(SERVER_LOST_TIMEOUT)]
         if direct_p2p:
             commands[name].append("--direct-p2p")
+    from ..runtime.logs import CONSOLE_ENV, short_console
+
     env = dict(os.environ, PYTHONUNBUFFERED="1", **_thread_caps(len(names), max_concurrent_tasks))
+    env[CONSOLE_ENV] = "short" if short_console() else "full"  # its pipes are no terminal: this process decides
     envs = {name: dict(env, CUDA_VISIBLE_DEVICES=devices) for name, devices in (gpus or {}).items()}
     for name, devices in (gpus or {}).items():
         _log.info("%s: CUDA_VISIBLE_DEVICES=%s", name, devices)
     procs: dict[str, subprocess.Popen] = {}
     pumps = []
     quiet = threading.Event()  # set once interrupted: the sites' last words stay in their log.txt
+    repeats = _Repeats()
     try:
         with _interrupts() as interrupted:
             try:
@@ -168,7 +193,9 @@ def run_processes(
                         bufsize=1,
                         start_new_session=True,  # a Ctrl-C reaches this process only, which then stops the sites
                     )
-                    pump = threading.Thread(target=_pump, args=(procs[name], sys.stderr, quiet), daemon=True)
+                    pump = threading.Thread(
+                        target=_pump, args=(procs[name], sys.stderr, quiet, repeats, name), daemon=True
+                    )
                     pump.start()
                     pumps.append(pump)
                 codes = _wait(procs, end_timeout)
