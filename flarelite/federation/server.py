@@ -135,6 +135,11 @@ class FederationServer:
         if op == "put":
             if caller.role != ADMIN_ROLE:
                 self._check_site(caller)
+                if not any(r.get("results", {}).get(caller.name) == "pending" for r in self.store.all()):
+                    raise ControlError(
+                        f"{caller.name} has no job results to upload here (jobs come from admins: an admin "
+                        "certificate under mTLS, else a caller on the server's machine)"
+                    )
             return self.staging.put(
                 caller.name, args.get("token"), args.get("offset"), args.get("data"), bool(args.get("final"))
             )

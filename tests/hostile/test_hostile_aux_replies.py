@@ -96,7 +96,7 @@ def test_an_insider_cannot_answer_a_request_sent_to_another_site(world):
 
     asker = threading.Thread(target=ask)
     asker.start()
-    mine = rogue.receive("header").header  # site-1's request to site-3, as the relay delivered it
+    mine = rogue.receive("header", timeout=30).header  # site-1's request to site-3, as the relay delivered it
     assert mine.kind == Kind.AUX_REQUEST and mine.sender == "site-1"
     # the ids of the requests are random, so nothing about site-2's can be inferred from site-3's own
     assert re.fullmatch(r"[0-9a-f]{32}", mine.msg_id)

@@ -173,6 +173,10 @@ def test_a_site_cannot_upload_results_of_a_job_it_never_ran(clear_server):
         client.call("results", job_id="0" * 36, token="a" * 32)
     with pytest.raises(ControlError, match="ran no job"):
         client.call("ended", job_id="../../x", status="ok")
+    remote_site = Caller("site-9", "site", False, False)  # a site from another machine (clear mode)
+    with pytest.raises(ControlError, match="site-9 has no job results to upload here"):  # no disk for strangers
+        server._handle(remote_site, "put", {"token": "a" * 32, "offset": 0, "data": b"x" * 1000, "final": False})
+    assert os.listdir(server.staging.folder) == []
     start = time.monotonic()
     assert client.call("poll", jobs={"made-up": "running"}, wait=5) == {"start": [], "abort": ["made-up"]}
     assert time.monotonic() - start < 4  # told at once to stop what the server does not run
