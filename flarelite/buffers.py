@@ -130,14 +130,13 @@ class BufferPool:
         """Unmap ``owner``'s mapping when it goes instead of keeping it (a frame dropped before it was complete:
         what a peer sent and cancelled is freed at once, not kept idle). Anything else is ignored."""
         with self._lock:
-            finalizer = self._finalizers.pop(id(owner), None)
-        if finalizer is not None and finalizer.peek() is not None and finalizer.peek()[0] is owner:
+            finalizer = self._finalizers.get(id(owner))
+            alive = finalizer.peek() if finalizer is not None else None
+            if alive is None or alive[0] is not owner:  # not one of ours (or an id another object had)
+                return
+            del self._finalizers[id(owner)]
             finalizer.detach()
-            with self._lock:
-                self._out -= 1
-        elif finalizer is not None:  # an id reused by another object: put it back
-            with self._lock:
-                self._finalizers[id(owner)] = finalizer
+            self._out -= 1
 
     def clear(self) -> None:
         """Unmap every idle mapping now."""

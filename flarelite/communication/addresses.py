@@ -11,6 +11,15 @@ from ..errors import ConfigError
 FORMS = "host:port (e.g. 127.0.0.1:8002 or [::1]:8002) or unix:///absolute/path.sock"
 
 
+def unix_path(address: str) -> str | None:
+    """The socket file of a ``unix:`` address (``unix:///abs/path`` or ``unix:path``); None for TCP addresses."""
+    if address.startswith("unix://"):
+        return address[len("unix://") :]
+    if address.startswith("unix:"):
+        return address[len("unix:") :]
+    return None
+
+
 def check_address(address: object, what: str, *, listening: bool) -> str:
     """Return ``address`` when it names a Unix socket or a host and a port (0, pick one, only to listen).
 
@@ -19,8 +28,8 @@ def check_address(address: object, what: str, *, listening: bool) -> str:
     """
     if not isinstance(address, str) or not address.strip():
         raise ConfigError(f"{what} must be {FORMS}, got {address!r}")
-    if address.startswith("unix:"):
-        path = address[len("unix://") :] if address.startswith("unix://") else address[len("unix:") :]
+    path = unix_path(address)
+    if path is not None:
         if not path:
             raise ConfigError(f"{what} {address!r} names no socket file; write {FORMS}")
         return address

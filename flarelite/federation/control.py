@@ -17,7 +17,6 @@ Who is calling (``Caller``) comes from the connection, never from the request al
 
 from __future__ import annotations
 
-import threading
 import time
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -189,7 +188,6 @@ class ControlClient:
         else:
             self._channel = grpc.secure_channel(address, channel_credentials(tls), options=options)
         self._stub = self._channel.unary_unary(METHOD)
-        self._lock = threading.Lock()
 
     def call(self, op: str, timeout: float = 30.0, **args: Any) -> Any:
         """Call ``op``; return its result.

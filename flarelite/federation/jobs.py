@@ -71,6 +71,11 @@ class JobStore:
             record.setdefault("results", {})[site] = state
             self._save(record)
 
+    def owes_results(self, site: str) -> bool:
+        """Whether ``site`` has results of a job still to upload."""
+        with self._lock:
+            return any(r.get("results", {}).get(site) == "pending" for r in self._jobs.values())
+
     def all(self) -> list[dict[str, Any]]:
         with self._lock:
             return sorted((dict(r) for r in self._jobs.values()), key=lambda r: r.get("submit_time", 0))

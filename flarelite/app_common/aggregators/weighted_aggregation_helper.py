@@ -46,18 +46,20 @@ def _weighted_copy(value: Any, weight: Any) -> Any:
     from ...buffers import POOL
 
     out = POOL.take(value.nbytes).view(value.dtype).reshape(value.shape)
-    flat_out, flat_value = out.reshape(-1), value.reshape(-1)
+    _on_every_core(out.reshape(-1), value.reshape(-1), lambda o, v, here: np.multiply(v, weight, out=o))
+    return out
+
+
+def _on_every_core(flat_out: Any, flat_value: Any, work: Any) -> None:
+    """``work(out_part, value_part, here)`` over the parts of two flat arrays: the first part on this thread
+    (``here`` True), the others on the shared pool's threads (numpy leaves the GIL while it computes); one part
+    for arrays under ``_PARALLEL_MIN`` elements or without a pool."""
     pool, parts = _pool(flat_out.size)
     bounds = [flat_out.size * i // parts for i in range(parts + 1)]
-    futures = (
-        [pool.submit(np.multiply, flat_value[a:b], weight, out=flat_out[a:b]) for a, b in zip(bounds[1:-1], bounds[2:])]
-        if pool is not None
-        else []
-    )
-    np.multiply(flat_value[: bounds[1]], weight, out=flat_out[: bounds[1]])
+    futures = [pool.submit(work, flat_out[a:b], flat_value[a:b], False) for a, b in zip(bounds[1:-1], bounds[2:])]
+    work(flat_out[: bounds[1]], flat_value[: bounds[1]], True)
     for future in futures:
         future.result()
-    return out
 
 
 _CHUNK = 1 << 16  # elements weighted at a time (256 KiB of float32: stays in the cache)
@@ -83,19 +85,9 @@ def _fused_add(total: Any, value: Any, weight: float, scratch: dict, key: str) -
     if not (total.flags.c_contiguous and value.flags.c_contiguous):
         np.add(total, value * weight, out=total)
         return True
-    flat_total, flat_value = total.reshape(-1), value.reshape(-1)
-    pool, parts = _pool(flat_total.size)
-    if pool is None:
-        _weigh_into(flat_total, flat_value, weight, scratch)
-        return True
-    # a large array: its parts are weighed on the other cores too (numpy leaves the GIL while it computes)
-    bounds = [flat_total.size * i // parts for i in range(parts + 1)]
-    futures = [
-        pool.submit(_weigh_into, flat_total[a:b], flat_value[a:b], weight, {}) for a, b in zip(bounds[1:-1], bounds[2:])
-    ]
-    _weigh_into(flat_total[: bounds[1]], flat_value[: bounds[1]], weight, scratch)
-    for future in futures:
-        future.result()
+    _on_every_core(
+        total.reshape(-1), value.reshape(-1), lambda t, v, here: _weigh_into(t, v, weight, scratch if here else {})
+    )
     return True
 
 

@@ -13,6 +13,7 @@ import grpc
 
 from ... import logsafe
 from ...errors import ConfigError, ConnectError, ProtocolError
+from ..addresses import unix_path
 from ..protocol import site_name_problem
 from . import flarelite_pb2 as pb
 from . import flarelite_pb2_grpc as pb_grpc
@@ -95,8 +96,8 @@ class Dialing(DataRoutes):
             return str(exc)
         address = self.server_address or ""
         if isinstance(exc, asyncio.TimeoutError):
-            if address.startswith("unix:"):
-                path = address[len("unix://") :] if address.startswith("unix://") else address[len("unix:") :]
+            path = unix_path(address)
+            if path is not None:
                 if not os.path.exists(path):
                     return f"no socket file {path} yet (is the server started?)"
                 return f"nothing accepts connections on {path}"

@@ -26,6 +26,7 @@ import grpc
 
 from ... import logsafe
 from ...errors import ConnectError, ProtocolError
+from ..addresses import unix_path
 from . import flarelite_pb2 as pb
 from . import flarelite_pb2_grpc as pb_grpc
 from .connection import Connection
@@ -72,15 +73,6 @@ def _peer_host(peer: str) -> str:
     if peer.startswith("ipv6:"):
         return peer[5:].rsplit(":", 1)[0].strip("[]")
     return peer or "unknown peer"
-
-
-def _unix_path(listen: str) -> str | None:
-    """The socket file of a ``unix:`` address (None for TCP and abstract sockets)."""
-    if listen.startswith("unix://"):
-        return listen[len("unix://") :]
-    if listen.startswith("unix:"):
-        return listen[len("unix:") :]
-    return None
 
 
 def prepare_socket_path(path: str, who: str) -> None:
@@ -168,7 +160,7 @@ class Listening(DataRoutes):
         pb_grpc.add_TransportServicer_to_server(_Servicer(self), server)
         creds = server_credentials(self.tls)
         assert self.listen is not None
-        socket_path = _unix_path(self.listen)
+        socket_path = unix_path(self.listen)
         if socket_path is not None:
             prepare_socket_path(socket_path, self.address)
         try:
