@@ -210,3 +210,22 @@ def test_mtls_admins_need_an_admin_certificate(short_dir):
             Session(fed.address, name="admin@example.org", mode="tls", certs=folder, timeout=3)
     finally:
         fed.stop()
+
+
+def test_job_processes_get_the_log_config_of_the_server_or_site_that_starts_them(tmp_path, monkeypatch):
+    import argparse
+    from types import SimpleNamespace
+
+    from flarelite.federation.processes import launch_command
+    from flarelite.federation.run import _log_config
+
+    options = SimpleNamespace(mode="clear", certs=None, allowed_classes=[], max_message_size=None, log_config=None)
+    assert "--log-config" not in launch_command("client", "--name", "site-1", options=options)
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "logging.json").write_text("{}")
+    assert _log_config(argparse.Namespace(log_config="logging.json")) == str(tmp_path / "logging.json")
+    assert _log_config(argparse.Namespace(log_config="debug")) == "debug"  # a level or a preset name stays
+    assert _log_config(argparse.Namespace()) is None
+    options.log_config = str(tmp_path / "logging.json")
+    cmd = launch_command("server", "JOB", options=options)
+    assert cmd[cmd.index("--log-config") + 1] == str(tmp_path / "logging.json")

@@ -14,7 +14,8 @@ ABORT_GRACE = 10.0  # seconds a job process has after SIGTERM before it is kille
 
 def launch_command(role: str, *args: str, options: Any) -> list[str]:
     """``python -m flarelite.launch ROLE ARGS`` with the options every job process gets from ``options`` (the
-    server or site starting it: its ``mode``, ``certs``, ``allowed_classes`` and ``max_message_size``)."""
+    server or site starting it: its ``mode``, ``certs``, ``allowed_classes``, ``max_message_size``,
+    ``log_config``)."""
     cmd = [sys.executable, "-m", "flarelite.launch", role, *args, "--parent-pid", str(os.getpid())]
     if options.mode != "clear":
         cmd += [f"--{options.mode}", "--certs", os.fspath(options.certs or "")]
@@ -22,6 +23,8 @@ def launch_command(role: str, *args: str, options: Any) -> list[str]:
         cmd += ["--allow-class", prefix]
     if options.max_message_size:
         cmd += ["--max-message-size", str(options.max_message_size)]
+    if getattr(options, "log_config", None):
+        cmd += ["--log-config", options.log_config]
     return cmd
 
 

@@ -24,6 +24,12 @@ def _stopper(stop: Any) -> Any:
     return SiteStopper(on_stop, lambda reason: None).install()
 
 
+def _log_config(args: argparse.Namespace) -> str | None:
+    """``-l`` for the job processes: a file as an absolute path (they run in their own folders)."""
+    value = getattr(args, "log_config", None)
+    return os.path.abspath(value) if value and os.path.isfile(value) else value
+
+
 def serve(args: argparse.Namespace) -> int:
     """Run a long-lived server (see ``federation/server.py``) until SIGTERM/SIGINT."""
     from ..launch import tls_config
@@ -44,6 +50,7 @@ def serve(args: argparse.Namespace) -> int:
         data_plane=args.data_plane,
         max_message_size=args.max_message_size,
         job_ready_timeout=min(args.ready_timeout, 120.0),
+        log_config=_log_config(args),
     )
     stopper = _stopper(server.stop)
     server.start()
@@ -85,6 +92,7 @@ def agent(args: argparse.Namespace, tls: Any) -> int:
         data_plane=args.data_plane,
         max_message_size=args.max_message_size,
         connect_timeout=0.0,
+        log_config=_log_config(args),
     )
     os.makedirs(site.folder, exist_ok=True)
     setup_logging()

@@ -26,6 +26,7 @@ import time
 import uuid
 from typing import Any
 
+from ..communication.addresses import unix_path
 from ..communication.protocol import site_name_problem
 from ..errors import ConfigError
 from . import jobs as J
@@ -41,14 +42,13 @@ MAX_RESULT_BYTES = 4 << 30  # a site's uploaded job folder
 
 
 class _Site:
-    __slots__ = ("name", "last_seen", "polling", "jobs", "since")
+    __slots__ = ("name", "last_seen", "polling", "jobs")
 
     def __init__(self, name: str) -> None:
         self.name = name
         self.last_seen = 0.0
         self.polling = 0
-        self.jobs: dict[str, str] = {}  # job id -> what the site says of it
-        self.since = time.time()
+        self.jobs: set[str] = set()  # the jobs the site says it runs
 
 
 class FederationServer:
@@ -66,6 +66,7 @@ class FederationServer:
         data_plane: str = "auto",
         max_message_size: int | None = None,
         job_ready_timeout: float = 60.0,
+        log_config: str | None = None,
     ) -> None:
         from ..communication.addresses import check_address
 
@@ -80,6 +81,7 @@ class FederationServer:
         self.allowed_classes = list(allowed_classes)
         self.data_plane = data_plane
         self.max_message_size = max_message_size
+        self.log_config = log_config  # -l, passed on to every job process
         self.job_ready_timeout = job_ready_timeout
         self.store = J.JobStore(os.path.join(self.workspace, "jobs"))
         self.staging = Staging(os.path.join(self.workspace, ".staging"), max(MAX_JOB_BYTES, MAX_RESULT_BYTES))
@@ -135,7 +137,7 @@ class FederationServer:
         if op == "put":
             if caller.role != ADMIN_ROLE:
                 self._check_site(caller)
-                if not any(r.get("results", {}).get(caller.name) == "pending" for r in self.store.all()):
+                if not self.store.owes_results(caller.name):
                     raise ControlError(
                         f"{caller.name} has no job results to upload here (jobs come from admins: an admin "
                         "certificate under mTLS, else a caller on the server's machine)"
@@ -187,7 +189,7 @@ class FederationServer:
                 site = self._sites[name] = _Site(name)
                 _log.info("site %s connected", name)
                 self._lock.notify_all()
-            site.jobs = {job_id: "running" for job_id in running}
+            site.jobs = running
             site.polling += 1
             try:
                 while True:
@@ -403,10 +405,8 @@ class FederationServer:
         return f"{host}:{port}"
 
     def _socket_dir(self) -> str | None:
-        if not self.address.startswith("unix:"):
-            return None
-        path = self.address[len("unix://") :] if self.address.startswith("unix://") else self.address[5:]
-        return os.path.dirname(os.path.abspath(path))
+        path = unix_path(self.address)
+        return os.path.dirname(os.path.abspath(path)) if path is not None else None
 
     def _start_job(self, record: dict, targets: list[str]) -> None:
         job_id = record["job_id"]

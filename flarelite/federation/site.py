@@ -45,6 +45,7 @@ class SiteAgent:
         data_plane: str = "auto",
         max_message_size: int | None = None,
         connect_timeout: float = 0.0,
+        log_config: str | None = None,
     ) -> None:
         self.name = name
         self.server = server
@@ -56,6 +57,7 @@ class SiteAgent:
         self.allowed_classes = list(allowed_classes)
         self.data_plane = data_plane
         self.max_message_size = max_message_size
+        self.log_config = log_config  # -l, passed on to every job process
         self.connect_timeout = connect_timeout
         self.client = ControlClient(server, tls, name)
         self._jobs: dict[str, subprocess.Popen] = {}
@@ -64,7 +66,7 @@ class SiteAgent:
         self._stopped = threading.Event()
         self.failure: str | None = None
 
-    def stop(self, reason: str = "stopped") -> None:
+    def stop(self) -> None:
         """Stop polling and end every job process of this site."""
         self._stopped.set()
         with self._lock:

@@ -18,6 +18,7 @@ task runs its before/after_task_sent_cb when it is actually sent.
 
 from __future__ import annotations
 
+import concurrent.futures
 import queue
 import threading
 import time
@@ -42,6 +43,18 @@ if TYPE_CHECKING:
     from .server import ServerRuntime
 
 BCAST, SEND, RELAY = "bcast", "send", "relay"
+
+
+def _error_of(future: concurrent.futures.Future) -> TransportError | None:
+    """What a ``_deliver`` run on a sender thread ended with (anything it raised becomes a TransportError)."""
+    try:
+        return future.result()
+    except TransportError as exc:
+        return exc
+    except Exception as exc:
+        return TransportError(f"sending failed: {exc!r}")
+
+
 MAX_QUEUED_RESULTS = 64  # result frames of one client that may wait for the scheduler thread
 
 
@@ -106,6 +119,7 @@ class TaskScheduler(WFCommSpec):
         self._drop_log = logsafe.RateLimit()  # one line per client every 10 s about its dropped results
         self._sending: set[str] = set()  # client tasks of a broadcast whose frames are going out now
         self._early: dict[str, tuple[Frame, Shareable, FLContext]] = {}  # their results that came meanwhile
+        self.progress = getattr(server, "progress", None)  # the run's progress line (flarelite.progress)
 
     def start(self) -> None:
         """Start the scheduler thread."""
@@ -334,6 +348,8 @@ class TaskScheduler(WFCommSpec):
         task.is_standing = True
         task.completion_status = None
         self._ops[task.id] = op
+        if self.progress is not None:
+            self.progress.task_out(task.id, task.name, op.targets, task.data)
 
     def _dispatch(self, op: _Op, name: str, fl_ctx: FLContext, batch: list | None = None) -> bool:
         """Send ``op.task`` to ``name`` (or, given ``batch``, add its frame there), or hold it while every slot of
@@ -490,28 +506,19 @@ class TaskScheduler(WFCommSpec):
         try:
             for ct, frame in batch:
                 futures.append(pool.submit(self._deliver, ct.client.name, frame))
-                futures[-1].add_done_callback(lambda f, ct=ct: self._one_sent(op, ct, fl_ctx, f))
+                futures[-1].add_done_callback(lambda f, ct=ct: self._one_sent(op, ct, fl_ctx, _error_of(f)))
         except BaseException:  # the pool is shut down (the run is ending): what was not submitted is not sent
             for ct, _ in batch[len(futures) :]:
                 self._one_sent(op, ct, fl_ctx, TransportError("the server is stopping"))
             raise
         finally:
-            for future in futures:
-                try:
-                    future.result()
-                except Exception:
-                    pass  # reported by _one_sent
+            concurrent.futures.wait(futures)  # each outcome is reported by _one_sent
 
-    def _one_sent(self, op: _Op, ct: ClientTask, fl_ctx: FLContext, outcome: Any) -> None:
-        """``ct``'s frame went out, or failed (``outcome``: an error, None, or the future of ``_deliver``)."""
-        if hasattr(outcome, "result"):
-            try:
-                outcome = outcome.result()
-            except Exception as exc:
-                outcome = exc if isinstance(exc, TransportError) else TransportError(f"sending failed: {exc!r}")
+    def _one_sent(self, op: _Op, ct: ClientTask, fl_ctx: FLContext, error: TransportError | None) -> None:
+        """``ct``'s frame went out (``error`` None), or failed."""
         with self._lock:
             try:
-                if self._sent(op, ct, outcome):
+                if self._sent(op, ct, error):
                     self._callback(op.task.after_task_sent_cb, "after_task_sent_cb", client_task=ct, fl_ctx=fl_ctx)
             finally:
                 self._sending.discard(ct.id)
@@ -636,6 +643,8 @@ class TaskScheduler(WFCommSpec):
             op.held.clear()
         self._ops.pop(task.id, None)
         task.is_standing = False
+        if self.progress is not None:
+            self.progress.task_done(task.id)
         fl_ctx = self.server.new_context()
         self._callback(task.task_done_cb, "task_done_cb", task=task, fl_ctx=fl_ctx)
         op.done.set()
@@ -769,6 +778,8 @@ class TaskScheduler(WFCommSpec):
             op.responded.add(name)
             ct.result = result
             ct.result_received_time = time.time()
+            if self.progress is not None:
+                self.progress.result_in(op.task.id, name)
             self.server.fire_event(EventType.BEFORE_PROCESS_SUBMISSION, fl_ctx)
             self._callback(op.task.result_received_cb, "result_received_cb", client_task=ct, fl_ctx=fl_ctx)
             self.server.fire_event(EventType.AFTER_PROCESS_SUBMISSION, fl_ctx)

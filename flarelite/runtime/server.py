@@ -16,6 +16,7 @@ from ..apis.impl.controller import Controller
 from ..apis.shareable import Shareable
 from ..communication.protocol import CommunicationProtocol, Frame
 from ..errors import CodecError, TransportError
+from ..progress import RunProgress, console_display
 from .allowlist import ClassPolicy
 from .components import build_component
 from .fates import SiteFates
@@ -51,6 +52,7 @@ class ServerRuntime(SiteRuntime, ServerEngineSpec):
         class_policy: ClassPolicy | None = None,
         app_dir: str | None = None,
         max_concurrent_tasks: int | None = None,
+        progress: RunProgress | None = None,
     ) -> None:
         super().__init__(
             name=SiteType.SERVER,
@@ -75,6 +77,8 @@ class ServerRuntime(SiteRuntime, ServerEngineSpec):
         self.abort_grace = abort_grace
         self.workflows: list[tuple[str, Controller]] = []
         self.filters = SiteFilters(SiteType.SERVER)  # run by the scheduler: task data out, task results in
+        # the run's progress on the console (a live line on a terminal, plain lines otherwise), fed by the scheduler
+        self.progress = progress if progress is not None else RunProgress(console_display(SiteType.SERVER))
         # a lost site's tasks wait client_lost_timeout; max_concurrent_tasks: at most that many out at once
         self.scheduler = TaskScheduler(
             self, lost_timeout=client_lost_timeout, max_concurrent_tasks=max_concurrent_tasks
@@ -296,6 +300,7 @@ class ServerRuntime(SiteRuntime, ServerEngineSpec):
             self._fire(EventType.SYSTEM_END, fl_ctx)
         self.scheduler.stop()
         self.protocol.stop()
+        self.progress.close(self.failure)
         self.log.info("run ended%s", f" with failure: {self.failure}" if self.failure else "")
 
     # frames ------------------------------------------------------------------------------------------

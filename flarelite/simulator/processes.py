@@ -20,6 +20,8 @@ from typing import Any
 from ..apis.fl_constant import SiteType
 from ..errors import ConfigError, RunFailedError, RunInterrupted
 from ..launch import RESULT_FILE
+from ..progress import PROGRESS_ENV, Live, piped_text, snapshot_of
+from ..progress import choice as progress_choice
 from ..stopping import signal_name
 
 _log = logging.getLogger("flarelite.simulator")
@@ -72,9 +74,16 @@ class _Repeats:
 
 
 def _pump(proc: subprocess.Popen, sink: object, quiet: threading.Event, repeats: _Repeats, site: str) -> None:
+    """Copy a site's console lines to ``sink``; on a live progress line (``sink`` is a ``progress.Live``), the
+    server's progress lines update it."""
     assert proc.stdout is not None
+    live = sink if isinstance(sink, Live) else None
     for line in iter(proc.stdout.readline, ""):
-        if not quiet.is_set() and repeats.first(line, site):
+        text = piped_text(line) if live is not None else None
+        if text is not None:
+            if not quiet.is_set():
+                live.show(text, snapshot_of(text))  # type: ignore[union-attr]
+        elif not quiet.is_set() and repeats.first(line, site):
             sink.write(line)  # type: ignore[attr-defined]
     proc.stdout.close()
 
@@ -166,6 +175,9 @@ def run_processes(
 
     env = dict(os.environ, PYTHONUNBUFFERED="1", **_thread_caps(len(names), max_concurrent_tasks))
     env[CONSOLE_ENV] = "short" if short_console() else "full"  # its pipes are no terminal: this process decides
+    shown = progress_choice()  # a live line here, fed by the server's piped lines; or the server's plain lines
+    env[PROGRESS_ENV] = {"live": "piped"}.get(shown, shown)
+    sink: Any = Live(sys.stderr) if shown == "live" else sys.stderr
     envs = {name: dict(env, CUDA_VISIBLE_DEVICES=devices) for name, devices in (gpus or {}).items()}
     for name, devices in (gpus or {}).items():
         _log.info("%s: CUDA_VISIBLE_DEVICES=%s", name, devices)
@@ -193,9 +205,7 @@ def run_processes(
                         bufsize=1,
                         start_new_session=True,  # a Ctrl-C reaches this process only, which then stops the sites
                     )
-                    pump = threading.Thread(
-                        target=_pump, args=(procs[name], sys.stderr, quiet, repeats, name), daemon=True
-                    )
+                    pump = threading.Thread(target=_pump, args=(procs[name], sink, quiet, repeats, name), daemon=True)
                     pump.start()
                     pumps.append(pump)
                 codes = _wait(procs, end_timeout)
@@ -210,6 +220,8 @@ def run_processes(
         _stop(procs)
         for pump in pumps:
             pump.join(5)
+        if isinstance(sink, Live):
+            sink.close()
         if tmp:  # the private socket folder, with every socket in it
             shutil.rmtree(tmp, ignore_errors=True)
     return _outcome(workspace, codes)
