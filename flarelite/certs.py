@@ -14,7 +14,7 @@ Commands (registered on the ``flarelite`` parser by ``add_cert_commands``)::
 
     flarelite cert init -o DIR [--project P] [--days N] [--force]
     flarelite cert site NAME -o DIR [--server] [--host H ...] [--days N] [--force]
-    flarelite provision PROJECT.yml -o DIR [--days N] [--force]     (YAML or JSON; ours or NVFlare's layout)
+    flarelite provision PROJECT.yml [-o DIR | -w WS] [--days N] [--force]   (YAML or JSON; ours or NVFlare's layout)
 """
 
 from __future__ import annotations
@@ -476,10 +476,29 @@ def _cmd_site(args: argparse.Namespace) -> int:
     return 0
 
 
+def _project_name(project_file: str) -> str:
+    """The project's name in its file, for the default output folder (a file that cannot be read: provision says
+    why); a name that is no plain folder name falls back to the default."""
+    import yaml
+
+    try:
+        with open(project_file, encoding="utf-8") as f:
+            spec = yaml.safe_load(f)
+    except (OSError, yaml.YAMLError):
+        return DEFAULT_PROJECT
+    name = spec.get("name") if isinstance(spec, dict) else None
+    ok = isinstance(name, str) and name not in ("", ".", "..") and os.sep not in name and "\0" not in name
+    return name if ok else DEFAULT_PROJECT
+
+
 def _cmd_provision(args: argparse.Namespace) -> int:
     if (args.project_file is None) == (args.project_flag is None):
         raise ConfigError("give the project file once: flarelite provision PROJECT.yml -o DIR (or -p PROJECT.yml)")
-    made = provision(args.project_file or args.project_flag, args.output, days=args.days, force=args.force)
+    project_file = args.project_file or args.project_flag
+    output = args.output or os.path.join(args.workspace, _project_name(project_file), "certs")
+    made = provision(project_file, output, days=args.days, force=args.force)
+    if not args.output:
+        print(f"flarelite: the project's certificates go to {os.path.abspath(output)} (-o DIR chooses)")
     for name, paths in made.items():
         print(f"flarelite: wrote {'the CA' if name == 'ca' else repr(name)}: {paths.cert}, {paths.key}")
     return 0
@@ -526,7 +545,12 @@ def add_cert_commands(subparsers: argparse._SubParsersAction) -> None:
     prov.add_argument(
         "-p", "--project_file", dest="project_flag", metavar="PROJECT.yml", help="the same, as NVFlare's flag"
     )
-    prov.add_argument("-o", "--output", required=True, help="the folder to write the certificates to")
+    prov.add_argument(
+        "-o", "--output", default=None, help="the folder for the certificates (default WORKSPACE/<project>/certs)"
+    )
+    prov.add_argument(
+        "-w", "--workspace", default="workspace", help="NVFlare's flag: where -o defaults to (default ./workspace)"
+    )
     prov.add_argument(
         "--days", type=int, default=DEFAULT_DAYS, help=f"validity of site certificates (default {DEFAULT_DAYS})"
     )

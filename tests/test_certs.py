@@ -287,3 +287,22 @@ def test_commands(tmp_path, capsys):
         assert str(tmp_path / "prov" / f"{name}.crt") in printed
     with pytest.raises(SystemExit):
         parser().parse_args(["cert"])  # a cert subcommand is required
+
+
+def test_provision_with_nvflares_flags_alone_writes_under_the_workspace(tmp_path, monkeypatch, capsys):
+    """`nvflare provision -p project.yml` needs no output folder: neither does ours (WORKSPACE/<project>/certs)."""
+    from flarelite.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "project.yml").write_text("name: example_project\nparticipants:\n  - {name: server, type: server}\n"
+                                          "  - {name: site-1, type: client}\n")  # fmt: skip
+    assert main(["provision", "-p", "project.yml"]) == 0
+    folder = tmp_path / "workspace" / "example_project" / "certs"
+    assert {"ca.crt", "server.crt", "site-1.key"} <= set(os.listdir(folder))
+    assert str(folder) in capsys.readouterr().out
+    assert main(["provision", "-p", "project.yml", "-w", "elsewhere"]) == 0
+    assert (tmp_path / "elsewhere" / "example_project" / "certs" / "site-1.crt").is_file()
+    (tmp_path / "odd.yml").write_text("name: ../up\nclients: [site-1]\n")
+    assert main(["provision", "odd.yml", "--force"]) == 1  # never a folder outside the workspace
+    assert "project name '../up' contains a path separator" in capsys.readouterr().err
+    assert not (tmp_path / "up").exists()
