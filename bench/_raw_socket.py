@@ -5,13 +5,17 @@
                                                 # then on stdin EOF prints {"idle_mib", "peak_mib"}
     python bench/_raw_socket.py send ADDR MIB   # prints {"seconds", "idle_mib", "peak_mib"}
 
-ADDR is ``127.0.0.1:0`` (a free port; READY says which) or ``unix:///path.sock``.
+ADDR is ``127.0.0.1:0`` (a free port; READY says which) or ``unix:///path.sock``. With ``FLARELITE_RAW_TLS=DIR``
+(a folder with ca.crt, server.crt/.key, site-1.crt/.key) the TCP socket is TLS (``ssl.SSLSocket``, mutual: the
+best use of Python's ssl, each side only writing or only reading).
 """
 
 from __future__ import annotations
 
 import json
+import os
 import socket
+import ssl
 import sys
 import time
 
@@ -23,6 +27,21 @@ def _socket(address: str) -> tuple[socket.socket, object]:
         return socket.socket(socket.AF_UNIX, socket.SOCK_STREAM), address[len("unix://") :]
     host, port = address.rsplit(":", 1)
     return socket.socket(socket.AF_INET, socket.SOCK_STREAM), (host, int(port))
+
+
+def _tls(sock: socket.socket, server_side: bool) -> socket.socket:
+    folder = os.environ.get("FLARELITE_RAW_TLS")
+    if not folder:
+        return sock
+    if server_side:
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        ctx.load_cert_chain(os.path.join(folder, "server.crt"), os.path.join(folder, "server.key"))
+        ctx.verify_mode = ssl.CERT_REQUIRED
+    else:
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        ctx.load_cert_chain(os.path.join(folder, "site-1.crt"), os.path.join(folder, "site-1.key"))
+    ctx.load_verify_locations(os.path.join(folder, "ca.crt"))
+    return ctx.wrap_socket(sock, server_side=server_side, **({} if server_side else {"server_hostname": "server"}))
 
 
 def _recv_exact(conn: socket.socket, view: memoryview) -> None:
@@ -44,6 +63,7 @@ def serve(address: str) -> None:
     idle = peak_mib()
     print("READY", shown, flush=True)
     conn, _ = sock.accept()
+    conn = _tls(conn, server_side=True)
     size = bytearray(8)
     _recv_exact(conn, memoryview(size))
     buffer = np.empty(int.from_bytes(size, "little"), dtype=np.uint8)
@@ -59,6 +79,7 @@ def send(address: str, mib: int) -> dict:
 
     sock, where = _socket(address)
     sock.connect(where)
+    sock = _tls(sock, server_side=False)
     idle = peak_mib()
     array = np.arange(mib << 18, dtype=np.float32)
     expected = checks(array)

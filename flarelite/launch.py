@@ -337,15 +337,18 @@ def apply_log_level(args: argparse.Namespace, site: str) -> None:
 
 
 def add_data_plane(p: argparse.ArgumentParser) -> None:
-    """``--data-plane auto|grpc``: the faster channel beside gRPC where it is safe (auto), or gRPC only."""
+    """``--data-plane auto|tcp|grpc``: the faster channel beside gRPC where it is safe (auto), over TCP in every
+    mode (tcp), or gRPC only."""
     from .communication.planes import DATA_PLANES
 
     p.add_argument(
         "--data-plane",
         choices=DATA_PLANES,
         default="auto",
-        help="auto (default): on this machine the bulk of large frames between a site and its server (and between "
-        "sites on a direct connection) takes a data channel beside gRPC (a Unix socket of this user); grpc: gRPC only",
+        help="auto (default): the bulk of large frames between a site and its server (and between sites on a direct "
+        "connection) takes a data channel beside gRPC: a Unix socket of this user on this machine, TLS over TCP with "
+        "the project's certificates under --mtls; tcp: a TCP channel in every mode (TLS under --tls, plain in clear "
+        "mode); grpc: gRPC only",
     )
 
 

@@ -14,3 +14,19 @@ def short_dir():
     folder = tempfile.mkdtemp(prefix="fl")
     yield folder
     shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory):
+    """Two projects' certificates: ``main`` (server, site-1, site-2) and ``other`` (its own CA, server, site-1)."""
+    from flarelite import certs
+
+    root = tmp_path_factory.mktemp("pki")
+    for project in ("main", "other"):
+        folder = root / project
+        certs.init_ca(folder, project)
+        certs.issue(folder, "server", "server")
+        certs.issue(folder, "site-1")
+        if project == "main":
+            certs.issue(folder, "site-2")
+    return root

@@ -44,3 +44,15 @@ def run_job(tmp_path, workflows, executors, n_clients=3, **kwargs) -> int:
 def read_log(tmp_path, site: str) -> str:
     with open(tmp_path / "ws" / site / "log.txt", encoding="utf-8") as f:
         return f.read()
+
+
+def wait_for(check, timeout: float = 5.0) -> None:
+    """Return once ``check()`` is true; AssertionError after ``timeout`` seconds."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return
+        time.sleep(0.01)
+    raise AssertionError("condition not met in time")

@@ -14,6 +14,7 @@ import time
 
 import numpy as np
 import pytest
+from support import wait_for
 from wire_fixtures.inbox import Inbox, endpoint_maker
 
 from flarelite.communication.dataplane import DataChannel, dial
@@ -30,15 +31,6 @@ def net(short_dir):
     make = endpoint_maker(f"unix://{short_dir}/server.sock")
     yield make
     make.stop_all()
-
-
-def wait_for(check, timeout=5.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if check():
-            return
-        time.sleep(0.01)
-    raise AssertionError("condition not met in time")
 
 
 def test_frames_between_a_site_and_its_server_take_the_channel_both_ways_in_order(net):
@@ -81,7 +73,7 @@ def test_the_grpc_option_turns_it_off_on_either_side(net):
     assert site.data_peers == [] and server.data_peers == []
 
 
-def test_no_data_plane_over_tcp_and_a_clear_error_for_a_bad_option():
+def test_no_data_plane_over_clear_tcp_by_default_and_a_clear_error_for_a_bad_option():
     server = GrpcCommunicationProtocol("server", listen="127.0.0.1:0")
     inbox = Inbox()
     server.start(inbox.on_frame)
@@ -94,7 +86,7 @@ def test_no_data_plane_over_tcp_and_a_clear_error_for_a_bad_option():
         site.stop()
     finally:
         server.stop()
-    with pytest.raises(ConfigError, match="data_plane must be one of auto, grpc"):
+    with pytest.raises(ConfigError, match="data_plane must be one of auto, tcp, grpc"):
         GrpcCommunicationProtocol("server", listen="127.0.0.1:0", data_plane="shm")
 
 
@@ -204,6 +196,19 @@ class Pair:
     def close(self) -> None:
         self.channel.close("test over")
         self.raw.close()
+
+
+def test_a_channel_closed_between_two_records_ends_its_reader_quietly():
+    a, b = socket.socketpair()
+    channel = DataChannel(a, local="server", peer="site-1", admit=lambda h, size, pending: "")
+    future = channel.claim(7)
+    channel.closed = True  # as close() leaves it when the reader is between two records
+    channel._read_loop()  # returns (it raised UnboundLocalError on its reader thread once)
+    assert channel.reader_done.is_set()
+    with pytest.raises(TransportClosed):
+        future.result(timeout=1)
+    a.close()
+    b.close()
 
 
 def test_a_blob_is_claimed_once_whether_it_came_before_or_after_its_claim():
@@ -366,8 +371,11 @@ def test_a_blob_over_the_receivers_limit_is_skipped_and_its_header_says_why():
 
 
 # a job, as processes ---------------------------------------------------------------------------------
-@pytest.mark.parametrize("data_plane", ["auto", "grpc"])
-def test_a_fedavg_job_in_site_processes_gets_the_same_model_either_way(tmp_path, data_plane):
+@pytest.mark.parametrize(
+    ("data_plane", "transport"),
+    [("auto", {}), ("grpc", {}), ("auto", {"protocol": "grpc", "tls": "mtls"}), ("tcp", {"protocol": "grpc"})],
+)
+def test_a_fedavg_job_in_site_processes_gets_the_same_model_either_way(tmp_path, data_plane, transport):
     import os
     import sys
 
@@ -386,20 +394,20 @@ def test_a_fedavg_job_in_site_processes_gets_the_same_model_either_way(tmp_path,
         client = os.path.join(os.path.dirname(os.path.abspath(__file__)), "client_api_fixtures", "np_client.py")
         job.to_clients(ScriptRunner(client, framework=FrameworkType.NUMPY))
         ws = tmp_path / "ws"
-        assert job.simulator_run(str(ws), n_clients=2, data_plane=data_plane) == 0
+        assert job.simulator_run(str(ws), n_clients=2, data_plane=data_plane, **transport) == 0
     finally:
         sys.path.remove(fixtures)
     final = np.load(ws / "server" / "final.npz")
     assert np.array_equal(final["x"], np.arange(300_000, dtype=np.float32) + 2)  # +1 per round at every site
     server_log = (ws / "server" / "log.txt").read_text()
     opened = [s for s in ("site-1", "site-2") if f"data channel to {s} open" in server_log]
-    assert opened == (["site-1", "site-2"] if data_plane == "auto" else [])
+    assert opened == (["site-1", "site-2"] if data_plane != "grpc" else [])  # Unix; TCP under mtls; TCP asked for
 
 
 def test_a_bad_data_plane_option_is_a_clear_error(tmp_path):
     from flarelite.simulator.runner import run_simulation
 
-    with pytest.raises(ConfigError, match="data_plane must be one of auto, grpc"):
+    with pytest.raises(ConfigError, match="data_plane must be one of auto, tcp, grpc"):
         run_simulation(str(tmp_path), str(tmp_path / "ws"), n_clients=1, data_plane="fast")
 
 

@@ -15,7 +15,6 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from flarelite import certs
 from flarelite.communication.grpc import tls
 from flarelite.communication.grpc.tls import TLSConfig
 from flarelite.errors import ConfigError
@@ -25,20 +24,6 @@ METHOD = "/t.Echo/Call"
 
 
 # ----------------------------------------------------------------------------------------------- fixtures
-
-
-@pytest.fixture(scope="module")
-def pki(tmp_path_factory):
-    """Two projects: ``main`` (server, site-1, site-2) and ``other`` (its own CA, server, site-1)."""
-    root = tmp_path_factory.mktemp("pki")
-    for project in ("main", "other"):
-        folder = root / project
-        certs.init_ca(folder, project)
-        certs.issue(folder, "server", "server")
-        certs.issue(folder, "site-1")
-        if project == "main":
-            certs.issue(folder, "site-2")
-    return root
 
 
 def _handler(seen: list):

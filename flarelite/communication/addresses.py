@@ -20,6 +20,14 @@ def unix_path(address: str) -> str | None:
     return None
 
 
+def tcp_host(address: str) -> str:
+    """The host of a ``host:port`` or ``[ipv6]:port`` address, without brackets ("" for a Unix socket)."""
+    if unix_path(address) is not None:
+        return ""
+    host = address.rpartition(":")[0]
+    return host[1:-1] if host.startswith("[") and host.endswith("]") else host
+
+
 def check_address(address: object, what: str, *, listening: bool) -> str:
     """Return ``address`` when it names a Unix socket or a host and a port (0, pick one, only to listen).
 

@@ -127,7 +127,7 @@ def run_processes(
     ``gpus`` maps a client to its ``CUDA_VISIBLE_DEVICES`` (set in that process's environment only);
     ``log_config`` (checked by ``options.check_log_config``) is applied in every site process;
     ``max_concurrent_tasks`` is how many client tasks the server has out at once (None: no limit);
-    ``data_plane`` (``"auto"`` or ``"grpc"``) is passed to every site as ``--data-plane``.
+    ``data_plane`` (``"auto"``, ``"tcp"`` or ``"grpc"``) is passed to every site as ``--data-plane``.
     Site processes share this machine's cores: unless the caller's environment sets them, ``OMP_NUM_THREADS``
     and ``MKL_NUM_THREADS`` give each site its share (cores / sites that run at once, at least 1), so that
     numeric libraries in several processes (torch, numpy) do not each start a thread per core and spin

@@ -115,8 +115,10 @@ def run_simulation(
     ``flarelite.runtime.allowlist``). The sites run the custom/ code their simulator's server ships.
     ``max_message_size``: the largest message any site accepts, in bytes or as a size like ``"64M"`` (binary
     units; default 2 GiB, every protocol); a larger one reaches its receiver as an error, which answers it.
-    ``data_plane``: ``"auto"`` (default; with ``protocol="unix"`` each site and the server exchange frames over a
-    data channel beside gRPC, see ``flarelite.communication.dataplane``) or ``"grpc"`` (gRPC only).
+    ``data_plane``: ``"auto"`` (default; with ``protocol="unix"``, or ``"grpc"`` with ``tls="mtls"``, each site and
+    the server exchange the bulk of large frames over a data channel beside gRPC, see
+    ``flarelite.communication.dataplane``), ``"tcp"`` (with ``protocol="grpc"`` in every tls mode too) or
+    ``"grpc"`` (gRPC only).
 
     ``temp_dirs``: folders the caller made for this run (the exported job), removed by the server's process if
     this process is killed (processes modes). A site that dies while the others finish the workflow does not

@@ -363,6 +363,7 @@ class DataChannel:
     # receiving ---------------------------------------------------------------------------------------
     def _read_loop(self) -> None:
         pending = self._pending
+        reason = "closed"  # (closed between two records: the loop just ends)
         try:
             while not self.closed:
                 kind = self._take(1)

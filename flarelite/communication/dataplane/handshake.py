@@ -1,10 +1,20 @@
-"""Opening a data channel on one machine: the server's listening Unix socket, a site dialing it, and the hello.
+"""Opening a data channel: the listening socket (the server's, or a site's for its peers), a site dialing it, and
+the hello.
 
-The server offers a channel to a site in its gRPC ``Welcome`` (a socket path and a one-time token made for that
-connection). The site dials the path and says ``FLDP <version> <name> <token>``; the server answers ``\\0`` (the
-channel is open) or ``\\1 <reason>``. Who may open one: a process of the same user (the socket is 0600 in a 0700
-folder, and each side checks the other's ``SO_PEERCRED``), presenting the token the server gave that site over
-its authenticated gRPC connection, within seconds, once. So the channel's identity is the gRPC connection's.
+The listener offers a channel to a site in its gRPC ``Welcome``: where to dial (a Unix socket path, or
+``tcp:PORT`` on the host the site reached it at) and a one-time token made for that connection. The site dials
+and says ``FLDP <version> <name> <token>``; the listener answers ``\\0`` (the channel is open) or
+``\\1 <reason>``. Who may open one:
+
+- on one machine (a Unix socket): a process of the same user (the socket is 0600 in a 0700 folder, and each side
+  checks the other's ``SO_PEERCRED``), presenting the token;
+- across machines (TCP): under tls/mtls the connection is TLS first (``tls_stream``), the listener proving its
+  certificate's name to the site and, under mtls, the site its own (its certificate's name must be the name in
+  its hello); then the token. In clear mode (only when asked for, ``data_plane="tcp"``) the token alone, as the
+  gRPC connection has no more.
+
+The token was given to that site over its authenticated gRPC connection, is good within seconds, once; so the
+channel's identity is the gRPC connection's.
 """
 
 from __future__ import annotations
@@ -12,12 +22,15 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import ssl
 import struct
 import threading
 from collections.abc import Callable
+from typing import Any
 
 from ... import logsafe
 from ...errors import ConnectError
+from .tls_stream import TLSStream
 
 _log = logging.getLogger("flarelite.dataplane")
 logsafe.install(_log)  # names and reasons a peer sent are logged escaped
@@ -28,7 +41,8 @@ HELLO_TIMEOUT = 2.0  # seconds a new connection has to say hello (each on its ow
 MAX_HANDSHAKES = 16  # connections saying hello at once; more are closed at once
 TOKEN_BYTES = 32
 
-Attach = Callable[[str, bytes, socket.socket], "str | None"]  # name, token, socket -> refusal reason or None
+Attach = Callable[[str, bytes, Any], "str | None"]  # name, token, socket (or TLSStream) -> refusal reason or None
+TCP_PREFIX = "tcp:"  # an offer of a TCP channel: tcp:PORT, on the host the site dialed
 
 
 def same_user(sock: socket.socket) -> str | None:
@@ -46,7 +60,7 @@ def same_user(sock: socket.socket) -> str | None:
     return None
 
 
-def _recv_exact(sock: socket.socket, n: int) -> bytes:
+def _recv_exact(sock: Any, n: int) -> bytes:
     out = bytearray()
     while len(out) < n:
         part = sock.recv(n - len(out))
@@ -57,34 +71,68 @@ def _recv_exact(sock: socket.socket, n: int) -> bytes:
 
 
 class DataListener:
-    """The server's data-plane socket at ``path``: accepts connections and hands each hello to ``attach``."""
+    """A data-plane socket: accepts connections and hands each hello to ``attach``.
 
-    def __init__(self, path: str, owner: str, attach: Attach) -> None:
-        self.path, self.owner, self._attach = path, owner, attach
-        self._sock: socket.socket | None = None
+    ``DataListener.unix(path, ...)``: a private socket file on this machine. ``DataListener.tcp(host, ...)``: a
+    free TCP port on ``host`` (the interface the gRPC listener is on), TLS with ``context`` (None: clear).
+    ``offer`` is what a Welcome tells the site to dial.
+    """
+
+    def __init__(self, sock: socket.socket, offer: str, owner: str, attach: Attach, *, path: str | None = None,
+                 context: ssl.SSLContext | None = None, mtls: bool = False) -> None:  # fmt: skip
+        self.offer, self.owner, self._attach = offer, owner, attach
+        self.path = path
+        self._sock: socket.socket | None = sock
+        self._context, self._mtls = context, mtls
         self._thread: threading.Thread | None = None
         self._slots = threading.BoundedSemaphore(MAX_HANDSHAKES)
         self._stopped = False
 
-    def start(self) -> None:
-        """Bind (a private socket file) and accept on a thread of its own."""
+    @classmethod
+    def unix(cls, path: str, owner: str, attach: Attach) -> DataListener:
+        """Bind a private socket file at ``path``.
+
+        Raises:
+            ConnectError: it cannot be bound.
+        """
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         previous = os.umask(0o077)
         try:
-            sock.bind(self.path)
+            sock.bind(path)
         except OSError as exc:
             sock.close()
-            raise ConnectError(f"{self.owner} cannot listen for data channels on {self.path}: {exc}") from exc
+            raise ConnectError(f"{owner} cannot listen for data channels on {path}: {exc}") from exc
         finally:
             os.umask(previous)
-        os.chmod(self.path, 0o600)
-        sock.listen(64)
-        self._sock = sock
+        os.chmod(path, 0o600)
+        return cls(sock, path, owner, attach, path=path)
+
+    @classmethod
+    def tcp(cls, host: str, owner: str, attach: Attach, context: ssl.SSLContext | None, mtls: bool) -> DataListener:
+        """Bind a free TCP port on ``host`` ("" or "0.0.0.0": every interface, "::" for IPv6).
+
+        Raises:
+            ConnectError: it cannot be bound.
+        """
+        try:
+            family, kind, proto, _, where = socket.getaddrinfo(
+                host or None, 0, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+            )[0]
+            sock = socket.socket(family, kind, proto)
+            sock.bind(where)
+        except OSError as exc:
+            raise ConnectError(f"{owner} cannot listen for data channels on {host or '*'}: {exc}") from exc
+        return cls(sock, f"{TCP_PREFIX}{sock.getsockname()[1]}", owner, attach, context=context, mtls=mtls)
+
+    def start(self) -> None:
+        """Listen and accept on a thread of its own."""
+        assert self._sock is not None
+        self._sock.listen(64)
         self._thread = threading.Thread(target=self._accept_loop, name=f"{self.owner}-data-listen", daemon=True)
         self._thread.start()
 
     def stop(self) -> None:
-        """Stop accepting and remove the socket file."""
+        """Stop accepting (and remove the socket file)."""
         self._stopped = True
         if self._sock is not None:
             try:
@@ -92,10 +140,11 @@ class DataListener:
             except OSError:
                 pass
             self._sock.close()
-        try:
-            os.unlink(self.path)
-        except OSError:
-            pass
+        if self.path is not None:
+            try:
+                os.unlink(self.path)
+            except OSError:
+                pass
         if self._thread is not None and self._thread is not threading.current_thread():
             self._thread.join(2.0)
 
@@ -113,34 +162,59 @@ class DataListener:
                 continue
             threading.Thread(target=self._handshake, args=(conn,), name=f"{self.owner}-data-hello", daemon=True).start()
 
-    def _handshake(self, conn: socket.socket) -> None:
-        try:
+    def _secure(self, conn: socket.socket) -> Any:
+        """The connection as the hello reads it: checked to be ours (Unix), or TLS (TCP under tls/mtls).
+
+        Raises:
+            ConnectionError: refused (why).
+        """
+        if conn.family == socket.AF_UNIX:
             problem = same_user(conn)
             if problem:
-                _log.warning("%s: refused a data-plane connection: %s", self.owner, problem, extra={"site": self.owner})
+                raise ConnectionError(problem)
+            return conn
+        conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if self._context is None:
+            return conn
+        stream = TLSStream(conn, self._context, server_side=True, server_hostname=None)
+        try:
+            stream.handshake(HELLO_TIMEOUT)
+        except OSError as exc:
+            raise ConnectionError(f"no TLS: {exc}") from None
+        return stream
+
+    def _handshake(self, conn: socket.socket) -> None:
+        try:
+            try:
+                link = self._secure(conn)
+            except ConnectionError as exc:
+                _log.warning("%s: refused a data-plane connection: %s", self.owner, exc, extra={"site": self.owner})
                 conn.close()
                 return
-            conn.settimeout(HELLO_TIMEOUT)
+            link.settimeout(HELLO_TIMEOUT)
             try:
-                magic, version, name_len = struct.unpack("<4sBB", _recv_exact(conn, 6))
+                magic, version, name_len = struct.unpack("<4sBB", _recv_exact(link, 6))
                 if magic != MAGIC or version != VERSION:
                     raise ConnectionError("not a flarelite data-plane hello")
-                name = _recv_exact(conn, name_len).decode("utf-8", "replace")
-                token = _recv_exact(conn, TOKEN_BYTES)
+                name = _recv_exact(link, name_len).decode("utf-8", "replace")
+                token = _recv_exact(link, TOKEN_BYTES)
             except (OSError, ConnectionError, struct.error) as exc:
                 _log.info(
                     "%s: a data-plane connection said no valid hello: %s", self.owner, exc, extra={"site": self.owner}
                 )
                 conn.close()
                 return
-            refusal = self._attach(name, token, conn)
+            refusal = None
+            if self._mtls and isinstance(link, TLSStream) and link.peer_common_name() != name:
+                refusal = f"its certificate is {link.peer_common_name()!r}'s, not {name!r}'s"
+            refusal = refusal or self._attach(name, token, link)
             if refusal:
                 _log.warning(
                     "%s: refused a data channel for %r: %s", self.owner, name, refusal, extra={"site": self.owner}
                 )
                 reason = refusal.encode()[:200]
                 try:
-                    conn.sendall(b"\x01" + bytes([len(reason)]) + reason)
+                    link.sendall(b"\x01" + bytes([len(reason)]) + reason)
                 except OSError:
                     pass
                 conn.close()
@@ -153,30 +227,62 @@ def accept_reply(conn: socket.socket) -> None:
     conn.sendall(b"\x00")
 
 
-def dial(path: str, name: str, token: bytes, timeout: float) -> socket.socket:
-    """Open a data channel to the server's socket at ``path`` as ``name`` with ``token``; the connected socket.
+def dial(
+    where: str,
+    name: str,
+    token: bytes,
+    timeout: float,
+    *,
+    host: str | None = None,
+    context: ssl.SSLContext | None = None,
+    server_hostname: str | None = None,
+) -> Any:
+    """Open a data channel as ``name`` with ``token`` where an offer said (``where``: a socket path, or
+    ``tcp:PORT`` on ``host``, TLS with ``context`` verifying ``server_hostname`` when given); the connected socket
+    (or TLSStream).
 
     Raises:
-        ConnectError: it cannot be reached, it is not run by this user, or it refused the channel (why).
+        ConnectError: it cannot be reached, it is not run by this user, its certificate does not verify, or it
+            refused the channel (why).
     """
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    sock.settimeout(timeout)
+    tcp = where.startswith(TCP_PREFIX)
     try:
-        sock.connect(path)
-        problem = same_user(sock)
-        if problem:
-            raise ConnectError(f"the data-plane socket {path} is not the server's: {problem}")
+        if tcp:
+            port = int(where[len(TCP_PREFIX) :])
+            if not host or not 0 < port < 65536:
+                raise ConnectError(f"the data channel offer {where!r} names no port this site can dial")
+            sock = socket.create_connection((host.strip("[]"), port), timeout=timeout)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        else:
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            sock.settimeout(timeout)
+            sock.connect(where)
+    except ValueError:
+        raise ConnectError(f"the data channel offer {where!r} names no port this site can dial") from None
+    except OSError as exc:
+        target = f"{host}:{where[len(TCP_PREFIX) :]}" if tcp else where
+        raise ConnectError(f"no data channel to {target}: {exc}") from exc
+    link: Any = sock
+    try:
+        if not tcp:
+            problem = same_user(sock)
+            if problem:
+                raise ConnectError(f"the data-plane socket {where} is not the server's: {problem}")
+        elif context is not None:
+            link = TLSStream(sock, context, server_side=False, server_hostname=server_hostname)
+            link.handshake(timeout)
+            link.settimeout(timeout)
         raw = name.encode()
-        sock.sendall(struct.pack("<4sBB", MAGIC, VERSION, len(raw)) + raw + token)
-        answer = _recv_exact(sock, 1)
+        link.sendall(struct.pack("<4sBB", MAGIC, VERSION, len(raw)) + raw + token)
+        answer = _recv_exact(link, 1)
         if answer != b"\x00":
-            size = _recv_exact(sock, 1)[0]
-            reason = _recv_exact(sock, size).decode("utf-8", "replace")
+            size = _recv_exact(link, 1)[0]
+            reason = _recv_exact(link, size).decode("utf-8", "replace")
             raise ConnectError(f"the server refused the data channel: {reason}")
     except ConnectError:
         sock.close()
         raise
     except (OSError, ConnectionError) as exc:
         sock.close()
-        raise ConnectError(f"no data channel to {path}: {exc}") from exc
-    return sock
+        raise ConnectError(f"no data channel to {where}: {exc}") from exc
+    return link

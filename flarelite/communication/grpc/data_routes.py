@@ -1,8 +1,11 @@
 """DataRoutes: how the gRPC endpoint uses the data plane (``communication/dataplane``) beside its streams.
 
-Same machine (the server listens on a Unix socket, ``data_plane="auto"``): the server also listens on
-``<its socket>.data``. A site that says so in its Hello gets, in its Welcome, that path and a one-time token
-bound to its gRPC connection; it dials and presents the token (within ``DATA_WAIT`` seconds, once). From then
+Where a channel is offered (``channel_kind``): same machine (the server listens on a Unix socket,
+``data_plane="auto"``): the server also listens on ``<its socket>.data``; across machines (TCP) under mtls with
+``auto``, or in every mode with ``data_plane="tcp"``: on a free TCP port of the interface its gRPC port is on,
+TLS with the project's certificates under tls/mtls (``dataplane/tls_stream.py``). A site that says so in its
+Hello gets, in its Welcome, where to dial and a one-time token bound to its gRPC connection; it dials and
+presents the token (within ``DATA_WAIT`` seconds, once; under mtls with a certificate of the same name). From then
 on, a frame between that site and the server whose buffers hold ``BLOB_MIN`` bytes or more sends them as a blob
 on the channel, then its header on the gRPC stream with ``blob`` set. The receiver's stream reader takes the
 blob's buffers from the channel when it reaches the header (they are there, or nearly: the sender wrote them
@@ -20,12 +23,13 @@ import asyncio
 import hmac
 import logging
 import secrets
-import socket
 from dataclasses import dataclass
+from typing import Any
 
 from ...errors import ConnectError, ProtocolError, TransportClosed
+from ..addresses import tcp_host
 from ..dataplane import channel as data_channel  # (the module: it imports this package's wire in turn)
-from ..dataplane.handshake import TOKEN_BYTES, DataListener, accept_reply, dial
+from ..dataplane.handshake import TCP_PREFIX, TOKEN_BYTES, DataListener, accept_reply, dial
 from ..protocol import Frame
 from . import flarelite_pb2 as pb
 from .connection import Connection
@@ -67,7 +71,21 @@ class DataRoutes(EndpointCore):
             )
             return
         prepare_socket_path(path, self.address)
-        listener = DataListener(path, self.address, self._attach_site)
+        listener = DataListener.unix(path, self.address, self._attach_site)
+        listener.start()
+        self._data_listener = listener
+
+    def _start_tcp_data_listener(self, host: str) -> None:
+        """Listen for data channels on a free TCP port of ``host`` (TLS unless the mode is clear); without one
+        (it cannot be bound), frames go by gRPC."""
+        from ..dataplane.tls_stream import server_context
+
+        context = server_context(self.tls) if self.tls.mode != "clear" else None
+        try:
+            listener = DataListener.tcp(host, self.address, self._attach_site, context, self.tls.mode == "mtls")
+        except ConnectError as exc:
+            _log.warning("%s: %s; frames go by gRPC", self.address, exc, extra={"site": self.address})
+            return
         listener.start()
         self._data_listener = listener
 
@@ -80,7 +98,7 @@ class DataRoutes(EndpointCore):
             self._data_offers[name] = offer
         assert self._loop is not None
         self._loop.call_later(DATA_WAIT, self._expire_offer, name, offer)
-        return self._data_listener.path, offer.token
+        return self._data_listener.offer, offer.token
 
     def _expire_offer(self, name: str, offer: _Offer) -> None:
         with self._data_lock:
@@ -93,7 +111,7 @@ class DataRoutes(EndpointCore):
                     extra={"site": self.address},
                 )
 
-    def _attach_site(self, name: str, token: bytes, sock: socket.socket) -> str | None:
+    def _attach_site(self, name: str, token: bytes, sock: Any) -> str | None:
         """A site presents ``token`` on the data socket (listener thread): open its channel, or say why not."""
         with self._data_lock:
             offer = self._data_offers.get(name)
@@ -117,16 +135,30 @@ class DataRoutes(EndpointCore):
 
     # the dialing side (a site, to its server or to a peer) ------------------------------------------
     def _wants_data(self, address: str | None = None) -> bool:
-        """Whether this site asks for a data channel where it dials ``address`` (default: the server's): only on
-        one machine (a Unix socket)."""
-        return self.data_plane == "auto" and (address or self.server_address or "").startswith("unix:")
+        """Whether this site asks for a data channel where it dials ``address`` (default: the server's)."""
+        return channel_kind(self.data_plane, self.tls.mode, address or self.server_address or "") is not None
 
-    def _open_data(self, welcome: pb.Welcome, conn: Connection, peer: str | None = None) -> None:
-        """Dial the data socket ``welcome`` offers (a worker thread) for ``peer`` (default: the server); on
-        failure, frames go by gRPC."""
+    def _open_data(
+        self, welcome: pb.Welcome, conn: Connection, peer: str | None = None, address: str | None = None
+    ) -> None:
+        """Dial the data socket ``welcome`` offers (a worker thread) for ``peer`` (default: the server) reached at
+        ``address`` (default: the server's); on failure, frames go by gRPC."""
         server = peer or self._server_name
+        context = None
+        if welcome.data_address.startswith(TCP_PREFIX) and self.tls.mode != "clear":
+            from ..dataplane.tls_stream import client_context
+
+            context = client_context(self.tls)
         try:
-            sock = dial(welcome.data_address, self.address, bytes(welcome.data_token), DATA_WAIT)
+            sock = dial(
+                welcome.data_address,
+                self.address,
+                bytes(welcome.data_token),
+                DATA_WAIT,
+                host=tcp_host(address or self.server_address or ""),
+                context=context,
+                server_hostname=peer or self.tls.server_name,  # whom the gRPC connection verified
+            )
         except ConnectError as exc:
             _log.warning("%s: %s; frames to %s go by gRPC", self.address, exc, server, extra={"site": self.address})
             return
@@ -142,7 +174,7 @@ class DataRoutes(EndpointCore):
         channel.start()
 
     # both --------------------------------------------------------------------------------------------
-    def _new_channel(self, sock: socket.socket, peer: str, conn: Connection) -> data_channel.DataChannel:
+    def _new_channel(self, sock: Any, peer: str, conn: Connection) -> data_channel.DataChannel:
         def admit(h: pb.Header, size: int, pending: Inbound) -> str:
             return header_problem(h, self.max_message_size) or self._over_cap(h, size, pending)
 
@@ -241,4 +273,14 @@ class DataRoutes(EndpointCore):
         self._deliver(frame)
 
 
-__all__ = ["BLOB_MIN", "DATA_WAIT", "DataRoutes"]
+def channel_kind(data_plane: str, mode: str, address: str) -> str | None:
+    """Which data channel goes with a gRPC connection to ``address``: ``"unix"`` (a Unix socket: same machine,
+    data_plane auto or tcp), ``"tcp"`` (TCP: under mtls with auto, in every mode with tcp) or None (gRPC only)."""
+    if data_plane == "grpc":
+        return None
+    if address.startswith("unix:"):
+        return "unix"
+    return "tcp" if data_plane == "tcp" or mode == "mtls" else None
+
+
+__all__ = ["BLOB_MIN", "DATA_WAIT", "DataRoutes", "channel_kind"]

@@ -244,7 +244,7 @@ class Dialing(DataRoutes):
         self._dialing.discard(name)
         conn = Connection(name, call.write, self.heartbeat_interval, reroute=self._via_server(name))
         if first.welcome.data_address and self._wants_data(address):  # its bulk on a data channel too
-            await asyncio.get_running_loop().run_in_executor(None, self._open_data, first.welcome, conn, name)
+            await asyncio.get_running_loop().run_in_executor(None, self._open_data, first.welcome, conn, name, address)
         self._conns[name] = conn
         try:
             await self._run_direct(conn, call.read)

@@ -84,9 +84,10 @@ class GrpcCommunicationProtocol(Listening, Dialing):
         relay_window: flow control per destination, in bytes (default 8 MiB, at least ``chunk_size``): what a
             client may have in the server's relay per target (the server's value, told in Welcome), and what
             ``send`` queues per destination before it waits.
-        data_plane: ``"auto"`` (default): on one machine (Unix sockets), the buffers of large frames between a
-            site and its server, and between two sites on a direct connection, take a data channel beside the
-            stream (``data_routes.py``), the headers keeping their place on it; ``"grpc"``: gRPC only.
+        data_plane: ``"auto"`` (default): on one machine (Unix sockets), and across machines (TCP) under mtls,
+            the buffers of large frames between a site and its server, and between two sites on a direct
+            connection, take a data channel beside the stream (``data_routes.py``), the headers keeping their place
+            on it; ``"tcp"``: over TCP in every mode too (TLS under tls, plain in clear); ``"grpc"``: gRPC only.
     """
 
     # lifecycle ---------------------------------------------------------------------------------------

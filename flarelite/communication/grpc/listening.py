@@ -26,12 +26,12 @@ import grpc
 
 from ... import logsafe
 from ...errors import ConnectError, ProtocolError
-from ..addresses import unix_path
+from ..addresses import tcp_host, unix_path
 from . import flarelite_pb2 as pb
 from . import flarelite_pb2_grpc as pb_grpc
 from .connection import Connection
 from .core import EndpointCore
-from .data_routes import DataRoutes
+from .data_routes import DataRoutes, channel_kind
 from .tls import peer_identity, server_credentials
 from .wire import (
     WIRE_VERSION,
@@ -184,8 +184,11 @@ class Listening(DataRoutes):
             self.bound = self.listen
         await server.start()
         self._grpc_server = server
-        if socket_path is not None and self.data_plane == "auto":  # the server, or a site taking its peers
+        kind = channel_kind(self.data_plane, self.tls.mode, self.listen)  # the server, or a site taking its peers
+        if kind == "unix" and socket_path is not None:
             self._start_data_listener(socket_path)
+        elif kind == "tcp":
+            self._start_tcp_data_listener(tcp_host(self.bound))
         _log.info("%s listening on %s (%s)", self.address, self.bound, self.tls.mode, extra={"site": self.address})
         if self.is_server:
             warn_unauthenticated(self)
