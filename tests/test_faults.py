@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -15,7 +16,7 @@ import threading
 import time
 
 import pytest
-from support import comp, write_job
+from support import alive, comp, write_job
 
 from flarelite.errors import RunFailedError
 from flarelite.simulator.runner import run_simulation
@@ -63,14 +64,6 @@ def wait_until(check, limit: float, what: str):
             return value
         time.sleep(0.02)
     raise AssertionError(f"not within {limit}s: {what}")
-
-
-def alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
 
 
 def children_of(pid: int) -> list[int]:
@@ -365,14 +358,14 @@ def test_killing_the_simulator_parent_ends_every_site_and_leaves_nothing(tmp_pat
     try:
         job_tmp = parent.stdout.readline().strip()
         wait_until(lambda: all(running(fault_dir, n) for n in SITES), 60, "every site runs its task")
-        sites = children_of(parent.pid)
+        (forks,) = children_of(parent.pid)  # the fork server (forkserver.py), whose children the sites are
+        sites = children_of(forks)
         assert len(sites) == 4
-        with open(f"/proc/{sites[0]}/cmdline") as f:  # the server's command line names its socket
-            listen = [a for a in f.read().split("\0") if a.startswith("unix://")]
-        sockets = [a[len("unix://") :] for a in listen]
+        with open(tmp_path / "ws" / "server" / "log.txt") as f:  # the server names its socket
+            sockets = re.findall(r"listening on unix://(\S+) ", f.read())
         parent.send_signal(sig)
         start = time.monotonic()
-        wait_until(lambda: not any(alive(p) for p in sites), 15, f"every site process ends after {sig.name}")
+        wait_until(lambda: not any(alive(p) for p in [*sites, forks]), 15, f"every site process ends after {sig.name}")
         took = time.monotonic() - start
         code = parent.wait(15)
     finally:

@@ -57,6 +57,10 @@ def test_consensus_as_processes(consensus_job, tmp_path):
     assert job.simulator_run(str(tmp_path)) == 0  # the default: one process per site, gRPC over a Unix socket
     assert_consensus_on_the_average(tmp_path, 3)
     assert (tmp_path / "site-2" / "metrics.csv").is_file()
+    # the job script checks the run from the metrics (no torch import there): the very values of the .pt files
+    from_metrics = consensus_job.read_histories(str(tmp_path), 3)
+    for i, saved in enumerate(histories(tmp_path, 3), start=1):
+        np.testing.assert_array_equal(from_metrics[f"site-{i}"], saved)
 
 
 def test_tutorial_directed_ring_exercise_runs(tmp_path):

@@ -73,7 +73,7 @@ class _Repeats:
             return True
 
 
-def _pump(proc: subprocess.Popen, sink: object, quiet: threading.Event, repeats: _Repeats, site: str) -> None:
+def _pump(proc: Any, sink: object, quiet: threading.Event, repeats: _Repeats, site: str) -> None:
     """Copy a site's console lines to ``sink``; on a live progress line (``sink`` is a ``progress.Live``), the
     server's progress lines update it."""
     assert proc.stdout is not None
@@ -181,10 +181,11 @@ def run_processes(
     envs = {name: dict(env, CUDA_VISIBLE_DEVICES=devices) for name, devices in (gpus or {}).items()}
     for name, devices in (gpus or {}).items():
         _log.info("%s: CUDA_VISIBLE_DEVICES=%s", name, devices)
-    procs: dict[str, subprocess.Popen] = {}
+    procs: dict[str, Any] = {}  # subprocess.Popen, or forkserver.Forked
     pumps = []
     quiet = threading.Event()  # set once interrupted: the sites' last words stay in their log.txt
     repeats = _Repeats()
+    forks = _fork_server(env, job_folder)
     try:
         with _interrupts() as interrupted:
             try:
@@ -194,17 +195,7 @@ def run_processes(
                     results = os.path.join(folder, RESULT_FILE)
                     if os.path.exists(results):
                         os.unlink(results)
-                    procs[name] = subprocess.Popen(
-                        [sys.executable, "-m", "flarelite.launch", *args, "--parent-pid", str(os.getpid())],
-                        cwd=folder,
-                        env=envs.get(name, env),
-                        stdin=subprocess.DEVNULL,
-                        stdout=subprocess.PIPE,
-                        stderr=subprocess.STDOUT,
-                        text=True,
-                        bufsize=1,
-                        start_new_session=True,  # a Ctrl-C reaches this process only, which then stops the sites
-                    )
+                    procs[name] = _start_site(forks, args, folder, envs.get(name, env))
                     pump = threading.Thread(target=_pump, args=(procs[name], sink, quiet, repeats, name), daemon=True)
                     pump.start()
                     pumps.append(pump)
@@ -218,6 +209,8 @@ def run_processes(
                 raise
     finally:
         _stop(procs)
+        if forks is not None:
+            forks.close()
         for pump in pumps:
             pump.join(5)
         if isinstance(sink, Live):
@@ -225,6 +218,61 @@ def run_processes(
         if tmp:  # the private socket folder, with every socket in it
             shutil.rmtree(tmp, ignore_errors=True)
     return _outcome(workspace, codes)
+
+
+def _fork_server(env: dict[str, str], job_folder: str) -> Any:
+    """The fork server the sites start from (``forkserver.py``), preloading torch when the job may use it; None
+    when ``FLARELITE_FORKSERVER=0`` or it cannot start (the sites then start with subprocess, as before)."""
+    from .forkserver import FORKSERVER_ENV, ForkServer
+
+    if os.environ.get(FORKSERVER_ENV, "1").strip() == "0" or not hasattr(os, "fork"):
+        return None
+    try:
+        return ForkServer(env, ["torch"] if _may_use_torch(job_folder) else [])
+    except OSError as exc:
+        _log.info("no fork server (%s): each site process starts on its own", exc)
+        return None
+
+
+def _may_use_torch(job_folder: str) -> bool:
+    """Whether torch is installed and the job's configs or custom code name it (or flarelite's torch-using
+    components: ``app_opt.pt``, the p2p executors, which save their histories as ``.pt``)."""
+    import importlib.util
+
+    if importlib.util.find_spec("torch") is None:
+        return False
+    for root, _dirs, files in os.walk(job_folder):
+        for name in files:
+            if not name.endswith((".json", ".py", ".yml", ".yaml", ".conf")):
+                continue
+            try:
+                with open(os.path.join(root, name), encoding="utf-8", errors="replace") as f:
+                    text = f.read(1 << 20)
+            except OSError:
+                continue
+            if "torch" in text or "app_opt.pt" in text or "app_opt.p2p" in text:
+                return True
+    return False
+
+
+def _start_site(forks: Any, args: list[str], folder: str, env: dict[str, str]) -> Any:
+    """Start one site process: forked from ``forks`` (its parent then) when there is one, else with subprocess."""
+    if forks is not None:
+        try:
+            return forks.start([*args, "--parent-pid", str(forks.pid)], folder, env)
+        except OSError as exc:
+            _log.info("the fork server could not start a site (%s): starting it on its own", exc)
+    return subprocess.Popen(
+        [sys.executable, "-m", "flarelite.launch", *args, "--parent-pid", str(os.getpid())],
+        cwd=folder,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        bufsize=1,
+        start_new_session=True,  # a Ctrl-C reaches this process only, which then stops the sites
+    )
 
 
 def _outcome(workspace: str, codes: dict[str, int]) -> int:
@@ -300,7 +348,7 @@ def _interrupts() -> Iterator[_Interrupted]:
             signal.signal(sig, old)
 
 
-def _stop(procs: dict[str, subprocess.Popen], grace: float = 5.0) -> int:
+def _stop(procs: dict[str, Any], grace: float = 5.0) -> int:
     """SIGTERM every site process still running, SIGKILL what is left after ``grace``; return how many ran."""
     running = [p for p in procs.values() if p.poll() is None]
     for proc in running:
@@ -318,7 +366,7 @@ def _stop(procs: dict[str, subprocess.Popen], grace: float = 5.0) -> int:
     return len(running)
 
 
-def _wait(procs: dict[str, subprocess.Popen], end_timeout: float) -> dict[str, int]:
+def _wait(procs: dict[str, Any], end_timeout: float) -> dict[str, int]:
     """Wait for the server; then give the clients time to finish before they are stopped.
 
     After a successful run the clients get ``end_timeout``; after a failed one only a few seconds, since a
