@@ -209,3 +209,18 @@ def test_direct_peer_connections_over_tcp_get_a_tls_channel_too(nets):
         sender.send(target, Frame(kind="aux", msg_id="1", meta=b"m", buffers=[big]))
         got = inbox.get()
         assert got.sender == sender.address and np.array_equal(np.frombuffer(got.buffers[0], np.uint8), big)
+
+
+def test_a_flood_of_bad_connections_to_the_data_port_writes_one_line_per_kind(nets, caplog):
+    net = nets("mtls")
+    server, s_in = net.server()
+    caplog.set_level("INFO", logger="flarelite.dataplane")
+    for _ in range(30):
+        with socket.create_connection(("127.0.0.1", _port(server))) as junk:
+            junk.sendall(b"\x16\x03\x01 not a TLS hello at all" * 4)
+    wait_for(lambda: any("refused a data-plane connection" in r.getMessage() for r in caplog.records))
+    time.sleep(0.5)
+    refused = [r for r in caplog.records if "refused a data-plane connection" in r.getMessage()]
+    assert len(refused) == 1 and "no TLS" in refused[0].getMessage()
+    site, _ = net.site("site-1")  # and the listener still opens channels
+    wait_for(lambda: server.data_peers == ["site-1"])

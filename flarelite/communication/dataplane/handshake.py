@@ -87,6 +87,15 @@ class DataListener:
         self._thread: threading.Thread | None = None
         self._slots = threading.BoundedSemaphore(MAX_HANDSHAKES)
         self._stopped = False
+        self._log_limit = logsafe.RateLimit()  # a TCP port anyone can reach: one line per kind every 10 s
+
+    def _say(self, level: int, kind: str, msg: str, *args: object) -> None:
+        seen = self._log_limit.check(kind)
+        if seen is None:
+            return
+        quiet, _ = seen
+        more = f" ({quiet} more since the last such line)" if quiet else ""
+        _log.log(level, f"%s: {msg}{more}", self.owner, *args, extra={"site": self.owner})
 
     @classmethod
     def unix(cls, path: str, owner: str, attach: Attach) -> DataListener:
@@ -188,7 +197,7 @@ class DataListener:
             try:
                 link = self._secure(conn)
             except ConnectionError as exc:
-                _log.warning("%s: refused a data-plane connection: %s", self.owner, exc, extra={"site": self.owner})
+                self._say(logging.WARNING, "refused", "refused a data-plane connection: %s", exc)
                 conn.close()
                 return
             link.settimeout(HELLO_TIMEOUT)
@@ -199,9 +208,7 @@ class DataListener:
                 name = _recv_exact(link, name_len).decode("utf-8", "replace")
                 token = _recv_exact(link, TOKEN_BYTES)
             except (OSError, ConnectionError, struct.error) as exc:
-                _log.info(
-                    "%s: a data-plane connection said no valid hello: %s", self.owner, exc, extra={"site": self.owner}
-                )
+                self._say(logging.INFO, "hello", "a data-plane connection said no valid hello: %s", exc)
                 conn.close()
                 return
             refusal = None
@@ -209,9 +216,7 @@ class DataListener:
                 refusal = f"its certificate is {link.peer_common_name()!r}'s, not {name!r}'s"
             refusal = refusal or self._attach(name, token, link)
             if refusal:
-                _log.warning(
-                    "%s: refused a data channel for %r: %s", self.owner, name, refusal, extra={"site": self.owner}
-                )
+                self._say(logging.WARNING, "channel", "refused a data channel for %r: %s", name, refusal)
                 reason = refusal.encode()[:200]
                 try:
                     link.sendall(b"\x01" + bytes([len(reason)]) + reason)
