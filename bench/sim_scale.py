@@ -37,7 +37,7 @@ def one(n: int, rounds: int) -> dict:
             "sim_scale",
         )
         t0 = time.perf_counter()
-        run_simulation(job, os.path.join(tmp, "ws"), n_clients=n, protocol="memory")
+        run_simulation(job, os.path.join(tmp, "ws"), n_clients=n, protocol="memory", max_clients=n)
         total = time.perf_counter() - t0
     times = bench_components.RESULTS["round_times"]
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
