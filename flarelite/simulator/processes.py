@@ -221,12 +221,13 @@ def run_processes(
 
 
 def _fork_server(env: dict[str, str], job_folder: str) -> Any:
-    """The fork server the sites start from (``forkserver.py``), preloading torch when the job may use it; None
-    when ``FLARELITE_FORKSERVER=0`` or it cannot start (the sites then start with subprocess, as before)."""
+    """The fork server the sites start from (``forkserver.py``, Linux), preloading torch when the job may use it;
+    None when ``FLARELITE_FORKSERVER=0``, on other systems, or when it cannot start (the sites then start with
+    subprocess, as before)."""
     from .forkserver import FORKSERVER_ENV, ForkServer
 
-    if os.environ.get(FORKSERVER_ENV, "1").strip() == "0" or not hasattr(os, "fork"):
-        return None
+    if os.environ.get(FORKSERVER_ENV, "1").strip() == "0" or not sys.platform.startswith("linux"):
+        return None  # (elsewhere, macOS's frameworks among them, forking a process that loaded libraries is unsafe)
     try:
         return ForkServer(env, ["torch"] if _may_use_torch(job_folder) else [])
     except OSError as exc:
