@@ -416,6 +416,7 @@ def test_direct_peer_connections_get_a_data_channel_too(net):
     one, in1 = net("site-1", direct_p2p=True)
     two, in2 = net("site-2", direct_p2p=True)
     wait_for(lambda: "site-1" in two.data_peers and "site-2" in one.data_peers)
+    wait_for(lambda: "site-2" in one._conns and "site-1" in two._conns)  # the dialer registers it last
     assert "site-2" in one._conns and "site-1" in two._conns  # a direct connection carries the headers
     big = np.arange(5 * CHUNK + 3, dtype=np.uint8)
     for sender, target, inbox in ((two, "site-1", in1), (one, "site-2", in2)):

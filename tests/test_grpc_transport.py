@@ -84,7 +84,9 @@ def test_direct_mode_connects_peers_directly(net):
     c2, in2 = net("site-2")
     wait_peer(in1, "site-2", True)
     deadline = time.monotonic() + 10
-    while "site-2" not in c1._conns and time.monotonic() < deadline:  # the dialer is site-1 (sorts first)
+    # site-2 dials (the later name), site-1 listens; the dialer registers its connection last, once the Welcome
+    # came and its data channel is open: wait for both sides
+    while not ("site-2" in c1._conns and "site-1" in c2._conns) and time.monotonic() < deadline:
         time.sleep(0.02)
     assert "site-2" in c1._conns and "site-1" in c2._conns
     c2.send("site-1", Frame(kind="direct", meta=b"d"))
