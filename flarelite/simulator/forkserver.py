@@ -76,8 +76,12 @@ class Forked:
     def __init__(self, pid: int, stdout: Any, server: ForkServer) -> None:
         self.pid = pid
         self.stdout = stdout
-        self.returncode: int | None = None
         self._server = server
+
+    @property
+    def returncode(self) -> int | None:
+        """Its exit status as the fork server reported it (None while it runs)."""
+        return self._server.returncode_of(self.pid)
 
     def poll(self) -> int | None:
         return self.returncode
@@ -132,7 +136,8 @@ class ForkServer:
         theirs.close()
         self.pid = self.proc.pid
         self.exited = threading.Condition()
-        self._children: dict[int, Forked] = {}
+        self._codes: dict[int, int] = {}  # exit statuses the fork server reported, by pid
+        self._gone = False  # the fork server ended (and its children with it)
         self._started: list[dict] = []
         self._send_lock = threading.Lock()
         self.sock.settimeout(timeout)
@@ -173,16 +178,16 @@ class ForkServer:
         if "pid" not in answer:
             os.close(read_fd)
             raise OSError(f"the fork server could not start the site process: {answer.get('error')}")
-        child = Forked(answer["pid"], os.fdopen(read_fd, "r", buffering=1, errors="replace"), self)
+        return Forked(answer["pid"], os.fdopen(read_fd, "r", buffering=1, errors="replace"), self)
+
+    def returncode_of(self, pid: int) -> int | None:
+        """The exit status of child ``pid``; None while it runs (-SIGKILL once the fork server is gone without
+        saying)."""
         with self.exited:
-            self._children[child.pid] = child
-            early = answer.get("early_exit")
-            if early is not None:
-                child.returncode = early
-        return child
+            code = self._codes.get(pid)
+            return -signal.SIGKILL if code is None and self._gone else code
 
     def _read(self) -> None:
-        pending_exits: dict[int, int] = {}
         while True:
             try:
                 message, fds = _recv(self.sock)
@@ -192,21 +197,12 @@ class ForkServer:
                 os.close(fd)
             with self.exited:
                 if message is None:  # the fork server is gone: so are its children
-                    for child in self._children.values():
-                        if child.returncode is None:
-                            child.returncode = -signal.SIGKILL
+                    self._gone = True
                     self.exited.notify_all()
                     return
                 if "exit" in message:
-                    pid, code = message["exit"], message["code"]
-                    child = self._children.get(pid)
-                    if child is not None:
-                        child.returncode = code
-                    else:
-                        pending_exits[pid] = code  # (exited before start() registered it)
+                    self._codes[message["exit"]] = message["code"]
                 elif "pid" in message or "error" in message:
-                    if "pid" in message and message["pid"] in pending_exits:
-                        message["early_exit"] = pending_exits.pop(message["pid"])
                     self._started.append(message)
                 self.exited.notify_all()
 
