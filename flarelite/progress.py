@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 import sys
 import threading
 import time
@@ -175,20 +174,22 @@ class Lines:
 
 
 class Piped(Lines):
-    """For a process whose output the simulator shows with its own live line: marked lines on stdout, every
-    ``PIPE_INTERVAL`` seconds at most (``piped_text`` reads them back)."""
+    """For a process whose output the simulator shows with its own live line: marked lines on stdout (the mark,
+    rounds done, rounds or 0, the text), every ``PIPE_INTERVAL`` seconds at most (``piped_text`` reads them)."""
 
     def __init__(self, interval: float = PIPE_INTERVAL) -> None:
         super().__init__(None, interval)
 
     def close(self, text: str, snapshot: tuple[int, int | None] = (0, None)) -> None:
-        sys.stdout.write(f"{PIPE_MARK}{text}\n")
+        done, total = snapshot
+        sys.stdout.write(f"{PIPE_MARK}{done} {total or 0} {text}\n")
         sys.stdout.flush()
 
 
 class Live:
     """One live line at the bottom of a terminal (a tqdm bar over the rounds when they are known); console
-    lines written meanwhile go above it (``write``; ``logs.console_through`` sends the console handler here)."""
+    lines written meanwhile go above it (``write``; the root logger's console handlers are sent there while
+    it is shown)."""
 
     def __init__(self, stream: Any = None) -> None:
         from tqdm import tqdm  # only where the output is a terminal
@@ -199,7 +200,6 @@ class Live:
         self._lock = threading.RLock()
         self._closed = False
         self._undo: list[tuple[logging.StreamHandler, Any]] = []
-        self.last: tuple[str, tuple[int, int | None]] | None = None  # what it shows now
 
     def _ensure(self, total: int | None) -> Any:
         if self._bar is None:
@@ -228,7 +228,6 @@ class Live:
             bar.n = done
             bar.set_description_str(text, refresh=False)
             bar.refresh()
-            self.last = (text, snapshot)
 
     def close(self, text: str | None = None, snapshot: tuple[int, int | None] = (0, None)) -> None:
         """Show ``text`` (None: what it shows now) and leave it there as the last line."""
@@ -283,12 +282,6 @@ class _Above:
         pass
 
 
-def snapshot_of(text: str) -> tuple[int, int | None]:
-    """(rounds done, rounds) as a progress text says them ("round 3 (3/10 done)", "10/10 rounds done")."""
-    match = re.search(r"(\d+)/(\d+)(?: rounds)? done", text)
-    return (int(match.group(1)), int(match.group(2))) if match else (0, None)
-
-
 def _tqdm_available() -> bool:
     try:
         import tqdm  # noqa: F401
@@ -298,7 +291,8 @@ def _tqdm_available() -> bool:
 
 
 def choice() -> str:
-    """``live``, ``lines`` or ``off``: what ``FLARELITE_PROGRESS`` says, else live on a terminal with tqdm."""
+    """``live``, ``lines``, ``piped`` or ``off``: what ``FLARELITE_PROGRESS`` says, else live on a terminal with
+    tqdm, else lines."""
     value = os.environ.get(PROGRESS_ENV, "").strip().lower()
     if value in ("lines", "off", "piped"):
         return value
@@ -326,8 +320,11 @@ def console_display(site: str | None = None, stream: Any = None) -> Lines | Live
     return Lines(site)
 
 
-def piped_text(line: str) -> str | None:
-    """The progress text of a line a ``Piped`` display printed, else None."""
+def piped_text(line: str) -> tuple[str, tuple[int, int | None]] | None:
+    """The text and (rounds done, rounds) of a line a ``Piped`` display printed, else None."""
     if not line.startswith(PIPE_MARK):
         return None
-    return line[len(PIPE_MARK) :].rstrip("\n")
+    done, total, text = (line[len(PIPE_MARK) :].rstrip("\n").split(" ", 2) + ["", ""])[:3]
+    if not (done.isdigit() and total.isdigit()):
+        return None
+    return text, (int(done), int(total) or None)

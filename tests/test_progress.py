@@ -18,7 +18,7 @@ from flarelite.apis.shareable import Shareable
 from flarelite.app_common.np.np_model_persistor import NPModelPersistor
 from flarelite.app_common.workflows.fedavg import FedAvg
 from flarelite.job_config import FedJob
-from flarelite.progress import Lines, Live, Piped, RunProgress, piped_text, snapshot_of
+from flarelite.progress import Lines, Live, Piped, RunProgress, piped_text
 
 
 class Recorder:
@@ -111,14 +111,19 @@ def test_plain_lines_are_logged_at_most_every_interval_and_once_at_the_end(caplo
 
 def test_piped_lines_carry_the_text_and_the_snapshot_back(capsys: pytest.CaptureFixture) -> None:
     piped = Piped(interval=0)
-    piped.show("round 4 (4/10 done) | train: 1/3 results | 0:03")
-    piped.close("finished: 10/10 rounds done, 10 tasks in 0:05")
+    piped.show("round 4 (4/10 done) | train: 1/3 results | 0:03", (4, 10))
+    piped.close("finished: 10/10 rounds done, 10 tasks in 0:05", (10, 10))
+    piped.show("train: 1/3 results", (0, None))
     out = capsys.readouterr().out.splitlines(keepends=True)
-    texts = [piped_text(line) for line in out]
-    assert texts == ["round 4 (4/10 done) | train: 1/3 results | 0:03", "finished: 10/10 rounds done, 10 tasks in 0:05"]
-    assert [snapshot_of(t) for t in texts] == [(4, 10), (10, 10)]
+    texts = [piped_text(line)[0] for line in out]
+    assert texts == [
+        "round 4 (4/10 done) | train: 1/3 results | 0:03",
+        "finished: 10/10 rounds done, 10 tasks in 0:05",
+        "train: 1/3 results",
+    ]
+    assert [piped_text(line)[1] for line in out] == [(4, 10), (10, 10), (0, None)]
     assert piped_text("12:00:00 INFO progress round 3\n") is None  # only the marked lines
-    assert snapshot_of("train: 1/3 results") == (0, None)
+    assert piped_text(f"{progress.PIPE_MARK}not numbers\n") is None
 
 
 def test_the_live_line_draws_with_tqdm_and_console_lines_go_above_it() -> None:

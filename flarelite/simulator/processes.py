@@ -20,7 +20,7 @@ from typing import Any
 from ..apis.fl_constant import SiteType
 from ..errors import ConfigError, RunFailedError, RunInterrupted
 from ..launch import RESULT_FILE
-from ..progress import PROGRESS_ENV, Live, piped_text, snapshot_of
+from ..progress import PROGRESS_ENV, Live, piped_text
 from ..progress import choice as progress_choice
 from ..stopping import signal_name
 
@@ -79,10 +79,10 @@ def _pump(proc: Any, sink: object, quiet: threading.Event, repeats: _Repeats, si
     assert proc.stdout is not None
     live = sink if isinstance(sink, Live) else None
     for line in iter(proc.stdout.readline, ""):
-        text = piped_text(line) if live is not None else None
-        if text is not None:
+        piped = piped_text(line) if live is not None else None
+        if piped is not None:
             if not quiet.is_set():
-                live.show(text, snapshot_of(text))  # type: ignore[union-attr]
+                live.show(*piped)  # type: ignore[union-attr]
         elif not quiet.is_set() and repeats.first(line, site):
             sink.write(line)  # type: ignore[attr-defined]
     proc.stdout.close()
