@@ -346,16 +346,8 @@ def provision(
         ConfigError: the file is missing or not valid YAML/JSON of either layout (the message names the file and
             the field), names repeat or are not allowed, or a CA already exists in ``out_dir`` and not ``force``.
     """
-    import yaml  # only provisioning reads YAML
-
     project_file, out_dir = os.fspath(project_file), os.fspath(out_dir)
-    try:
-        with open(project_file, encoding="utf-8") as f:
-            spec = yaml.safe_load(f)
-    except OSError as exc:
-        raise ConfigError(f"cannot read project file {project_file}: {exc.strerror or exc}") from exc
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"project file {project_file} is not valid YAML or JSON: {exc}") from exc
+    spec = _read_project(project_file)
 
     def bad(field: str, why: str) -> ConfigError:
         return ConfigError(
@@ -476,15 +468,29 @@ def _cmd_site(args: argparse.Namespace) -> int:
     return 0
 
 
-def _project_name(project_file: str) -> str:
-    """The project's name in its file, for the default output folder (a file that cannot be read: provision says
-    why); a name that is no plain folder name falls back to the default."""
-    import yaml
+def _read_project(project_file: str) -> object:
+    """The parsed project file (YAML or JSON).
+
+    Raises:
+        ConfigError: it cannot be read or parsed (naming the file).
+    """
+    import yaml  # only provisioning reads YAML
 
     try:
         with open(project_file, encoding="utf-8") as f:
-            spec = yaml.safe_load(f)
-    except (OSError, yaml.YAMLError):
+            return yaml.safe_load(f)
+    except OSError as exc:
+        raise ConfigError(f"cannot read project file {project_file}: {exc.strerror or exc}") from exc
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"project file {project_file} is not valid YAML or JSON: {exc}") from exc
+
+
+def _project_name(project_file: str) -> str:
+    """The project's name in its file, for the default output folder (a file that cannot be read: provision says
+    why); a name that is no plain folder name falls back to the default."""
+    try:
+        spec = _read_project(project_file)
+    except ConfigError:
         return DEFAULT_PROJECT
     name = spec.get("name") if isinstance(spec, dict) else None
     ok = isinstance(name, str) and name not in ("", ".", "..") and os.sep not in name and "\0" not in name
