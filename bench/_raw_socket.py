@@ -4,6 +4,8 @@
                                                 # the bytes, recv_into one array), answers with its checksums,
                                                 # then on stdin EOF prints {"idle_mib", "peak_mib"}
     python bench/_raw_socket.py send ADDR MIB   # prints {"seconds", "idle_mib", "peak_mib"}
+    python bench/_raw_socket.py echo ADDR      # prints "READY <addr>"; echoes what one connection sends, until EOF
+                                                # (the ping-pong baseline: see ``round_trips``)
 
 ADDR is ``127.0.0.1:0`` (a free port; READY says which) or ``unix:///path.sock``. With ``FLARELITE_RAW_TLS=DIR``
 (a folder with ca.crt, server.crt/.key, site-1.crt/.key) the TCP socket is TLS (``ssl.SSLSocket``, mutual: the
@@ -94,10 +96,46 @@ def send(address: str, mib: int) -> dict:
     return {"seconds": seconds, "idle_mib": idle, "peak_mib": peak_mib()}
 
 
+def echo(address: str) -> None:
+    sock, where = _socket(address)
+    sock.bind(where)
+    sock.listen(1)
+    shown = address if address.startswith("unix:") else f"127.0.0.1:{sock.getsockname()[1]}"
+    print("READY", shown, flush=True)
+    conn, _ = sock.accept()
+    if not address.startswith("unix:"):
+        conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    buffer = bytearray(1 << 16)
+    while True:
+        n = conn.recv_into(buffer)
+        if n == 0:
+            return
+        conn.sendall(memoryview(buffer)[:n])
+
+
+def round_trips(address: str, n: int, size: int = 64) -> list[float]:
+    """``n`` round trips of ``size`` bytes to an ``echo`` process at ``address`` (its READY address)."""
+    sock, where = _socket(address)
+    sock.connect(where)
+    if not address.startswith("unix:"):
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    message, back = b"x" * size, memoryview(bytearray(size))
+    rtts = []
+    for _ in range(n):
+        t0 = time.perf_counter()
+        sock.sendall(message)
+        _recv_exact(sock, back)
+        rtts.append(time.perf_counter() - t0)
+    sock.close()
+    return rtts
+
+
 if __name__ == "__main__":
     command, target = sys.argv[1], sys.argv[2]
     if command == "serve":
         serve(target)
+    elif command == "echo":
+        echo(target)
     elif command == "send":
         print(json.dumps(send(target, int(sys.argv[3]))))
     else:

@@ -6,6 +6,7 @@ socketpair, as a hostile peer would.
 
 from __future__ import annotations
 
+import queue
 import resource
 import socket
 import struct
@@ -18,7 +19,8 @@ from support import wait_for
 from wire_fixtures.inbox import Inbox, endpoint_maker
 
 from flarelite.communication.dataplane import DataChannel, dial
-from flarelite.communication.dataplane.channel import _C, _E, CHUNK, _Turns
+from flarelite.communication.dataplane import channel as channel_module
+from flarelite.communication.dataplane.channel import _C, _E, CHUNK, META_INLINE, ChannelUnavailable, _Turns
 from flarelite.communication.grpc import GrpcCommunicationProtocol, data_routes
 from flarelite.communication.grpc import flarelite_pb2 as pb
 from flarelite.communication.protocol import Frame
@@ -176,11 +178,24 @@ def test_stalled_and_garbage_connections_delay_no_site(net):
 
 # the channel's protocol, driven directly ---------------------------------------------------------------
 class Pair:
-    """A DataChannel reading from ``self.raw`` (the hostile or test peer's end of a socketpair)."""
+    """A DataChannel reading from ``self.raw`` (the hostile or test peer's end of a socketpair); the whole frames
+    it delivers land in ``self.got`` (``whole=False``: a channel of blobs only, as a site's to its server)."""
 
-    def __init__(self, admit=lambda h, size, pending: "", max_held_bytes=1 << 30) -> None:
+    def __init__(self, admit=lambda h, size, pending: "", max_held_bytes=1 << 30, gate_open=True, whole=True) -> None:
         a, self.raw = socket.socketpair()
-        self.channel = DataChannel(a, local="server", peer="site-1", admit=admit, max_held_bytes=max_held_bytes)
+        self.got: queue.Queue = queue.Queue()
+        self.gate = threading.Event()
+        if gate_open:
+            self.gate.set()
+        self.channel = DataChannel(
+            a,
+            local="server",
+            peer="site-1",
+            admit=admit,
+            max_held_bytes=max_held_bytes,
+            deliver=self.got.put if whole else None,
+            gate=self.gate,
+        )
         self.channel.start()
 
     def envelope(self, env: pb.Envelope) -> None:
@@ -189,6 +204,11 @@ class Pair:
 
     def announce(self, blob: int, sizes=()) -> None:
         self.envelope(pb.Envelope(header=pb.Header(stream=blob, buffer_sizes=list(sizes))))
+
+    def header(self, stream: int, sizes=(), target="server", kind="aux", **fields) -> None:
+        """A whole frame's header."""
+        header = pb.Header(stream=stream, target=target, kind=kind, buffer_sizes=list(sizes), **fields)
+        self.envelope(pb.Envelope(header=header))
 
     def chunk(self, blob: int, buffer: int, data: bytes) -> None:
         self.raw.sendall(_C.pack(b"C", blob, buffer, len(data)) + data)
@@ -316,9 +336,188 @@ def test_a_peer_that_stops_reading_costs_a_sender_its_timeout_not_more():
             channel.send_blob([memoryview(np.zeros(64 << 20, np.uint8))], time.monotonic() + 0.5)
         assert time.monotonic() - began < 3.0
         assert channel.closed  # cut mid-record: the receiver frees what it held when it sees the end
+        with pytest.raises(ChannelUnavailable):
+            channel.send_frame(Frame(kind="next"), None)  # nothing written: the endpoint sends it by gRPC
     finally:
         channel.close("test over")
         b.close()
+
+
+def channel_pair(**options):
+    """Two DataChannels over a socketpair (gates open): (sender, receiver, what the receiver delivers)."""
+    a, b = socket.socketpair()
+    got: queue.Queue = queue.Queue()
+    gate = threading.Event()
+    gate.set()
+    sender = DataChannel(a, local="site-1", peer="server", admit=lambda *x: "", deliver=got.put, gate=gate)
+    receiver = DataChannel(b, local="server", peer="site-1", deliver=got.put, gate=gate, **options)
+    sender.start()
+    receiver.start()
+    return sender, receiver, got
+
+
+def test_whole_frames_arrive_in_order_from_the_authenticated_peer():
+    sender, receiver, got = channel_pair(admit=lambda *x: "")
+    try:
+        big = np.arange(CHUNK + 11, dtype=np.uint8)
+        frames = [
+            Frame(kind="aux", msg_id="1", topic="t", rc="OK", job_id="j", meta=b"m", buffers=[np.ones(3)]),
+            Frame(kind="bare", ref_id="r"),  # no body at all
+            Frame(kind="big", meta=b"M" * (META_INLINE + 1), buffers=[big, b"", b"xy"]),  # meta as its last buffer
+        ]
+        for frame in frames:
+            sender.send_frame(frame, None)
+        first, second, third = (got.get(timeout=5) for _ in range(3))
+        assert (first.kind, first.msg_id, first.topic, first.rc, first.job_id, first.meta) == (
+            "aux",
+            "1",
+            "t",
+            "OK",
+            "j",
+            b"m",
+        )
+        assert np.array_equal(np.frombuffer(first.buffers[0]), np.ones(3))
+        assert (second.kind, second.ref_id, second.buffers, second.meta) == ("bare", "r", [], b"")
+        assert third.meta == b"M" * (META_INLINE + 1) and [bytes(b) for b in third.buffers[1:]] == [b"", b"xy"]
+        assert np.array_equal(np.frombuffer(third.buffers[0], np.uint8), big)
+        assert {f.sender for f in (first, second, third)} == {"site-1"} and first.target == "server"
+    finally:
+        sender.close("test over")
+        receiver.close("test over")
+
+
+def test_the_sender_is_the_channels_peer_whatever_the_header_claims():
+    pair = Pair()
+    try:
+        pair.header(1, [2], kind="aux", sender="site-7")
+        pair.chunk(1, 0, b"ab")
+        frame = pair.got.get(timeout=5)
+        assert frame.sender == "site-1" and bytes(frame.buffers[0]) == b"ab"
+    finally:
+        pair.close()
+
+
+def test_frames_wait_for_the_gate_and_a_channel_whose_peer_never_switches_closes(monkeypatch):
+    monkeypatch.setattr(channel_module, "GATE_TIMEOUT", 0.5)
+    pair = Pair(gate_open=False)
+    try:
+        pair.header(1, kind="early")
+        with pytest.raises(queue.Empty):
+            pair.got.get(timeout=0.2)  # held: the peer's frames on the stream come first
+        pair.gate.set()
+        assert pair.got.get(timeout=5).kind == "early"
+    finally:
+        pair.close()
+    shut = Pair(gate_open=False)
+    try:
+        shut.header(1, kind="early")
+        assert shut.channel.reader_done.wait(5) and shut.channel.closed and "no Switch" in shut.channel.close_reason
+        assert shut.got.empty()
+    finally:
+        shut.close()
+
+
+@pytest.mark.parametrize(
+    "attack",
+    [
+        "chunk of no frame",
+        "unknown record",
+        "huge envelope",
+        "chunk past its buffer",
+        "inline meta and a meta size",
+        "ids go down",
+        "a frame for another site",
+        "a header envelope of the stream's kinds",
+        "a whole frame on a channel of blobs",
+    ],
+)
+def test_a_peer_that_breaks_the_whole_frame_protocol_loses_its_channel_and_nothing_else(attack):
+    pair = Pair(whole=attack != "a whole frame on a channel of blobs")
+    try:
+        if attack == "chunk of no frame":
+            pair.chunk(7, 0, b"x")
+        elif attack == "unknown record":
+            pair.raw.sendall(b"Z" * 64)
+        elif attack == "huge envelope":
+            pair.raw.sendall(_E.pack(b"E", 1 << 31))
+        elif attack == "chunk past its buffer":
+            pair.header(1, [2])
+            pair.chunk(1, 0, b"abc")
+        elif attack == "inline meta and a meta size":
+            pair.header(1, [1], meta=b"m", meta_size=5)
+        elif attack == "ids go down":
+            pair.header(2, [1])
+            pair.chunk(2, 0, b"x")
+            pair.header(1, [1])
+        elif attack == "a frame for another site":
+            pair.header(1, target="site-2", kind="aux")
+        elif attack == "a whole frame on a channel of blobs":
+            pair.header(1, kind="aux")
+        else:
+            pair.envelope(pb.Envelope(hello=pb.Hello(name="site-1")))
+        assert pair.channel.reader_done.wait(5) and pair.channel.closed
+        if attack == "ids go down":
+            assert pair.got.get(timeout=1).buffers == [bytearray(b"x")]  # the frame before the lie arrived
+        assert pair.got.empty()
+    finally:
+        pair.close()
+
+
+def test_a_frame_over_the_receivers_limit_comes_as_its_header_with_the_reason():
+    pair = Pair(admit=lambda h, size, pending: "over the limit" if size > 1000 else "")
+    try:
+        pair.header(1, [3000], kind="aux", msg_id="a", meta=b"m")
+        pair.chunk(1, 0, b"x" * 3000)  # skipped
+        pair.header(2, [3], kind="aux", msg_id="b")
+        pair.chunk(2, 0, b"abc")
+        refused, fine = pair.got.get(timeout=5), pair.got.get(timeout=5)
+        assert (refused.msg_id, refused.error, refused.meta, refused.buffers) == ("a", "over the limit", b"", [])
+        assert (fine.msg_id, fine.error, bytes(fine.buffers[0])) == ("b", "", b"abc") and not pair.channel.closed
+    finally:
+        pair.close()
+
+
+def test_refused_frames_left_unfinished_are_capped(monkeypatch):
+    monkeypatch.setattr(channel_module, "MAX_REFUSED", 3)
+    pair = Pair(admit=lambda h, size, pending: "over the limit")
+    try:
+        try:
+            for stream in range(1, 6):
+                pair.header(stream, [4000])  # refused, and their chunks never come
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # the channel closed under the flood: what this test wants
+        assert pair.channel.reader_done.wait(5) and pair.channel.closed
+        assert pair.got.qsize() == 3  # each refused one was answered before the flood closed it
+    finally:
+        pair.close()
+
+
+def test_a_cancel_frees_what_arrived_of_a_frame():
+    pair = Pair()
+    try:
+        pair.header(1, [10])
+        pair.chunk(1, 0, b"12345")
+        pair.envelope(pb.Envelope(cancel=pb.Cancel(stream=1, reason="gave up")))
+        pair.header(2, kind="after")
+        assert pair.got.get(timeout=5).kind == "after"
+        assert not pair.channel._pending and pair.channel._pending.nbytes == 0 and not pair.channel.closed
+    finally:
+        pair.close()
+
+
+def test_ending_the_writes_lets_the_peer_read_everything_first():
+    sender, receiver, got = channel_pair(admit=lambda *x: "")
+    try:
+        for i in range(20):
+            sender.send_frame(Frame(kind="k", msg_id=str(i), buffers=[np.full(50_000, i, np.uint8)]), None)
+        sender.end_writes()
+        with pytest.raises(ChannelUnavailable):
+            sender.send_frame(Frame(kind="late"), None)
+        assert receiver.reader_done.wait(5)  # it read to the end
+        assert [got.get(timeout=1).msg_id for _ in range(20)] == [str(i) for i in range(20)]
+    finally:
+        sender.close("test over")
+        receiver.close("test over")
 
 
 def test_writers_take_turns_first_come_first_served():
@@ -417,13 +616,26 @@ def test_direct_peer_connections_get_a_data_channel_too(net):
     two, in2 = net("site-2", direct_p2p=True)
     wait_for(lambda: "site-1" in two.data_peers and "site-2" in one.data_peers)
     wait_for(lambda: "site-2" in one._conns and "site-1" in two._conns)  # the dialer registers it last
-    assert "site-2" in one._conns and "site-1" in two._conns  # a direct connection carries the headers
+    assert "site-2" in one._conns and "site-1" in two._conns
     big = np.arange(5 * CHUNK + 3, dtype=np.uint8)
     for sender, target, inbox in ((two, "site-1", in1), (one, "site-2", in2)):
         sender.send(target, Frame(kind="aux", msg_id="1", meta=b"m", buffers=[big, np.ones(3)]))
         got = inbox.get()
         assert got.sender == sender.address and np.array_equal(np.frombuffer(got.buffers[0], np.uint8), big)
-    two._data["site-1"].close("broken by the test")  # the bulk goes by gRPC again, and still arrives
+    threads = []
+    delivered = one._on_frame
+
+    def on_frame(frame):
+        threads.append(threading.current_thread().name)
+        delivered(frame)
+
+    one._on_frame = on_frame
+    wait_for(lambda: two._conns["site-1"].frames_out is not None and one._conns["site-2"].frames_out is not None)
+    for i in range(50):  # small frames: whole on the channel, each written by its caller, read by the channel's reader
+        two.send("site-1", Frame(kind="aux", msg_id=f"s{i}", meta=b"x" * i))
+    assert [in1.get().msg_id for _ in range(50)] == [f"s{i}" for i in range(50)]
+    assert set(threads) == {"site-1-data-site-2"}
+    two._data["site-1"].close("broken by the test")  # the frames go by gRPC again, and still arrive
     wait_for(lambda: "site-2" not in one.data_peers)
     two.send("site-1", Frame(kind="aux", msg_id="2", buffers=[big]))
     assert in1.get().msg_id == "2"

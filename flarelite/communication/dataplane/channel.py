@@ -1,15 +1,26 @@
-"""DataChannel: the buffers of large frames over one connected stream socket, beside the gRPC stream to the same
-peer. The frame's header keeps travelling on the gRPC stream, in order, naming its buffers as blob N of this
-channel; so a frame's place among the others is the stream's, and only its bytes take the faster way.
+"""DataChannel: frames over one connected stream socket, beside the gRPC stream to the same peer, in two ways.
+
+* Blobs (a site and its server): the buffers of a large frame go on the channel as blob N, and the frame's
+  header keeps travelling on the gRPC stream naming blob N; so a frame's place among the others (relayed frames,
+  peer events, small frames) is the stream's, and only its bytes take the faster way.
+* Whole frames (two sites on a direct connection, where nothing else shares the stream): after a side says
+  ``Switch`` on the stream, every frame it sends the peer goes on the channel, header and buffers, small ones in
+  one write; the receiver delivers them (``deliver``, on the reader thread) once its ``gate`` is open, i.e. once
+  every frame the peer began on the stream before the Switch is delivered. So the peers' frames keep their order,
+  and a small message costs one write and one read instead of two event-loop hops and gRPC's framing.
 
 Records on the socket (little-endian):
 
-* ``E <u32 n> <n bytes>``: a protobuf ``Envelope``: a ``Header`` announcing blob ``stream`` (its buffers' sizes;
-  no other field counts), or a ``Cancel`` (the sender gave up on a blob it started);
-* ``C <u64 blob> <u32 buffer> <u32 n> <n bytes>``: ``n`` raw bytes of buffer ``buffer`` of that blob, received
-  straight into it (``recv_into``): one copy in the receiver, none extra in the sender.
+* ``E <u32 n> <n bytes>``: a protobuf ``Envelope``: a ``Header``, either announcing blob ``stream`` (its
+  buffers' sizes; no ``kind``, no other field counts) or starting whole frame ``stream`` (a ``kind``, its routing
+  fields, its meta inline or as one more buffer after the others when large); or a ``Cancel`` (the sender gave up
+  on a blob or frame it started);
+* ``C <u64 id> <u32 buffer> <u32 n> <n bytes>``: ``n`` raw bytes of buffer ``buffer`` of that blob or frame,
+  received straight into it (``recv_into``): one copy in the receiver, none extra in the sender.
 
-Sending (``send_blob``): the caller's thread writes the blob itself (no hop to an event loop); callers take turns
+Blob and frame ids are one sequence and go up.
+
+Sending (``send_blob``, ``send_frame``): the caller's thread writes itself (no hop to an event loop); callers take turns
 chunk by chunk, first come first served, so one large blob never holds up another for more than a chunk. The
 socket is blocking (one call per record, finished by the kernel without the GIL); a write's deadline is kept by a
 watchdog thread, which closes the channel when the record being written passes it. The
@@ -17,9 +28,13 @@ sender queues the frame's header on gRPC only once its blob is written, so the r
 blob when the header arrives. A blob that cannot be finished within its timeout is cancelled, or, cut
 mid-record, the channel is closed.
 
-Receiving: one reader thread assembles blobs with ``wire.Assembly`` (memory follows the bytes received; the
-endpoint's caps on unfinished frames apply); a finished blob waits to be claimed (``claim``) by its header.
-What finished blobs hold unclaimed is capped too: a peer that sends blobs and no headers loses its channel.
+Receiving: one reader thread assembles blobs and frames with ``wire.Assembly`` (memory follows the bytes
+received; the endpoint's caps on unfinished frames apply); a finished blob waits to be claimed (``claim``) by its
+header. What finished blobs hold unclaimed is capped too: a peer that sends blobs and no headers loses its
+channel. A whole frame over a cap is delivered as its header with ``error`` saying why (its chunks skipped); its
+sender is the channel's authenticated peer, whatever the header says; one for anyone but this endpoint, or on a
+channel that takes no whole frames, ends the channel. ``end_writes`` ends the sending side in order: the peer
+reads everything written before it, then the end.
 """
 
 from __future__ import annotations
@@ -37,7 +52,8 @@ from collections.abc import Callable
 from ... import logsafe
 from ...errors import ProtocolError, TransportClosed, TransportTimeout
 from ..grpc import flarelite_pb2 as pb
-from ..grpc.wire import Assembly, Inbound, check_header
+from ..grpc.wire import Assembly, Inbound, body_size, check_header, header_from_proto
+from ..protocol import Frame
 
 _log = logging.getLogger("flarelite.dataplane")
 logsafe.install(_log)  # names and reasons a peer sent are logged escaped
@@ -45,18 +61,29 @@ logsafe.install(_log)  # names and reasons a peer sent are logged escaped
 CHUNK = 4 << 20  # bytes of a buffer per C record (a turn)
 MAX_ENVELOPE = 2 << 20  # an E record holds a blob's announcement (its buffer sizes) or a cancel
 MAX_BLOB_BUFFERS = 1 << 17
-MAX_REFUSED = 256  # refused blobs whose headers have not come yet; more close the channel
-POLL = 1.0  # seconds a writer waiting for its turn looks at the channel's state again
+MAX_REFUSED = 256  # refused blobs whose headers have not come yet (or frames whose chunks still come); more close it
+POLL = 1.0  # seconds a writer waiting for its turn, or the watchdog, looks at the channel's state again
+META_INLINE = 256 << 10  # a whole frame's meta up to this size travels in its header (under MAX_ENVELOPE with
+# MAX_BUFFERS sizes); larger meta goes as the frame's last buffer
+SMALL = 64 << 10  # a whole frame of at most this many bytes is written as one piece
+GATE_TIMEOUT = 30.0  # seconds whole frames may wait for the peer's Switch on the stream; then the channel closes
 _E = struct.Struct("<cI")
 _C = struct.Struct("<cQII")
 _READ_BUFFER = 256 << 10
 _WAITALL = getattr(socket, "MSG_WAITALL", 0)
 
-Admit = Callable[[pb.Header, int, Inbound], str]  # why a blob may not be received here ('' if it may)
+Admit = Callable[[pb.Header, int, Inbound], str]  # why a blob or frame may not be received here ('' if it may)
+Deliver = Callable[[Frame], None]
+_thread = threading.local()  # .reading: this thread is a channel's reader
+
+
+def on_reader_thread() -> bool:
+    """True on a channel's reader thread (inside ``deliver``): a frame sent from here must not wait unbounded."""
+    return getattr(_thread, "reading", False)
 
 
 class ChannelUnavailable(Exception):
-    """The channel is closed and nothing was written: send the frame another way."""
+    """The channel is closed (or ending) and nothing was written: send the frame another way."""
 
 
 class _Turns:
@@ -89,7 +116,8 @@ class _Turns:
                 self._queue.remove(me)
             except ValueError:
                 pass
-            self._cond.notify_all()
+            if self._queue:
+                self._cond.notify_all()
 
     def _wait(
         self, me: object, deadline: float | None, closed: Callable[[], bool], leave_on_timeout: bool = True
@@ -112,21 +140,24 @@ class _Cut(Exception):
 
 
 class _Refused:
-    """A blob refused here (over a limit) whose chunks are still coming: counted off and dropped."""
+    """A blob or frame refused here (over a limit) whose chunks are still coming: counted off and dropped."""
 
-    __slots__ = ("remaining", "problem")
+    __slots__ = ("remaining", "problem", "whole")
 
-    def __init__(self, remaining: int, problem: str) -> None:
-        self.remaining, self.problem = remaining, problem
+    def __init__(self, remaining: int, problem: str, whole: bool = False) -> None:
+        self.remaining, self.problem, self.whole = remaining, problem, whole
 
 
 class DataChannel:
-    """One socket to ``peer`` carrying blobs both ways (see the module docstring).
+    """One socket to ``peer`` carrying blobs and whole frames both ways (see the module docstring).
 
     Parameters:
         sock: a connected stream socket whose peer has been authenticated.
-        local: this endpoint's name; peer: the authenticated name of the other end (for messages).
-        admit: the endpoint's limits: why a blob's announced buffers may not be received ('' when they may).
+        local: this endpoint's name; peer: the authenticated name of the other end (every whole frame's sender).
+        admit: the endpoint's limits: why a blob's or frame's announced body may not be received ('' when it may).
+        deliver: takes each whole frame received (on the reader thread; it must return quickly); None: this
+            channel carries blobs only, and a whole frame on it breaks its protocol.
+        gate: set once the peer's frames begun on the stream before its Switch are delivered; whole frames wait.
         on_close: called once when the channel closes (from whichever thread closes it).
         max_held_bytes: bytes finished blobs may hold before their headers claim them.
     """
@@ -140,22 +171,28 @@ class DataChannel:
         admit: Admit,
         on_close: Callable[[DataChannel], None] | None = None,
         max_held_bytes: int = 8 << 30,
+        deliver: Deliver | None = None,
+        gate: threading.Event | None = None,
     ) -> None:
         self.sock = sock
         self.local, self.peer = local, peer
         self._admit, self._on_close = admit, on_close
+        self._deliver = deliver
+        self.gate = gate if gate is not None else threading.Event()
         self.max_held_bytes = max_held_bytes
         # blocking: a write or a chunk's read is one call that the kernel finishes without the GIL; ``close`` wakes
         # them (shutdown), and a write's deadline is kept by the watchdog, which closes the channel at it
         sock.settimeout(None)
         self._watch = threading.Condition(threading.Lock())
         self._writing: tuple[float, int] | None = None  # (deadline, serial) of the record being written
+        self._watch_until = 0.0  # when the watchdog looks next (a write due earlier wakes it)
         self._serial = 0
         self._cut_by_deadline = 0  # the serial of the record the watchdog cut
         self._watchdog: threading.Thread | None = None
         self._turns = _Turns()
         self._ids = itertools.count(1)
         self.closed = False
+        self.ended = False  # end_writes was called: nothing more is sent
         self.close_reason = ""
         self._lock = threading.Lock()  # guards what follows (the reader fills it, claimers take from it)
         self._done: dict[int, list] = {}  # finished blobs not claimed yet
@@ -163,6 +200,9 @@ class DataChannel:
         self._claims: dict[int, concurrent.futures.Future] = {}  # claimed before they finished
         self._dropped: set[int] = set()  # refused by their header: freed when they finish
         self._refused: dict[int, str] = {}  # blobs refused here (why), until their header asks (at most MAX_REFUSED)
+        self._refused_frames = 0  # whole frames refused here whose chunks still come (at most MAX_REFUSED)
+        self._whole: set[int] = set()  # ids of the whole frames being received (the others are blobs)
+        self._refusal_log = logsafe.RateLimit()
         self._pending = Inbound()  # blobs being received (reader thread)
         self._announced = 0  # the highest blob id announced (they go up)
         self._buf = bytearray(_READ_BUFFER)
@@ -190,10 +230,25 @@ class DataChannel:
             pass
         self.sock.close()
         _log.debug("%s: data channel to %s closed: %s", self.local, self.peer, reason, extra={"site": self.local})
+        with self._watch:
+            self._watch.notify()
         if self._on_close is not None:
             self._on_close(self)
         if not self._reader.is_alive():
             self._fail_claims()
+
+    def end_writes(self, timeout: float = 2.0) -> None:
+        """Send nothing more: after the record being written (waiting at most ``timeout``), the peer reads the end."""
+        me = object()
+        self.ended = True
+        took = self._turns.take(me, time.monotonic() + timeout, self._is_closed)
+        try:
+            if took and not self.closed:
+                self.sock.shutdown(socket.SHUT_WR)
+        except OSError:
+            pass
+        finally:
+            self._turns.leave(me)
 
     def _is_closed(self) -> bool:
         return self.closed
@@ -207,8 +262,8 @@ class DataChannel:
             TransportTimeout: ``deadline`` (a ``time.monotonic()`` value) passed; what was sent is cancelled.
             TransportClosed: the channel failed while the blob was being written.
         """
-        if self.closed:
-            raise ChannelUnavailable(self.close_reason)
+        if self.closed or self.ended:
+            raise ChannelUnavailable(self.close_reason or "the channel is ending")
         sizes = [p.nbytes for p in pieces]
         me = object()
         if not self._turns.take(me, deadline, self._is_closed):
@@ -216,25 +271,87 @@ class DataChannel:
                 f"{what} to {self.peer!r} was not sent within its timeout: the data channel was busy with others"
             )
         try:
-            if self.closed:
-                raise ChannelUnavailable(self.close_reason)
+            if self.closed or self.ended:
+                raise ChannelUnavailable(self.close_reason or "the channel is ending")
             blob = next(self._ids)  # taken in turn: ids go up on the wire, so the receiver can tell a stale one
             head = pb.Envelope(header=pb.Header(stream=blob, buffer_sizes=sizes)).SerializeToString()
-            self._write((_E.pack(b"E", len(head)), head), deadline, what)
-            for index, view in enumerate(pieces):
-                for offset in range(0, view.nbytes, CHUNK):
-                    if not self._turns.rotate(me, deadline, self._is_closed):
-                        self._turns.rotate(me, None, self._is_closed)  # the cancel waits for its turn
-                        self._cancel(blob, "not sent within its timeout")
-                        raise TransportTimeout(
-                            f"{what} to {self.peer!r} was not sent within its timeout (the receiver takes it "
-                            "slower); what was sent of it is cancelled"
-                        )
-                    part = view[offset : offset + CHUNK]
-                    self._write((_C.pack(b"C", blob, index, part.nbytes), part), deadline, what)
+            self._write_records(me, blob, head, pieces, deadline, what)
         finally:
             self._turns.leave(me)
         return blob
+
+    def send_frame(self, frame: Frame, deadline: float | None) -> None:
+        """Write ``frame`` whole (from this endpoint to the peer) on this thread; return once the socket took it.
+
+        Raises:
+            ChannelUnavailable: the channel is closed or ending and nothing was written (send the frame another way).
+            TransportTimeout: ``deadline`` (a ``time.monotonic()`` value) passed; what was sent is cancelled.
+            TransportClosed: the channel failed while the frame was being written.
+        """
+        if self.closed or self.ended:
+            raise ChannelUnavailable(self.close_reason or "the channel is ending")
+        pieces = [memoryview(b).cast("B") if memoryview(b).format != "B" else memoryview(b) for b in frame.buffers]
+        sizes = [p.nbytes for p in pieces]
+        meta = frame.meta
+        inline = len(meta) <= META_INLINE
+        if not inline:
+            pieces.append(memoryview(meta))
+        total = sum(sizes) + len(meta)
+        what = f"{frame.kind} frame"
+        me = object()
+        if not self._turns.take(me, deadline, self._is_closed):
+            raise TransportTimeout(
+                f"{what} to {self.peer!r} was not sent within its timeout: the data channel was busy with others"
+            )
+        try:
+            if self.closed or self.ended:
+                raise ChannelUnavailable(self.close_reason or "the channel is ending")
+            stream = next(self._ids)  # taken in turn: ids go up on the wire
+            head = pb.Envelope(
+                header=pb.Header(
+                    stream=stream,
+                    kind=frame.kind,
+                    sender=self.local,
+                    target=self.peer,
+                    msg_id=frame.msg_id,
+                    ref_id=frame.ref_id,
+                    topic=frame.topic,
+                    job_id=frame.job_id,
+                    rc=frame.rc,
+                    meta=bytes(meta) if inline else b"",
+                    meta_size=0 if inline else len(meta),
+                    buffer_sizes=sizes,
+                    error=frame.error,
+                )
+            ).SerializeToString()
+            if total <= SMALL:  # one write: the header and every buffer
+                parts: list = [_E.pack(b"E", len(head)), head]
+                for index, view in enumerate(pieces):
+                    if view.nbytes:
+                        parts += (_C.pack(b"C", stream, index, view.nbytes), view)
+                self._write((b"".join(parts),), deadline, what)
+                return
+            self._write_records(me, stream, head, pieces, deadline, what)
+        finally:
+            self._turns.leave(me)
+
+    def _write_records(
+        self, me: object, stream: int, head: bytes, pieces: list, deadline: float | None, what: str
+    ) -> None:
+        """Write the E record ``head`` of blob or frame ``stream``, then its ``pieces`` as C records, a chunk a turn
+        (``me`` holds the turn); past ``deadline`` what was sent is cancelled."""
+        self._write((_E.pack(b"E", len(head)), head), deadline, what)
+        for index, view in enumerate(pieces):
+            for offset in range(0, view.nbytes, CHUNK):
+                if not self._turns.rotate(me, deadline, self._is_closed):
+                    self._turns.rotate(me, None, self._is_closed)  # the cancel waits for its turn
+                    self._cancel(stream, "not sent within its timeout")
+                    raise TransportTimeout(
+                        f"{what} to {self.peer!r} was not sent within its timeout (the receiver takes it slower); "
+                        "what was sent of it is cancelled"
+                    )
+                part = view[offset : offset + CHUNK]
+                self._write((_C.pack(b"C", stream, index, part.nbytes), part), deadline, what)
 
     def _cancel(self, blob: int, reason: str) -> None:
         body = pb.Envelope(cancel=pb.Cancel(stream=blob, reason=reason)).SerializeToString()
@@ -265,7 +382,10 @@ class DataChannel:
                     self._writing = None
 
     def _watch_write(self, deadline: float | None) -> int:
-        """Tell the watchdog that a record with ``deadline`` is being written (None: no deadline); its serial."""
+        """Tell the watchdog that a record with ``deadline`` is being written (None: no deadline); its serial.
+
+        The watchdog is woken only when this deadline comes before it would look anyway (a small write costs no
+        thread switch)."""
         if deadline is None:
             return 0
         with self._watch:
@@ -276,7 +396,8 @@ class DataChannel:
                     target=self._watch_loop, name=f"{self.local}-data-watch-{self.peer}", daemon=True
                 )
                 self._watchdog.start()
-            self._watch.notify()
+            elif deadline < self._watch_until:
+                self._watch.notify()
             return self._serial
 
     def _watch_loop(self) -> None:
@@ -284,17 +405,15 @@ class DataChannel:
         with self._watch:
             while not self.closed:
                 writing = self._writing
-                if writing is None:
-                    self._watch.wait(POLL)
-                    continue
-                left = writing[0] - time.monotonic()
+                now = time.monotonic()
+                left = POLL if writing is None else min(POLL, writing[0] - now)
                 if left > 0:
-                    self._watch.wait(min(left, POLL))
+                    self._watch_until = now + left
+                    self._watch.wait(left)
                     continue
-                if self._writing is writing:
-                    self._cut_by_deadline = writing[1]
-                    self._writing = None
-                    break
+                self._cut_by_deadline = writing[1]  # type: ignore[index]
+                self._writing = None
+                break
         if self._cut_by_deadline and not self.closed:
             self.close("a blob was cut short by its timeout")
 
@@ -362,6 +481,7 @@ class DataChannel:
 
     # receiving ---------------------------------------------------------------------------------------
     def _read_loop(self) -> None:
+        _thread.reading = True
         pending = self._pending
         reason = "closed"  # (closed between two records: the loop just ends)
         try:
@@ -402,7 +522,10 @@ class DataChannel:
             self._on_header(env.header, pending)
         elif body == "cancel":
             with self._lock:
-                pending.pop(env.cancel.stream, None)
+                state = pending.pop(env.cancel.stream, None)
+            if type(state) is _Refused and state.whole:
+                self._refused_frames -= 1
+            self._whole.discard(env.cancel.stream)
             self._finished_cancelled(env.cancel.stream, env.cancel.reason)
         else:
             raise ProtocolError(f"unexpected {body!r} envelope")
@@ -417,6 +540,9 @@ class DataChannel:
     def _on_header(self, h: pb.Header, pending: Inbound) -> None:
         if h.stream <= self._announced:
             raise ProtocolError(f"blob id {h.stream} after {self._announced} (ids go up)")
+        if h.kind:
+            self._on_frame_header(h, pending)
+            return
         if len(h.buffer_sizes) > MAX_BLOB_BUFFERS or h.meta or h.meta_size:
             raise ProtocolError("a blob announcement with meta or too many buffers")
         check_header(h)
@@ -442,6 +568,64 @@ class DataChannel:
         if assembly.complete:
             self._finished(h.stream, assembly.finish().buffers)
 
+    def _on_frame_header(self, h: pb.Header, pending: Inbound) -> None:
+        """A whole frame starts (or is complete already)."""
+        self._announced = h.stream
+        if self._deliver is None:
+            raise ProtocolError(f"a whole {h.kind!r} frame on a channel that carries only blobs")
+        check_header(h)
+        if h.target != self.local:
+            raise ProtocolError(f"a frame for {h.target!r} (only frames for {self.local!r} travel on this channel)")
+        h.sender = self.peer  # the authenticated identity, not the claim
+        size = body_size(h)
+        problem = self._admit(h, size, pending)
+        if problem:  # its header is delivered with the reason; its chunks are skipped
+            remaining = size - len(h.meta)
+            if remaining > 0:
+                if self._refused_frames >= MAX_REFUSED:
+                    raise ProtocolError(f"{self._refused_frames} refused frames are unfinished (it sends on anyway)")
+                with self._lock:
+                    pending[h.stream] = _Refused(remaining, problem, whole=True)
+                self._refused_frames += 1
+            self._log_refusal(h.kind, problem)
+            frame = header_from_proto(h)
+            frame.meta, frame.error = b"", problem
+            self._pass(frame)
+            return
+        assembly = Assembly(h)
+        if assembly.complete:
+            self._pass(assembly.finish())
+            return
+        with self._lock:
+            pending[h.stream] = assembly
+        self._whole.add(h.stream)
+
+    def _pass(self, frame: Frame) -> None:
+        """Deliver a whole frame once the gate is open (the peer's frames begun on the stream are delivered)."""
+        if not self.gate.is_set():
+            deadline = time.monotonic() + GATE_TIMEOUT
+            while not self.gate.wait(min(POLL, max(0.0, deadline - time.monotonic()))):
+                if self.closed:
+                    raise _Cut("")
+                if time.monotonic() >= deadline:
+                    raise ProtocolError(f"frames came on the data channel, no Switch on the stream in {GATE_TIMEOUT}s")
+        assert self._deliver is not None
+        self._deliver(frame)
+
+    def _log_refusal(self, kind: str, problem: str) -> None:
+        allowed = self._refusal_log.check(self.peer)
+        if allowed is not None:
+            more = f" ({allowed[0]} more refused since the last report)" if allowed[0] else ""
+            _log.error(
+                "%s: refused the body of a %s frame from %s on the data channel: %s%s",
+                self.local,
+                kind,
+                self.peer,
+                problem,
+                more,
+                extra={"site": self.local},
+            )
+
     def _on_chunk(self, blob: int, buffer: int, size: int, pending: Inbound) -> None:
         state = pending.get(blob)
         if state is None:
@@ -454,6 +638,8 @@ class DataChannel:
             if state.remaining <= 0:
                 with self._lock:
                     pending.pop(blob, None)
+                if state.whole:
+                    self._refused_frames -= 1
             return
         try:
             slot = state.slot(buffer, size)
@@ -463,6 +649,13 @@ class DataChannel:
             raise ProtocolError(f"no memory for blob {blob}: {exc}") from None
         self._read_into(slot)
         if state.complete:
+            if blob in self._whole:
+                self._whole.discard(blob)
+                frame = state.finish()
+                with self._lock:
+                    pending.pop(blob, None)
+                self._pass(frame)
+                return
             self._finished(blob, state.finish().buffers)
 
     # the socket, read through a small buffer (record heads) or straight into the destination (chunks) ------

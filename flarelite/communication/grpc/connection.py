@@ -176,6 +176,10 @@ class Connection:
         self.last_sent = time.monotonic()
         self.heartbeat_interval = heartbeat_interval
         self.data_channel: Any = None  # the data channel opened on this connection (data_routes.py), if any
+        self.route_lock = threading.Lock()  # a frame's choice between stream and channel, and the Switch
+        self.frames_out: Any = None  # the channel this side's frames to ``name`` take (after its Switch)
+        self.data_gate = threading.Event()  # set: frames from ``name`` on the channel may be delivered
+        self.gate_streams: set[int] | None = None  # after ``name``'s Switch: its frames begun before it, undelivered
 
     def enqueue(self, out: Outgoing | pb.Envelope) -> None:
         """Add a frame (or a control envelope) to the writer's rotation (loop thread only)."""

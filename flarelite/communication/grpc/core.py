@@ -235,6 +235,8 @@ class EndpointCore(CommunicationProtocol):
                 elif body == "close":
                     conn.close(f"{conn.name} closed the connection: {env.close.reason}")
                     return
+                elif body == "switch":
+                    self._on_switch(conn, pending)
                 else:
                     raise ProtocolError(f"unexpected {body!r} envelope from {conn.name}")
         except ProtocolError as exc:
@@ -348,11 +350,15 @@ class EndpointCore(CommunicationProtocol):
             remaining = state.remaining  # the chunk that found no memory is counted in already
             del pending[chunk.stream]  # frees what it held
             self._refuse(conn, state.frame, str(exc), chunk.stream, remaining, pending)
+            if conn.gate_streams:
+                self._gate_passed(conn, chunk.stream)
             return
         if state.complete:
             frame = state.finish()
             del pending[chunk.stream]
             self._deliver(frame)
+            if conn.gate_streams:
+                self._gate_passed(conn, chunk.stream)
 
     def _on_peer_envelope(self, event: pb.PeerEvent) -> None:
         """A site joined or left (told by the server); dialing.py handles it."""
@@ -362,7 +368,15 @@ class EndpointCore(CommunicationProtocol):
         """A header whose buffers come on the data channel; data_routes.py handles it."""
         raise NotImplementedError
 
-    def _drop_data(self, name: str, conn: Connection) -> None:
+    def _on_switch(self, conn: Connection, pending: Inbound) -> None:
+        """The peer's frames take its data channel from here on; data_routes.py handles it."""
+        raise NotImplementedError
+
+    def _gate_passed(self, conn: Connection, stream: int) -> None:
+        """Frame ``stream`` of ``conn`` is delivered or gone (the data channel's gate); data_routes.py."""
+        raise NotImplementedError
+
+    async def _drop_data(self, name: str, conn: Connection) -> None:
         """``conn`` ended, and with it its data channel; data_routes.py handles it."""
         raise NotImplementedError
 
@@ -449,6 +463,8 @@ class EndpointCore(CommunicationProtocol):
     def _on_cancel(self, conn: Connection, env: pb.Envelope, pending: dict) -> None:
         """The sender gave up on a frame: free what is held of it; a relayed one is cancelled at its target."""
         state = pending.pop(env.cancel.stream, None)  # an assembly being filled here is dropped with it
+        if conn.gate_streams:
+            self._gate_passed(conn, env.cancel.stream)
         if isinstance(state, _Relay) and state.out is not None and state.dest is not None:
             state.dest.cancel(state.out, f"{conn.name} gave up on it: {env.cancel.reason}")
 
@@ -486,7 +502,7 @@ class EndpointCore(CommunicationProtocol):
             conn.close(conn.close_reason or "direct connection ended")
             writer.cancel()
             beat.cancel()
-            self._drop_data(conn.name, conn)
+            await self._drop_data(conn.name, conn)
             if self._conns.get(conn.name) is conn:
                 del self._conns[conn.name]
             _log.info("%s: direct connection to %s ended (%s)", self.address, conn.name, conn.close_reason)

@@ -10,11 +10,24 @@ on, a frame between that site and the server whose buffers hold ``BLOB_MIN`` byt
 on the channel, then its header on the gRPC stream with ``blob`` set. The receiver's stream reader takes the
 blob's buffers from the channel when it reaches the header (they are there, or nearly: the sender wrote them
 first), so frames keep the stream's order and causality (relayed frames, PeerEvents, small frames all stay on
-the stream), and only the bulk of the bytes takes the faster way. Relayed frames between sites stay on gRPC; a
-direct connection between two sites (direct_p2p, Unix sockets) gets a channel of its own the same way, offered
-by the listening site in its Welcome. A blob is sent only when its header takes the stream the channel belongs
-to, and such a frame is never rerouted to the relay. The channel lives and dies with its gRPC connection;
-without one, or when it fails before a blob is written, frames go wholly by gRPC.
+the stream), and only the bulk of the bytes takes the faster way. Relayed frames between sites
+stay on gRPC.
+
+A direct connection between two sites (direct_p2p) gets a channel of its own the same way, offered by the
+listening site in its Welcome, and there whole frames take it: nothing but those two sites' frames shares that
+stream, so once a side has its channel it queues a ``Switch`` on the stream (under the connection's
+``route_lock``, so no frame chosen for the stream can follow it) and from then on sends every frame for the peer
+on the channel, written by the caller's thread, delivered by the peer's reader thread: a small aux round trip
+costs a write and a read each way. The receiver holds those frames until every frame the peer began on the
+stream before its Switch is delivered (the connection's ``data_gate``), so their order is kept. Why not on the
+server's connection too: there the server's own frames share the stream with frames it relays from other sites
+and with its peer events, and causality across them (a run's end after the aux messages it relays, a task after
+the peer event announcing a site) is the stream's order; whole frames there would need the relay on the channels.
+
+A blob is sent only when its header takes the stream the channel belongs to, and such a frame is never rerouted
+to the relay. The channel lives and dies with its gRPC connection: when the connection ends, the channel's reader
+first reads what the peer wrote before ending its writes (``DRAIN``), so a site's last frames arrive before the
+news that it left. Without a channel, or when it fails before a blob or frame is written, frames go wholly by gRPC.
 """
 
 from __future__ import annotations
@@ -23,6 +36,7 @@ import asyncio
 import hmac
 import logging
 import secrets
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -34,11 +48,12 @@ from ..protocol import Frame
 from . import flarelite_pb2 as pb
 from .connection import Connection
 from .core import EndpointCore
-from .wire import Inbound, header_from_proto, header_problem
+from .wire import Assembly, Inbound, header_from_proto, header_problem
 
 _log = logging.getLogger("flarelite.grpc")
 DATA_WAIT = 3.0  # seconds an offered channel has to be opened
 BLOB_MIN = 256 << 10  # frames whose buffers hold at least this many bytes send them on the channel
+DRAIN = 2.0  # seconds a channel's reader has, when its connection ends, to read what the peer wrote before it
 
 
 @dataclass
@@ -130,6 +145,8 @@ class DataRoutes(EndpointCore):
         if old is not None:
             old.close(f"{name} opened a new data channel")
         channel.start()
+        if self._whole_frames(name):
+            self._switch(offer.conn, channel)
         _log.info("%s: data channel to %s open", self.address, name, extra={"site": self.address})
         return None
 
@@ -172,12 +189,15 @@ class DataRoutes(EndpointCore):
         if old is not None:
             old.close("a new data channel replaced it")
         channel.start()
+        if self._whole_frames(server):
+            self._switch(conn, channel)
 
     # both --------------------------------------------------------------------------------------------
     def _new_channel(self, sock: Any, peer: str, conn: Connection) -> data_channel.DataChannel:
         def admit(h: pb.Header, size: int, pending: Inbound) -> str:
             return header_problem(h, self.max_message_size) or self._over_cap(h, size, pending)
 
+        whole = self._whole_frames(peer)
         channel = data_channel.DataChannel(
             sock,
             local=self.address,
@@ -185,24 +205,78 @@ class DataRoutes(EndpointCore):
             admit=admit,
             on_close=self._channel_closed,
             max_held_bytes=self.max_pending_bytes,
+            deliver=self._deliver if whole else None,
+            gate=conn.data_gate,
         )
         conn.data_channel = channel  # its stream's headers claim its blobs (also after it closes), its blobs only
         return channel
+
+    def _whole_frames(self, peer: str) -> bool:
+        """Whether whole frames take the channel to ``peer``: on a direct connection between two sites."""
+        return not self.is_server and peer != self._server_name
+
+    def _switch(self, conn: Connection, channel: data_channel.DataChannel) -> None:
+        """From now on this side's frames to ``channel.peer`` take ``channel``: say so on the stream, after every
+        frame already chosen for it (any thread)."""
+        assert self._loop is not None
+        with conn.route_lock:
+            conn.frames_out = channel
+            self._loop.call_soon_threadsafe(conn.enqueue, pb.Envelope(switch=pb.Switch()))
+
+    def _channel_for(self, conn: Connection, target: str) -> data_channel.DataChannel | None:
+        """The channel a whole frame for ``target`` routed on ``conn`` takes, or None (the stream)."""
+        channel = conn.frames_out
+        if channel is None or channel.closed or channel.ended or channel.peer != target:
+            return None
+        return channel
+
+    def _on_switch(self, conn: Connection, pending: Inbound) -> None:
+        """The peer's frames come on its channel from here on: open the gate once the frames it began on this
+        stream are delivered (loop thread)."""
+        if conn.data_gate.is_set() or conn.gate_streams is not None:
+            return  # once per connection
+        if not self._whole_frames(conn.name):
+            _log.warning("%s: ignored a Switch from %s (only direct peers switch)", self.address, conn.name)
+            return
+        conn.gate_streams = {stream for stream, state in pending.items() if type(state) is Assembly}
+        if not conn.gate_streams:
+            conn.data_gate.set()
+
+    def _gate_passed(self, conn: Connection, stream: int) -> None:
+        """Frame ``stream`` of ``conn`` is delivered or gone: the gate opens when it was the last one before it."""
+        streams = conn.gate_streams
+        if streams and stream in streams:
+            streams.discard(stream)
+            if not streams:
+                conn.data_gate.set()
 
     def _channel_closed(self, channel: data_channel.DataChannel) -> None:
         with self._data_lock:
             if self._data.get(channel.peer) is channel:
                 del self._data[channel.peer]
 
-    def _drop_data(self, name: str, conn: Connection) -> None:
-        """``conn`` (the gRPC connection to ``name``) ended: so does its channel, and any offer made on it."""
+    async def _drop_data(self, name: str, conn: Connection) -> None:
+        """``conn`` (the gRPC connection to ``name``) ended: so does its channel (once its reader has read what the
+        peer wrote before it ended its writes, at most ``DRAIN`` seconds), and any offer made on it."""
         with self._data_lock:
             offer = self._data_offers.get(name)
             if offer is not None and offer.conn is conn:
                 del self._data_offers[name]
         channel = conn.data_channel
-        if isinstance(channel, data_channel.DataChannel):
-            channel.close(f"the gRPC connection to {name} ended")
+        if not isinstance(channel, data_channel.DataChannel):
+            return
+        conn.data_gate.set()  # nothing more comes on the stream: what the channel holds goes now
+        deadline = time.monotonic() + DRAIN
+        while not channel.reader_done.is_set() and not channel.closed and time.monotonic() < deadline:
+            await asyncio.sleep(0.005)
+        channel.close(f"the gRPC connection to {name} ended")
+
+    def _end_data(self) -> None:
+        """Stopping: every channel ends its writes (its peer reads what was sent) before the goodbyes go out."""
+        with self._data_lock:
+            channels = list(self._data.values())
+        for channel in channels:
+            channel.end_writes()
 
     def _close_data(self) -> None:
         """Stopping: close every channel and the listener."""
@@ -216,6 +290,27 @@ class DataRoutes(EndpointCore):
             self._data_listener.stop()
             self._data_listener = None
 
+    # sending: a whole frame by the channel (direct connections) -----------------------------------------
+    def _send_on_channel(
+        self, channel: data_channel.DataChannel, target: str, frame: Frame, deadline: float | None, on_loop: bool
+    ) -> bool:
+        """Write ``frame`` whole on ``channel``; False when the channel closed before any of it was written (then
+        it goes by gRPC). A frame sent from the loop or from a channel's reader (a runtime answering inside its
+        frame callback) waits at most ``heartbeat_timeout`` for the socket: a peer that reads nothing cannot hold
+        them.
+
+        Raises TransportTimeout / TransportClosed once part of it went on the channel.
+        """
+        if deadline is None and (on_loop or data_channel.on_reader_thread()):
+            deadline = time.monotonic() + self.heartbeat_timeout
+        try:
+            channel.send_frame(frame, deadline)
+        except data_channel.ChannelUnavailable:
+            return False
+        except TransportClosed as exc:
+            raise TransportClosed(f"{frame.kind} frame to {target!r} not sent: {exc}") from None
+        return True
+
     # sending: the bytes by the channel ---------------------------------------------------------------
     def _blob_for(self, target: str, frame: Frame, deadline: float | None, on_loop: bool, conn: Connection) -> int:
         """Send ``frame``'s buffers (and its meta when over a chunk, as ``header_to_proto`` decides) as a blob on
@@ -227,6 +322,8 @@ class DataRoutes(EndpointCore):
         channel = conn.data_channel
         if on_loop or not isinstance(channel, data_channel.DataChannel) or channel.closed or channel.peer != target:
             return 0  # (a frame relayed to another site takes the server's stream: its channel is not for it)
+        if self._whole_frames(target):
+            return 0  # a direct connection: before its Switch, frames go wholly by its stream
         pieces = [memoryview(b).cast("B") if memoryview(b).format != "B" else memoryview(b) for b in frame.buffers]
         if len(frame.meta) > self.chunk_size:
             pieces.append(memoryview(frame.meta))
@@ -283,4 +380,4 @@ def channel_kind(data_plane: str, mode: str, address: str) -> str | None:
     return "tcp" if data_plane == "tcp" or mode == "mtls" else None
 
 
-__all__ = ["BLOB_MIN", "DATA_WAIT", "DataRoutes", "channel_kind"]
+__all__ = ["BLOB_MIN", "DATA_WAIT", "DRAIN", "DataRoutes", "channel_kind"]

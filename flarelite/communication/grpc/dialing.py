@@ -161,7 +161,7 @@ class Dialing(DataRoutes):
         finally:
             writer.cancel()
             beat.cancel()
-            self._drop_data(self._server_name, conn)
+            await self._drop_data(self._server_name, conn)
             call.cancel()
             await channel.close()
             lost = sorted(self._peers - {self._server_name})

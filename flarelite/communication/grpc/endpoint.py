@@ -85,9 +85,10 @@ class GrpcCommunicationProtocol(Listening, Dialing):
             client may have in the server's relay per target (the server's value, told in Welcome), and what
             ``send`` queues per destination before it waits.
         data_plane: ``"auto"`` (default): on one machine (Unix sockets), and across machines (TCP) under mtls,
-            the buffers of large frames between a site and its server, and between two sites on a direct
-            connection, take a data channel beside the stream (``data_routes.py``), the headers keeping their place
-            on it; ``"tcp"``: over TCP in every mode too (TLS under tls, plain in clear); ``"grpc"``: gRPC only.
+            a data channel beside the stream (``data_routes.py``): between a site and its server the buffers of
+            large frames take it (the headers keep their place on the stream), between two sites on a direct
+            connection every frame does; ``"tcp"``: over TCP in every mode too (TLS under tls, plain in clear);
+            ``"grpc"``: gRPC only.
     """
 
     # lifecycle ---------------------------------------------------------------------------------------
@@ -157,12 +158,14 @@ class GrpcCommunicationProtocol(Listening, Dialing):
     async def _shutdown(self) -> None:
         assert self._stopping is not None
         self._stopping.set()
-        self._close_data()
+        # the channels first: their peers read to the end what was written on them, then get the goodbyes
+        await asyncio.get_running_loop().run_in_executor(None, self._end_data)
         for conn in list(self._conns.values()):
             conn.enqueue(pb.Envelope(close=pb.Close(reason=f"{self.address} is stopping")))
         await asyncio.sleep(0.05)  # let the goodbyes go out
         for conn in list(self._conns.values()):
             conn.close(f"{self.address} stopped")
+        self._close_data()
         if self._grpc_server is not None:
             await self._grpc_server.stop(grace=0.5)
         tasks = [t for t in self._tasks if t is not asyncio.current_task()]
@@ -205,30 +208,47 @@ class GrpcCommunicationProtocol(Listening, Dialing):
             self._loop.call_soon_threadsafe(self._deliver, copy)
             return
         deadline = None if timeout is None else time.monotonic() + max(0.0, timeout)
-        conn = self._route(target)
+        while True:  # twice at most: a channel that a frame chosen for the stream meets at its queueing takes it
+            conn = self._route(target)
+            channel = self._channel_for(conn, target)
+            if channel is not None and self._send_on_channel(channel, target, frame, deadline, on_loop):
+                return
+            if self._send_by_stream(conn, target, frame, size, deadline, timeout, on_loop):
+                return
+
+    def _send_by_stream(
+        self,
+        conn: Connection,
+        target: str,
+        frame: Frame,
+        size: int,
+        deadline: float | None,
+        timeout: float | None,
+        on_loop: bool,
+    ) -> bool:
+        """Send ``frame`` on ``conn``'s stream (its buffers as a blob on the data channel of a connection to the
+        server, when large); False when a direct connection's channel to ``target`` took the stream's place."""
         stream = next(self._streams)
         blob = self._blob_for(target, frame, deadline, on_loop, conn)
         if blob:  # the buffers went on the data channel: the header follows on the stream, in its place
             env = header_to_proto(frame, stream, self.chunk_size, sender=self.address, target=target)
             env.header.blob = blob
             out = Outgoing.of([(env, header_cost(env))], target=target, stream=stream)
-            self._queue(conn, out, env.ByteSize() + QUEUED_OVERHEAD, deadline, on_loop)
-            return
+            return self._queue(conn, out, env.ByteSize() + QUEUED_OVERHEAD, deadline, on_loop)
         if not frame.buffers and len(frame.meta) <= self.chunk_size:  # one envelope: build it now, queue, return
             env = header_to_proto(frame, stream, self.chunk_size, sender=self.address, target=target)
             out = Outgoing.of([(env, header_cost(env))], target=target, stream=stream)
-            self._queue(conn, out, size + QUEUED_OVERHEAD, deadline, on_loop)
-            return
+            return self._queue(conn, out, size + QUEUED_OVERHEAD, deadline, on_loop)
         out_frame = frame.addressed(self.address, target)
         if size <= self.chunk_size:  # small: encode now (copies), queue, return
             out = Outgoing.of(list(_costed(out_frame, stream, self.chunk_size)), target=target, stream=stream)
-            self._queue(conn, out, size + QUEUED_OVERHEAD, deadline, on_loop)
-            return
+            return self._queue(conn, out, size + QUEUED_OVERHEAD, deadline, on_loop)
         done = threading.Event()
         out = Outgoing(_costed(out_frame, stream, self.chunk_size), done, target=target, stream=stream)
-        self._loop.call_soon_threadsafe(conn.enqueue, out)
+        if not self._enqueue(conn, out, on_loop):
+            return False
         if on_loop:
-            return  # on the loop itself: cannot wait (the runtime never sends large frames from a callback)
+            return True  # on the loop itself: cannot wait (the runtime never sends large frames from a callback)
         while not done.wait(_wait_step(deadline)):
             if not self._running:
                 self._give_up(out, f"{self.address} stopped")
@@ -242,13 +262,27 @@ class GrpcCommunicationProtocol(Listening, Dialing):
                     )
         if out.error:
             raise TransportClosed(f"{frame.kind} frame to {target!r} not sent: {out.error}")
+        return True
 
-    def _queue(self, conn: Connection, out: Outgoing, charge: int, deadline: float | None, on_loop: bool) -> None:
-        """Queue a copied frame on ``conn`` once its target has room (``relay_window`` bytes queued at most)."""
+    def _enqueue(self, conn: Connection, out: Outgoing, on_loop: bool) -> bool:
+        """Put ``out`` in ``conn``'s writer rotation, unless a data channel to its target took the stream's place
+        (then False): decided under the connection's route lock, so nothing chosen for the stream follows a Switch."""
+        assert self._loop is not None
+        with conn.route_lock:
+            if self._channel_for(conn, out.target) is not None:
+                return False
+            if on_loop:
+                conn.enqueue(out)
+            else:
+                self._loop.call_soon_threadsafe(conn.enqueue, out)
+        return True
+
+    def _queue(self, conn: Connection, out: Outgoing, charge: int, deadline: float | None, on_loop: bool) -> bool:
+        """Queue a copied frame on ``conn`` once its target has room (``relay_window`` bytes queued at most);
+        False when a data channel to its target took the stream's place meanwhile."""
         assert self._loop is not None
         if on_loop:  # cannot wait on the loop thread; what the loop sends is the transport's own small frames
-            conn.enqueue(out)
-            return
+            return self._enqueue(conn, out, on_loop)
         target = out.target
         waited = False
         with self._room:
@@ -277,7 +311,10 @@ class GrpcCommunicationProtocol(Listening, Dialing):
             except ConnectError:
                 self._unqueue(target, charge, out)
                 raise
-        self._loop.call_soon_threadsafe(conn.enqueue, out)
+        if not self._enqueue(conn, out, on_loop):
+            self._unqueue(target, charge, out)
+            return False
+        return True
 
     def _unqueue(self, target: str, charge: int, out: Outgoing) -> None:
         with self._room:

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n,flarelite/communication/grpc/flarelite.proto\x12\x0e\x66larelite.wire\"\xbb\x03\n\x08\x45nvelope\x12&\n\x05hello\x18\x01 \x01(\x0b\x32\x15.flarelite.wire.HelloH\x00\x12*\n\x07welcome\x18\x02 \x01(\x0b\x32\x17.flarelite.wire.WelcomeH\x00\x12*\n\x07refused\x18\x03 \x01(\x0b\x32\x17.flarelite.wire.RefusedH\x00\x12(\n\x06header\x18\x04 \x01(\x0b\x32\x16.flarelite.wire.HeaderH\x00\x12&\n\x05\x63hunk\x18\x05 \x01(\x0b\x32\x15.flarelite.wire.ChunkH\x00\x12.\n\theartbeat\x18\x06 \x01(\x0b\x32\x19.flarelite.wire.HeartbeatH\x00\x12)\n\x04peer\x18\x07 \x01(\x0b\x32\x19.flarelite.wire.PeerEventH\x00\x12&\n\x05\x63lose\x18\x08 \x01(\x0b\x32\x15.flarelite.wire.CloseH\x00\x12(\n\x06\x63\x61ncel\x18\t \x01(\x0b\x32\x16.flarelite.wire.CancelH\x00\x12(\n\x06\x63redit\x18\n \x01(\x0b\x32\x16.flarelite.wire.CreditH\x00\x42\x06\n\x04\x62ody\"O\n\x05Hello\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\r\x12\x13\n\x0bp2p_address\x18\x03 \x01(\t\x12\x12\n\ndata_plane\x18\x04 \x01(\x08\"\xed\x01\n\x07Welcome\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05peers\x18\x02 \x03(\t\x12\x18\n\x10max_message_size\x18\x03 \x01(\x04\x12\x39\n\taddresses\x18\x04 \x03(\x0b\x32&.flarelite.wire.Welcome.AddressesEntry\x12\x14\n\x0crelay_window\x18\x05 \x01(\x04\x12\x14\n\x0c\x64\x61ta_address\x18\x06 \x01(\t\x12\x12\n\ndata_token\x18\x07 \x01(\x0c\x1a\x30\n\x0e\x41\x64\x64ressesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x19\n\x07Refused\x12\x0e\n\x06reason\x18\x01 \x01(\t\"\xe5\x01\n\x06Header\x12\x0e\n\x06stream\x18\x01 \x01(\x04\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12\x0e\n\x06sender\x18\x03 \x01(\t\x12\x0e\n\x06target\x18\x04 \x01(\t\x12\x0e\n\x06msg_id\x18\x05 \x01(\t\x12\x0e\n\x06ref_id\x18\x06 \x01(\t\x12\r\n\x05topic\x18\x07 \x01(\t\x12\x0e\n\x06job_id\x18\x08 \x01(\t\x12\n\n\x02rc\x18\t \x01(\t\x12\x0c\n\x04meta\x18\n \x01(\x0c\x12\x11\n\tmeta_size\x18\x0b \x01(\x04\x12\x14\n\x0c\x62uffer_sizes\x18\x0c \x03(\x04\x12\r\n\x05\x65rror\x18\r \x01(\t\x12\x0c\n\x04\x62lob\x18\x0e \x01(\x04\"5\n\x05\x43hunk\x12\x0e\n\x06stream\x18\x01 \x01(\x04\x12\x0e\n\x06\x62uffer\x18\x02 \x01(\r\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c\"\x19\n\tHeartbeat\x12\x0c\n\x04time\x18\x01 \x01(\x01\"=\n\tPeerEvent\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x11\n\tconnected\x18\x02 \x01(\x08\x12\x0f\n\x07\x61\x64\x64ress\x18\x03 \x01(\t\"\x17\n\x05\x43lose\x12\x0e\n\x06reason\x18\x01 \x01(\t\"(\n\x06\x43\x61ncel\x12\x0e\n\x06stream\x18\x01 \x01(\x04\x12\x0e\n\x06reason\x18\x02 \x01(\t\"\'\n\x06\x43redit\x12\x0e\n\x06target\x18\x01 \x01(\t\x12\r\n\x05\x62ytes\x18\x02 \x01(\x04\x32N\n\tTransport\x12\x41\n\x07\x43onnect\x12\x18.flarelite.wire.Envelope\x1a\x18.flarelite.wire.Envelope(\x01\x30\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n,flarelite/communication/grpc/flarelite.proto\x12\x0e\x66larelite.wire\"\xe5\x03\n\x08\x45nvelope\x12&\n\x05hello\x18\x01 \x01(\x0b\x32\x15.flarelite.wire.HelloH\x00\x12*\n\x07welcome\x18\x02 \x01(\x0b\x32\x17.flarelite.wire.WelcomeH\x00\x12*\n\x07refused\x18\x03 \x01(\x0b\x32\x17.flarelite.wire.RefusedH\x00\x12(\n\x06header\x18\x04 \x01(\x0b\x32\x16.flarelite.wire.HeaderH\x00\x12&\n\x05\x63hunk\x18\x05 \x01(\x0b\x32\x15.flarelite.wire.ChunkH\x00\x12.\n\theartbeat\x18\x06 \x01(\x0b\x32\x19.flarelite.wire.HeartbeatH\x00\x12)\n\x04peer\x18\x07 \x01(\x0b\x32\x19.flarelite.wire.PeerEventH\x00\x12&\n\x05\x63lose\x18\x08 \x01(\x0b\x32\x15.flarelite.wire.CloseH\x00\x12(\n\x06\x63\x61ncel\x18\t \x01(\x0b\x32\x16.flarelite.wire.CancelH\x00\x12(\n\x06\x63redit\x18\n \x01(\x0b\x32\x16.flarelite.wire.CreditH\x00\x12(\n\x06switch\x18\x0b \x01(\x0b\x32\x16.flarelite.wire.SwitchH\x00\x42\x06\n\x04\x62ody\"O\n\x05Hello\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\r\x12\x13\n\x0bp2p_address\x18\x03 \x01(\t\x12\x12\n\ndata_plane\x18\x04 \x01(\x08\"\xed\x01\n\x07Welcome\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05peers\x18\x02 \x03(\t\x12\x18\n\x10max_message_size\x18\x03 \x01(\x04\x12\x39\n\taddresses\x18\x04 \x03(\x0b\x32&.flarelite.wire.Welcome.AddressesEntry\x12\x14\n\x0crelay_window\x18\x05 \x01(\x04\x12\x14\n\x0c\x64\x61ta_address\x18\x06 \x01(\t\x12\x12\n\ndata_token\x18\x07 \x01(\x0c\x1a\x30\n\x0e\x41\x64\x64ressesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x19\n\x07Refused\x12\x0e\n\x06reason\x18\x01 \x01(\t\"\xe5\x01\n\x06Header\x12\x0e\n\x06stream\x18\x01 \x01(\x04\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12\x0e\n\x06sender\x18\x03 \x01(\t\x12\x0e\n\x06target\x18\x04 \x01(\t\x12\x0e\n\x06msg_id\x18\x05 \x01(\t\x12\x0e\n\x06ref_id\x18\x06 \x01(\t\x12\r\n\x05topic\x18\x07 \x01(\t\x12\x0e\n\x06job_id\x18\x08 \x01(\t\x12\n\n\x02rc\x18\t \x01(\t\x12\x0c\n\x04meta\x18\n \x01(\x0c\x12\x11\n\tmeta_size\x18\x0b \x01(\x04\x12\x14\n\x0c\x62uffer_sizes\x18\x0c \x03(\x04\x12\r\n\x05\x65rror\x18\r \x01(\t\x12\x0c\n\x04\x62lob\x18\x0e \x01(\x04\"5\n\x05\x43hunk\x12\x0e\n\x06stream\x18\x01 \x01(\x04\x12\x0e\n\x06\x62uffer\x18\x02 \x01(\r\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c\"\x19\n\tHeartbeat\x12\x0c\n\x04time\x18\x01 \x01(\x01\"=\n\tPeerEvent\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x11\n\tconnected\x18\x02 \x01(\x08\x12\x0f\n\x07\x61\x64\x64ress\x18\x03 \x01(\t\"\x17\n\x05\x43lose\x12\x0e\n\x06reason\x18\x01 \x01(\t\"(\n\x06\x43\x61ncel\x12\x0e\n\x06stream\x18\x01 \x01(\x04\x12\x0e\n\x06reason\x18\x02 \x01(\t\"\x08\n\x06Switch\"\'\n\x06\x43redit\x12\x0e\n\x06target\x18\x01 \x01(\t\x12\r\n\x05\x62ytes\x18\x02 \x01(\x04\x32N\n\tTransport\x12\x41\n\x07\x43onnect\x12\x18.flarelite.wire.Envelope\x1a\x18.flarelite.wire.Envelope(\x01\x30\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,29 +34,31 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_WELCOME_ADDRESSESENTRY']._loaded_options = None
   _globals['_WELCOME_ADDRESSESENTRY']._serialized_options = b'8\001'
   _globals['_ENVELOPE']._serialized_start=65
-  _globals['_ENVELOPE']._serialized_end=508
-  _globals['_HELLO']._serialized_start=510
-  _globals['_HELLO']._serialized_end=589
-  _globals['_WELCOME']._serialized_start=592
-  _globals['_WELCOME']._serialized_end=829
-  _globals['_WELCOME_ADDRESSESENTRY']._serialized_start=781
-  _globals['_WELCOME_ADDRESSESENTRY']._serialized_end=829
-  _globals['_REFUSED']._serialized_start=831
-  _globals['_REFUSED']._serialized_end=856
-  _globals['_HEADER']._serialized_start=859
-  _globals['_HEADER']._serialized_end=1088
-  _globals['_CHUNK']._serialized_start=1090
-  _globals['_CHUNK']._serialized_end=1143
-  _globals['_HEARTBEAT']._serialized_start=1145
-  _globals['_HEARTBEAT']._serialized_end=1170
-  _globals['_PEEREVENT']._serialized_start=1172
-  _globals['_PEEREVENT']._serialized_end=1233
-  _globals['_CLOSE']._serialized_start=1235
-  _globals['_CLOSE']._serialized_end=1258
-  _globals['_CANCEL']._serialized_start=1260
-  _globals['_CANCEL']._serialized_end=1300
-  _globals['_CREDIT']._serialized_start=1302
-  _globals['_CREDIT']._serialized_end=1341
-  _globals['_TRANSPORT']._serialized_start=1343
-  _globals['_TRANSPORT']._serialized_end=1421
+  _globals['_ENVELOPE']._serialized_end=550
+  _globals['_HELLO']._serialized_start=552
+  _globals['_HELLO']._serialized_end=631
+  _globals['_WELCOME']._serialized_start=634
+  _globals['_WELCOME']._serialized_end=871
+  _globals['_WELCOME_ADDRESSESENTRY']._serialized_start=823
+  _globals['_WELCOME_ADDRESSESENTRY']._serialized_end=871
+  _globals['_REFUSED']._serialized_start=873
+  _globals['_REFUSED']._serialized_end=898
+  _globals['_HEADER']._serialized_start=901
+  _globals['_HEADER']._serialized_end=1130
+  _globals['_CHUNK']._serialized_start=1132
+  _globals['_CHUNK']._serialized_end=1185
+  _globals['_HEARTBEAT']._serialized_start=1187
+  _globals['_HEARTBEAT']._serialized_end=1212
+  _globals['_PEEREVENT']._serialized_start=1214
+  _globals['_PEEREVENT']._serialized_end=1275
+  _globals['_CLOSE']._serialized_start=1277
+  _globals['_CLOSE']._serialized_end=1300
+  _globals['_CANCEL']._serialized_start=1302
+  _globals['_CANCEL']._serialized_end=1342
+  _globals['_SWITCH']._serialized_start=1344
+  _globals['_SWITCH']._serialized_end=1352
+  _globals['_CREDIT']._serialized_start=1354
+  _globals['_CREDIT']._serialized_end=1393
+  _globals['_TRANSPORT']._serialized_start=1395
+  _globals['_TRANSPORT']._serialized_end=1473
 # @@protoc_insertion_point(module_scope)

@@ -298,7 +298,7 @@ class Listening(DataRoutes):
             conn.close(conn.close_reason or f"{name} disconnected")
             writer.cancel()
             beat.cancel()
-            self._drop_data(name, conn)
+            await self._drop_data(name, conn)
             if self._conns.get(name) is conn:
                 del self._conns[name]
                 self._addresses.pop(name, None)
