@@ -16,6 +16,7 @@ import time
 import numpy as np
 import pytest
 from rogue import Rogue
+from support import wait_for
 from wire_fixtures.inbox import Inbox
 
 from flarelite.communication.dataplane import DataChannel, dial
@@ -120,10 +121,7 @@ def test_a_blob_for_another_site_ends_that_connection_only(server):
         blob = channel.send_blob([memoryview(b"x" * 300_000)], None)
         rogue.frame(target="site-9", kind="lie", blob=blob, buffer_sizes=[300_000], meta=b"m")
         assert rogue.wait_ended(5)
-        deadline = time.monotonic() + 5
-        while "site-1" in ep.data_peers and time.monotonic() < deadline:
-            time.sleep(0.01)
-        assert ep.data_peers == []  # its channel went with its connection
+        wait_for(lambda: ep.data_peers == [])  # its channel went with its connection
         still_serving(ep, inbox)
     finally:
         channel.close("test over")
@@ -208,10 +206,7 @@ def rogue_peer(site, name="site-2"):
     gate.set()
     channel = DataChannel(sock, local=name, peer="site-1", admit=lambda *a: "", deliver=got.put, gate=gate)
     channel.start()
-    deadline = time.monotonic() + 5
-    while name not in site.data_peers and time.monotonic() < deadline:
-        time.sleep(0.01)
-    assert name in site.data_peers
+    wait_for(lambda: name in site.data_peers)
     return rogue, channel, got
 
 
@@ -229,10 +224,7 @@ def test_frames_on_a_channel_whose_peer_never_switched_wait_and_then_lose_the_ch
     rogue, channel, _ = rogue_peer(site)
     try:
         channel.send_frame(Frame(kind="early", meta=b"m"), None)  # no Switch on the stream before it
-        deadline = time.monotonic() + 5
-        while "site-2" in site.data_peers and time.monotonic() < deadline:
-            time.sleep(0.01)
-        assert "site-2" not in site.data_peers  # the channel is closed ...
+        wait_for(lambda: "site-2" not in site.data_peers)  # the channel is closed ...
         rogue.frame(target="site-1", kind="by-stream", meta=b"ok")
         assert kinds_until(inbox, "by-stream") == ["by-stream"]  # ... the connection serves on ("early" is lost)
     finally:
@@ -277,10 +269,7 @@ def test_a_frame_for_another_site_on_the_channel_ends_that_channel_only(p2p_site
         rogue.send(switch=pb.Switch())
         channel.peer = "site-9"  # its frames now name site-9 as their target
         channel.send_frame(Frame(kind="lie", meta=b"m", buffers=[b"x" * 3000]), None)
-        deadline = time.monotonic() + 5
-        while "site-2" in site.data_peers and time.monotonic() < deadline:
-            time.sleep(0.01)
-        assert "site-2" not in site.data_peers  # closed; nothing was delivered
+        wait_for(lambda: "site-2" not in site.data_peers)  # closed; nothing was delivered
         rogue.frame(target="site-1", kind="by-stream", meta=b"ok")
         assert kinds_until(inbox, "by-stream") == ["by-stream"]
     finally:

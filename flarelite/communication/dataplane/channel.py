@@ -52,7 +52,7 @@ from collections.abc import Callable
 from ... import logsafe
 from ...errors import ProtocolError, TransportClosed, TransportTimeout
 from ..grpc import flarelite_pb2 as pb
-from ..grpc.wire import Assembly, Inbound, body_size, check_header, header_from_proto
+from ..grpc.wire import Assembly, Inbound, body_size, byte_views, check_header, header_from_proto, header_to_proto
 from ..protocol import Frame
 
 _log = logging.getLogger("flarelite.dataplane")
@@ -201,7 +201,6 @@ class DataChannel:
         self._dropped: set[int] = set()  # refused by their header: freed when they finish
         self._refused: dict[int, str] = {}  # blobs refused here (why), until their header asks (at most MAX_REFUSED)
         self._refused_frames = 0  # whole frames refused here whose chunks still come (at most MAX_REFUSED)
-        self._whole: set[int] = set()  # ids of the whole frames being received (the others are blobs)
         self._refusal_log = logsafe.RateLimit()
         self._pending = Inbound()  # blobs being received (reader thread)
         self._announced = 0  # the highest blob id announced (they go up)
@@ -262,17 +261,10 @@ class DataChannel:
             TransportTimeout: ``deadline`` (a ``time.monotonic()`` value) passed; what was sent is cancelled.
             TransportClosed: the channel failed while the blob was being written.
         """
-        if self.closed or self.ended:
-            raise ChannelUnavailable(self.close_reason or "the channel is ending")
         sizes = [p.nbytes for p in pieces]
         me = object()
-        if not self._turns.take(me, deadline, self._is_closed):
-            raise TransportTimeout(
-                f"{what} to {self.peer!r} was not sent within its timeout: the data channel was busy with others"
-            )
+        self._take_turn(me, deadline, what)
         try:
-            if self.closed or self.ended:
-                raise ChannelUnavailable(self.close_reason or "the channel is ending")
             blob = next(self._ids)  # taken in turn: ids go up on the wire, so the receiver can tell a stale one
             head = pb.Envelope(header=pb.Header(stream=blob, buffer_sizes=sizes)).SerializeToString()
             self._write_records(me, blob, head, pieces, deadline, what)
@@ -288,42 +280,17 @@ class DataChannel:
             TransportTimeout: ``deadline`` (a ``time.monotonic()`` value) passed; what was sent is cancelled.
             TransportClosed: the channel failed while the frame was being written.
         """
-        if self.closed or self.ended:
-            raise ChannelUnavailable(self.close_reason or "the channel is ending")
-        pieces = [memoryview(b).cast("B") if memoryview(b).format != "B" else memoryview(b) for b in frame.buffers]
-        sizes = [p.nbytes for p in pieces]
-        meta = frame.meta
-        inline = len(meta) <= META_INLINE
-        if not inline:
-            pieces.append(memoryview(meta))
-        total = sum(sizes) + len(meta)
+        pieces = byte_views(frame.buffers)
+        total = sum(p.nbytes for p in pieces) + len(frame.meta)
+        if len(frame.meta) > META_INLINE:  # (as header_to_proto decides with META_INLINE)
+            pieces.append(memoryview(frame.meta))
         what = f"{frame.kind} frame"
         me = object()
-        if not self._turns.take(me, deadline, self._is_closed):
-            raise TransportTimeout(
-                f"{what} to {self.peer!r} was not sent within its timeout: the data channel was busy with others"
-            )
+        self._take_turn(me, deadline, what)
         try:
-            if self.closed or self.ended:
-                raise ChannelUnavailable(self.close_reason or "the channel is ending")
             stream = next(self._ids)  # taken in turn: ids go up on the wire
-            head = pb.Envelope(
-                header=pb.Header(
-                    stream=stream,
-                    kind=frame.kind,
-                    sender=self.local,
-                    target=self.peer,
-                    msg_id=frame.msg_id,
-                    ref_id=frame.ref_id,
-                    topic=frame.topic,
-                    job_id=frame.job_id,
-                    rc=frame.rc,
-                    meta=bytes(meta) if inline else b"",
-                    meta_size=0 if inline else len(meta),
-                    buffer_sizes=sizes,
-                    error=frame.error,
-                )
-            ).SerializeToString()
+            env = header_to_proto(frame, stream, META_INLINE, sender=self.local, target=self.peer)
+            head = env.SerializeToString()
             if total <= SMALL:  # one write: the header and every buffer
                 parts: list = [_E.pack(b"E", len(head)), head]
                 for index, view in enumerate(pieces):
@@ -334,6 +301,23 @@ class DataChannel:
             self._write_records(me, stream, head, pieces, deadline, what)
         finally:
             self._turns.leave(me)
+
+    def _take_turn(self, me: object, deadline: float | None, what: str) -> None:
+        """Wait for ``me``'s turn to write (its caller leaves the turn in a ``finally``).
+
+        Raises:
+            ChannelUnavailable: the channel is closed or ending (nothing written).
+            TransportTimeout: ``deadline`` passed first.
+        """
+        if self.closed or self.ended:
+            raise ChannelUnavailable(self.close_reason or "the channel is ending")
+        if not self._turns.take(me, deadline, self._is_closed):
+            raise TransportTimeout(
+                f"{what} to {self.peer!r} was not sent within its timeout: the data channel was busy with others"
+            )
+        if self.closed or self.ended:
+            self._turns.leave(me)
+            raise ChannelUnavailable(self.close_reason or "the channel is ending")
 
     def _write_records(
         self, me: object, stream: int, head: bytes, pieces: list, deadline: float | None, what: str
@@ -525,7 +509,6 @@ class DataChannel:
                 state = pending.pop(env.cancel.stream, None)
             if type(state) is _Refused and state.whole:
                 self._refused_frames -= 1
-            self._whole.discard(env.cancel.stream)
             self._finished_cancelled(env.cancel.stream, env.cancel.reason)
         else:
             raise ProtocolError(f"unexpected {body!r} envelope")
@@ -598,7 +581,6 @@ class DataChannel:
             return
         with self._lock:
             pending[h.stream] = assembly
-        self._whole.add(h.stream)
 
     def _pass(self, frame: Frame) -> None:
         """Deliver a whole frame once the gate is open (the peer's frames begun on the stream are delivered)."""
@@ -649,8 +631,7 @@ class DataChannel:
             raise ProtocolError(f"no memory for blob {blob}: {exc}") from None
         self._read_into(slot)
         if state.complete:
-            if blob in self._whole:
-                self._whole.discard(blob)
+            if state.frame.kind:  # a whole frame (a blob's announcement has no kind)
                 frame = state.finish()
                 with self._lock:
                     pending.pop(blob, None)

@@ -48,7 +48,7 @@ from ..protocol import Frame
 from . import flarelite_pb2 as pb
 from .connection import Connection
 from .core import EndpointCore
-from .wire import Assembly, Inbound, header_from_proto, header_problem
+from .wire import Assembly, Inbound, byte_views, header_from_proto, header_problem
 
 _log = logging.getLogger("flarelite.grpc")
 DATA_WAIT = 3.0  # seconds an offered channel has to be opened
@@ -324,7 +324,7 @@ class DataRoutes(EndpointCore):
             return 0  # (a frame relayed to another site takes the server's stream: its channel is not for it)
         if self._whole_frames(target):
             return 0  # a direct connection: before its Switch, frames go wholly by its stream
-        pieces = [memoryview(b).cast("B") if memoryview(b).format != "B" else memoryview(b) for b in frame.buffers]
+        pieces = byte_views(frame.buffers)
         if len(frame.meta) > self.chunk_size:
             pieces.append(memoryview(frame.meta))
         if sum(p.nbytes for p in pieces) < BLOB_MIN:

@@ -77,9 +77,15 @@ def body_size(h: pb.Header) -> int:
     return len(h.meta) + h.meta_size + sum(h.buffer_sizes)
 
 
+def byte_views(buffers: list) -> list[memoryview]:
+    """Flat byte views of ``buffers`` (arrays of any dtype), without copying."""
+    views = [memoryview(b) for b in buffers]
+    return [v.cast("B") if v.format != "B" else v for v in views]
+
+
 def chunks_of(frame: Frame, stream: int, chunk_size: int) -> Iterator[pb.Envelope]:
     """The Chunk envelopes of ``frame``'s buffers (then of its meta when not inline), made one at a time."""
-    pieces = [memoryview(b).cast("B") if memoryview(b).format != "B" else memoryview(b) for b in frame.buffers]
+    pieces = byte_views(frame.buffers)
     if len(frame.meta) > chunk_size:
         pieces.append(memoryview(frame.meta))
     for index, view in enumerate(pieces):
