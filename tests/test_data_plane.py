@@ -505,6 +505,31 @@ def test_a_cancel_frees_what_arrived_of_a_frame():
         pair.close()
 
 
+def test_a_frame_with_no_time_left_goes_if_the_socket_takes_it_now_and_else_fails_with_nothing_written():
+    sender, receiver, got = channel_pair(admit=lambda *x: "")
+    try:  # timeout=0 ("now, if there is room", as aux sends to several targets): it went, the channel lives on
+        for i in range(20):
+            sender.send_frame(Frame(kind="now", msg_id=str(i), meta=b"m"), time.monotonic() - 1)
+        assert [got.get(timeout=5).msg_id for _ in range(20)] == [str(i) for i in range(20)]
+        assert not sender.closed and not receiver.closed
+    finally:
+        sender.close("test over")
+        receiver.close("test over")
+    a, b = socket.socketpair()  # b never reads: fill the socket, then no room
+    channel = DataChannel(a, local="site-1", peer="server", admit=lambda *x: "", deliver=print, gate=threading.Event())
+    try:
+        with pytest.raises(BlockingIOError):
+            while True:
+                a.send(b"x" * 65536, socket.MSG_DONTWAIT)
+        began = time.monotonic()
+        with pytest.raises(TransportTimeout, match="had no room now"):
+            channel.send_frame(Frame(kind="late", meta=b"m"), time.monotonic() - 1)
+        assert time.monotonic() - began < 1.0 and not channel.closed  # nothing written: the channel stays usable
+    finally:
+        channel.close("test over")
+        b.close()
+
+
 def test_ending_the_writes_lets_the_peer_read_everything_first():
     sender, receiver, got = channel_pair(admit=lambda *x: "")
     try:

@@ -296,7 +296,7 @@ class DataChannel:
                 for index, view in enumerate(pieces):
                     if view.nbytes:
                         parts += (_C.pack(b"C", stream, index, view.nbytes), view)
-                self._write((b"".join(parts),), deadline, what)
+                self._write((b"".join(parts),), deadline, what, fresh=True)
                 return
             self._write_records(me, stream, head, pieces, deadline, what)
         finally:
@@ -324,7 +324,7 @@ class DataChannel:
     ) -> None:
         """Write the E record ``head`` of blob or frame ``stream``, then its ``pieces`` as C records, a chunk a turn
         (``me`` holds the turn); past ``deadline`` what was sent is cancelled."""
-        self._write((_E.pack(b"E", len(head)), head), deadline, what)
+        self._write((_E.pack(b"E", len(head)), head), deadline, what, fresh=True)
         for index, view in enumerate(pieces):
             for offset in range(0, view.nbytes, CHUNK):
                 if not self._turns.rotate(me, deadline, self._is_closed):
@@ -344,10 +344,18 @@ class DataChannel:
         except TransportClosed:
             pass
 
-    def _write(self, parts: tuple, deadline: float | None, what: str) -> None:
-        """Write one record (blocking); a record cut short (socket error, deadline) closes the channel."""
+    def _write(self, parts: tuple, deadline: float | None, what: str, fresh: bool = False) -> None:
+        """Write one record (blocking); a record cut short (socket error, deadline) closes the channel.
+
+        ``fresh``: the first record of its blob or frame (nothing of it written yet). With its deadline passed
+        already (``timeout=0``: "now, if there is room") it is written only if the socket takes it at once, else
+        TransportTimeout with nothing written (the caller may send it later); a watchdog would cut it otherwise.
+        """
         if self.closed:
             raise TransportClosed(f"data channel to {self.peer!r} closed: {self.close_reason}")
+        if fresh and deadline is not None and deadline <= time.monotonic():
+            self._write_now(b"".join(parts), what)
+            return
         serial = self._watch_write(deadline)
         try:
             for part in parts:
@@ -364,6 +372,25 @@ class DataChannel:
             if deadline is not None:
                 with self._watch:
                     self._writing = None
+
+    def _write_now(self, data: bytes, what: str) -> None:
+        """Write ``data`` (a whole record) if the socket takes all of it without waiting (see ``_write``)."""
+        sent = 0
+        if isinstance(self.sock, socket.socket):  # (TLS cannot write a record partly: it waits for room instead)
+            try:
+                sent = self.sock.send(data, socket.MSG_DONTWAIT)
+            except BlockingIOError:
+                sent = 0
+            except OSError as exc:
+                self.close(f"write failed: {exc}")
+                raise TransportClosed(f"data channel to {self.peer!r} failed: {exc}") from None
+        if sent == len(data):
+            return
+        if sent:
+            self.close("a record was cut short by its timeout")
+        raise TransportTimeout(
+            f"{what} to {self.peer!r} was not sent: its timeout had run out and the data channel had no room now"
+        )
 
     def _watch_write(self, deadline: float | None) -> int:
         """Tell the watchdog that a record with ``deadline`` is being written (None: no deadline); its serial.
