@@ -7,6 +7,7 @@ import time
 
 import numpy as np
 import pytest
+from support import wait_for
 from wire_fixtures.inbox import Inbox
 
 from flarelite.communication.grpc import GrpcCommunicationProtocol
@@ -115,7 +116,14 @@ def test_small_frame_is_not_stuck_behind_a_large_one(net):
     big = np.zeros(200 << 20, dtype=np.uint8)  # 200 MiB
     sender = threading.Thread(target=c1.send, args=("site-2", Frame(kind="big", buffers=[big])))
     sender.start()
-    time.sleep(0.05)  # let the big one start flowing
+
+    # once the big one is flowing (part of it received: on the stream, or on a direct peer's data channel, which
+    # moves it so fast that a fixed sleep could see all of it arrive first), the small one goes
+    def receiving():
+        streams = any(conn.pending for conn in list(c2._conns.values()))
+        return streams or any(channel._pending for channel in list(c2._data.values()))
+
+    wait_for(receiving, 30)
     c1.send("site-2", Frame(kind="small", meta=b"s"))
     first = in2.get(timeout=30)
     sender.join(60)
