@@ -40,6 +40,7 @@ def _simulator(args: argparse.Namespace) -> int:
         log_config=args.log_config,
         max_clients=args.max_clients,
         data_plane=args.data_plane,
+        max_blocked_sites=args.max_blocked_sites,
     )
     print(f"flarelite: run of {args.job_folder} succeeded; logs in {args.workspace}/<site>/log.txt")
     return 0
@@ -209,6 +210,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="log config: concise, full, verbose, a level (info, debug, ...) or a JSON logging dictConfig file",
     )
     sim.add_argument("-m", "--max_clients", type=int, default=100, help="most clients allowed (default 100)")
+    sim.add_argument(
+        "--max_blocked_sites",
+        type=int,
+        default=1000,
+        help="with -p memory: most sites executing a task at once on the shared threads (default 1000)",
+    )
     sim.add_argument(
         "--end_run_for_all",
         action="store_true",

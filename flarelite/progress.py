@@ -120,10 +120,11 @@ class RunProgress:
             total = f"/{self._rounds}" if self._rounds else ""
             parts.append(f"round {self._round} ({len(self._rounds_done)}{total} done)")
         for task in list(self._tasks.values())[:2]:
-            waiting = [t for t in task.targets if t not in task.answered]
             text = f"{task.name}: {len(task.answered)}/{len(task.targets)} results"
-            if waiting and len(waiting) <= _WAITING_SHOWN:
-                text += f", waiting for {', '.join(waiting)}"
+            if 0 < len(task.targets) - len(task.answered) <= _WAITING_SHOWN:  # names only then: O(1) per result
+                waiting = [t for t in task.targets if t not in task.answered]
+                if waiting:
+                    text += f", waiting for {', '.join(waiting)}"
             parts.append(text)
         if len(self._tasks) > 2:
             parts.append(f"{len(self._tasks) - 2} more tasks")

@@ -412,3 +412,39 @@ class CutExecutor(BehaviourExecutor):
                 return make_reply(ReturnCode.OK)  # cannot be delivered: site-3 is cut off
             task_name = "work"
         return super().execute(task_name, shareable, fl_ctx, abort_signal)
+
+
+class TogetherExecutor(Executor):
+    """As a synchronous peer-to-peer algorithm: ``execute`` returns only once every site of the run executes."""
+
+    def __init__(self):
+        super().__init__()
+
+    def execute(self, task_name, shareable, fl_ctx, abort_signal):
+        n = len(fl_ctx.get_engine().sites) - 1
+        with _lock:
+            arrived = RESULTS.setdefault("together", set())
+            arrived.add(fl_ctx.get_identity_name())
+            gate = RESULTS.setdefault("together_gate", threading.Event())
+            if len(arrived) >= n:
+                gate.set()
+        while not gate.is_set():
+            if abort_signal.triggered:
+                return make_reply(ReturnCode.TASK_ABORTED)
+            gate.wait(0.05)
+        return make_reply(ReturnCode.OK)
+
+
+class ThreadsController(Controller):
+    """Records the threads of the process while every site is idle, then broadcasts one task."""
+
+    def __init__(self, quiet: float = 0.0):
+        super().__init__()
+        self.quiet = quiet
+
+    def control_flow(self, abort_signal, fl_ctx):
+        time.sleep(self.quiet)  # the pools' idle threads go after 2 s
+        record("threads", [(t.ident, t.name) for t in threading.enumerate()])
+        task = Task(name="work", data=DXO(DataKind.APP_DEFINED, {}).to_shareable())
+        self.broadcast_and_wait(task, fl_ctx, min_responses=0, abort_signal=abort_signal)
+        record("rcs", sorted({ct.result.get_return_code() for ct in task.client_tasks}))

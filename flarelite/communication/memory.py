@@ -11,23 +11,53 @@ from .sizes import max_message_size as message_limit
 
 
 class InMemoryHub:
-    """The registry that in-memory endpoints join; one per simulated deployment."""
+    """The registry that in-memory endpoints join; one per simulated deployment.
+
+    An endpoint with an admission rule (a server) hears of every endpoint joining and leaving; the others hear
+    of a peer once they have exchanged a frame with it (either way): those are the peers whose comings and goings
+    matter to them (a pending request, the server). So 10,000 sites leaving cost about 10,000 events, not
+    10,000 x 10,000.
+    """
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._endpoints: dict[str, InMemoryCommunicationProtocol] = {}
         self._cut: dict[str, InMemoryCommunicationProtocol] = {}
+        self._contacts: dict[str, set[str]] = {}  # address -> the addresses it has exchanged frames with
+        self._guards: list[InMemoryCommunicationProtocol] = []  # endpoints that joined with an admission rule
+
+    def _link(self, a: str, b: str) -> None:
+        with self._lock:
+            self._contacts.setdefault(a, set()).add(b)
+            self._contacts.setdefault(b, set()).add(a)
+
+    def _gates(self) -> list[InMemoryCommunicationProtocol]:
+        """The joined endpoints with an admission rule (call with the lock held)."""
+        return [e for e in self._guards if self._endpoints.get(e.address) is e]
+
+    def _known_to(self, address: str) -> list[InMemoryCommunicationProtocol]:
+        """The joined endpoints to tell of ``address`` joining or leaving (call with the lock held): those with an
+        admission rule (a server hears of every site, as a gRPC server of its connections), and those that have
+        exchanged frames with it."""
+        told = {e.address: e for e in self._gates() if e.address != address}
+        for a in self._contacts.get(address, ()):
+            endpoint = self._endpoints.get(a)
+            if endpoint is not None:
+                told[a] = endpoint
+        return list(told.values())
 
     def _join(self, endpoint: InMemoryCommunicationProtocol) -> None:
         with self._lock:
             if endpoint.address in self._endpoints:
                 raise ConnectError(f"in-memory address {endpoint.address!r} is already in use on this hub")
-            others = list(self._endpoints.values())
-            for other in others:  # an endpoint with an admission rule turns away whom it does not admit
+            for other in self._gates():  # an endpoint with an admission rule turns away whom it does not admit
                 reason = other._refuses(endpoint.address)
                 if reason:
                     raise ConnectError(f"{other.address} refused {endpoint.address!r}: {reason}")
             self._endpoints[endpoint.address] = endpoint
+            if endpoint._admission is not None:
+                self._guards = [*self._gates(), endpoint]
+            others = self._known_to(endpoint.address)
         for other in others:
             other._peer_event(endpoint.address, True)
 
@@ -36,29 +66,29 @@ class InMemoryHub:
             if self._endpoints.get(endpoint.address) is not endpoint:
                 return
             del self._endpoints[endpoint.address]
-            others = list(self._endpoints.values())
+            others = self._known_to(endpoint.address)
         for other in others:
             other._peer_event(endpoint.address, False)
 
     def disconnect(self, address: str) -> None:
-        """Cut ``address`` off, as a network failure would: it and every other endpoint see each other leave."""
+        """Cut ``address`` off, as a network failure would: it and the endpoints that know it see each other leave."""
         with self._lock:
             endpoint = self._endpoints.pop(address, None)
             if endpoint is None:
                 raise ConnectError(f"no endpoint {address!r} on this hub to disconnect")
             self._cut[address] = endpoint
-            others = list(self._endpoints.values())
+            others = self._known_to(address)
         for other in others:
             other._peer_event(address, False)
             endpoint._peer_event(other.address, False)
 
     def reconnect(self, address: str) -> None:
-        """Undo ``disconnect``: the endpoint and the others see each other join again."""
+        """Undo ``disconnect``: the endpoint and those that know it see each other join again."""
         with self._lock:
             endpoint = self._cut.pop(address, None)
             if endpoint is None:
                 raise ConnectError(f"{address!r} was not disconnected")
-            others = list(self._endpoints.values())
+            others = self._known_to(address)
             self._endpoints[address] = endpoint
         for other in others:
             other._peer_event(address, True)
@@ -88,6 +118,7 @@ class InMemoryCommunicationProtocol(CommunicationProtocol):
         self._on_frame: FrameHandler | None = None
         self._on_peer: PeerHandler | None = None
         self._running = False
+        self._linked: set[str] = set()  # peers this endpoint has told the hub it exchanged frames with
 
     def start(self, on_frame: FrameHandler, on_peer: PeerHandler | None = None) -> None:
         """Join the hub under ``address``."""
@@ -114,6 +145,10 @@ class InMemoryCommunicationProtocol(CommunicationProtocol):
         reason = endpoint._refuses(self.address)
         if reason:
             raise ConnectError(f"{target} refused {self.address!r}: {reason}")
+        if target not in self._linked:
+            self._linked.add(target)
+            endpoint._linked.add(self.address)
+            self.hub._link(self.address, target)
         size = frame.nbytes
         if size > self.max_message_size:
             raise ProtocolError(

@@ -704,6 +704,8 @@ class FedJob:
         allowed_classes: list[str] | None = None,
         max_message_size: int | str | None = None,
         data_plane: str = "auto",
+        max_clients: int | None = None,
+        max_blocked_sites: int | None = None,
     ) -> int:
         """Export the job to a temporary folder and run it in the simulator; return 0 when the run succeeds.
 
@@ -723,7 +725,9 @@ class FedJob:
         ``max_message_size``: the largest message a site accepts, in bytes or as a size like ``"64M"`` (binary
         units; default 2 GiB); a larger one fails with a clear error at its sender or its receiver.
         ``data_plane``: ``"auto"`` (default: with ``protocol="unix"``, frames between each site and the server take
-        a data channel beside gRPC) or ``"grpc"`` (gRPC only).
+        a data channel beside gRPC) or ``"grpc"`` (gRPC only). ``max_clients`` (default 100): more sites is an
+        error. ``max_blocked_sites`` (``protocol="memory"``, default 1,000): the sites share bounded thread pools
+        and at most this many execute a task at once (see ``run_simulation``).
 
         Raises:
             ValueError: invalid arguments, or ``n_clients`` given for a job with per-site targets.
@@ -758,6 +762,7 @@ class FedJob:
         if log_config is not None:
             log_config = check_log_config(log_config)
 
+        limits = {"max_clients": max_clients, "max_blocked_sites": max_blocked_sites}
         with tempfile.TemporaryDirectory(prefix="flarelite_job_") as tmp:
             job_dir = self.export_job(tmp)
             try:
@@ -777,6 +782,7 @@ class FedJob:
                     gpu=gpu,
                     log_config=log_config,
                     data_plane=data_plane,
+                    **{k: v for k, v in limits.items() if v is not None},
                 )
             finally:
                 _forget_folder(os.path.realpath(tmp))

@@ -80,7 +80,8 @@ class AuxRunner:
         self._stray = 0  # replies that matched no pending request (late, or forged): counted, logged sparingly
         self._waiting: dict[str, list[int]] = {}  # peer -> [requests, bytes] received and not yet handled
         self._drop_log = logsafe.RateLimit()  # one line per peer every 10 s about its dropped requests
-        self._pool = WorkerPool(site.name, max_workers)
+        threads = site.threads
+        self._pool = WorkerPool(site.name, max_workers) if threads is None else threads.aux_lane(site.name, max_workers)
 
     # handlers ----------------------------------------------------------------------------------------
     def register(self, topic: str, func: Callable[..., Shareable]) -> None:

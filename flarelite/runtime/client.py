@@ -7,7 +7,7 @@ import queue
 import threading
 import time
 from collections import OrderedDict
-from typing import Any
+from typing import Any, Callable
 
 from ..apis.event_type import EventType
 from ..apis.executor import Executor
@@ -23,9 +23,33 @@ from .components import build_component
 from .filters import FilterChainType, FilterError, SiteFilters
 from .frames import Kind, frame_payload, frame_shareable, make_frame
 from .logs import bind_thread
-from .site import SiteRuntime
+from .pool import Lane, SharedThreads
+from .site import SiteNames, SiteRuntime
 
 _END = object()
+
+
+class _SiteLists:
+    """The site lists of the last few welcome/start bodies decoded in this process, by body: the sites of an
+    in-process simulation all get the same body and share one decoded list instead of each decoding its own."""
+
+    def __init__(self, size: int = 4) -> None:
+        self._lock = threading.Lock()
+        self._lists: OrderedDict[bytes, SiteNames] = OrderedDict()
+        self._size = size
+
+    def get(self, meta: bytes) -> SiteNames | None:
+        with self._lock:
+            return self._lists.get(meta)
+
+    def put(self, meta: bytes, sites: SiteNames) -> None:
+        with self._lock:
+            self._lists[meta] = sites
+            while len(self._lists) > self._size:
+                self._lists.popitem(last=False)
+
+
+_site_lists = _SiteLists()
 KEPT_RESULTS = 2  # the latest results kept to answer a task the server sends again after a lost connection
 
 
@@ -48,6 +72,7 @@ class ClientRuntime(SiteRuntime):
         class_policy: ClassPolicy | None = None,
         allow_custom_code: bool = False,
         app_dir: str | None = None,
+        threads: SharedThreads | None = None,
     ) -> None:
         super().__init__(
             name=name,
@@ -57,6 +82,7 @@ class ClientRuntime(SiteRuntime):
             workspace_root=workspace_root,
             aux_workers=aux_workers,
             app_dir=app_dir,
+            threads=threads,
         )
         self.app_config = app_config
         self.class_policy = class_policy or ClassPolicy()  # which classes the config may name
@@ -77,6 +103,9 @@ class ClientRuntime(SiteRuntime):
         self._lock = threading.Lock()
         self._opened = False
         self._shipped: dict | None = None
+        self._lane: Lane | None = None  # start(): the site's work runs on shared threads, not on run()'s
+        self._on_done: Callable[[str | None], None] | None = None
+        self._ended = False
 
     # lifecycle ---------------------------------------------------------------------------------------
     def open(self) -> None:
@@ -86,8 +115,59 @@ class ClientRuntime(SiteRuntime):
             self._opened = True
 
     def run(self) -> str | None:
-        """Join, build, START_RUN, execute tasks until the server ends the run; return the failure or None."""
+        """Join, build, START_RUN, execute tasks until the server ends the run; return the failure or None.
+
+        Everything runs on the calling thread (see ``start`` for a site without a thread of its own).
+        """
         bind_thread(self.name)
+        try:
+            if self._begin():
+                while True:
+                    item = self._inbox.get()
+                    if item is _END or not self._step(item):
+                        break
+        finally:
+            self._finish()
+        return self.failure
+
+    def start(self, lane: Lane, on_done: Callable[[str | None], None]) -> None:
+        """Run as ``run`` does, but each step (joining, a task, the end) as a call on ``lane``; return at once.
+
+        An idle site holds no thread. ``on_done(failure)`` is called once the site's run has ended.
+        """
+        self._lane = lane
+        self._on_done = on_done
+        lane.submit(self._lane_begin)
+
+    def _lane_begin(self) -> None:
+        if not self._begin():
+            self._lane_end()
+
+    def _lane_end(self) -> None:
+        if self._ended:
+            return
+        try:
+            self._finish()
+        finally:
+            assert self._on_done is not None
+            self._on_done(self.failure)
+
+    def _lane_task(self, frame: Frame) -> None:
+        if not self._ended and not self._step(frame):
+            self._lane_end()
+
+    def _deliver(self, item: Any) -> None:
+        """Hand a task (or ``_END``) to the site's work: run()'s queue, or its lane."""
+        lane = self._lane
+        if lane is None:
+            self._inbox.put(item)
+        elif item is _END:
+            lane.submit(self._lane_end)
+        else:
+            lane.submit(self._lane_task, item)
+
+    def _begin(self) -> bool:
+        """Join, build, START_RUN; return whether to serve tasks (False: the site cannot go on)."""
         try:
             self.open()
             self._join()
@@ -103,14 +183,21 @@ class ClientRuntime(SiteRuntime):
                 self.aux.set_ready()
                 self._send_control(Kind.READY)
                 self.log.info("ready: executors for tasks %s", sorted(self.executors))
-            self._serve()
+            return True
         except ConnectError as exc:  # no server, or not admitted: the message says it all (no traceback)
             self._fatal(str(exc))
         except Exception as exc:  # an error of the runtime itself: this site dies, the run must know
             self._fatal(f"client runtime error: {exc!r}", exc)
-        finally:
-            self._finish()
-        return self.failure
+        return False
+
+    def _step(self, frame: Frame) -> bool:
+        """Run one task; return False when the runtime itself failed (this site dies, the run is told)."""
+        try:
+            self._run_task(frame)
+            return True
+        except Exception as exc:
+            self._fatal(f"client runtime error: {exc!r}", exc)
+            return False
 
     def _join(self) -> None:
         deadline = time.monotonic() + self.join_timeout
@@ -174,13 +261,6 @@ class ClientRuntime(SiteRuntime):
             except TransportError as err:
                 self.log.error("could not tell the server: %s", err)
 
-    def _serve(self) -> None:
-        while True:
-            item = self._inbox.get()
-            if item is _END:
-                return
-            self._run_task(item)
-
     def on_peer(self, name: str, connected: bool) -> None:
         """A peer joined or left; when the server comes back after a loss, join it again."""
         super().on_peer(name, connected)
@@ -207,6 +287,9 @@ class ClientRuntime(SiteRuntime):
             self.interrupt(f"lost the connection to the server for more than {self.server_lost_timeout}s")
 
     def _finish(self) -> None:
+        if self._ended:
+            return
+        self._ended = True
         current = self._current
         if current is not None:
             current[1].trigger("run ended")
@@ -239,7 +322,7 @@ class ClientRuntime(SiteRuntime):
         if current is not None:
             current[1].trigger(reason)
         self._welcome.set()
-        self._inbox.put(_END)
+        self._deliver(_END)
 
     def fire_and_forget_aux_request(
         self, topic: str, request: Shareable, fl_ctx: Any, optional: bool = False, secure: bool = False
@@ -260,6 +343,12 @@ class ClientRuntime(SiteRuntime):
         if kind == Kind.TASK:
             self._on_task(frame)
         elif kind == Kind.WELCOME or kind == Kind.START:
+            cacheable = isinstance(frame.meta, bytes) and not frame.buffers
+            shared = _site_lists.get(frame.meta) if cacheable else None
+            if shared is not None:  # the same body another site of this process has decoded: its list is shared
+                self.sites = shared
+                self._welcome.set()
+                return
             try:
                 body = frame_payload(frame)
             except CodecError as exc:
@@ -268,7 +357,9 @@ class ClientRuntime(SiteRuntime):
             if isinstance(body, dict):
                 sites = body.get("sites")
                 if isinstance(sites, list) and set(map(type, sites)) <= {str}:
-                    self.sites = list(sites)
+                    self.sites = SiteNames(sites)
+                    if cacheable and set(body) <= {"sites", "job_id"}:
+                        _site_lists.put(frame.meta, self.sites)
                 if kind == Kind.WELCOME and isinstance(body.get("app"), dict):
                     self._shipped = body["app"]
                     if isinstance(body.get("job_id"), str) and body["job_id"]:
@@ -284,7 +375,7 @@ class ClientRuntime(SiteRuntime):
             if current is not None:
                 current[1].trigger("run ended")
             self._welcome.set()
-            self._inbox.put(_END)
+            self._deliver(_END)
         else:
             self.log.warning("ignored unknown frame kind %r from the server", kind)
 
@@ -297,7 +388,7 @@ class ClientRuntime(SiteRuntime):
             done = task_id in self._done_ids
             kept = self._results.get(task_id)
         if not seen:
-            self._inbox.put(frame)
+            self._deliver(frame)
             return
         if not done:
             self.log.info("task %r (%s) was sent again; it is already queued or running here", frame.topic, task_id)
@@ -309,7 +400,7 @@ class ClientRuntime(SiteRuntime):
             )
             kept = self._result_frame(frame, reply)
         self.log.info("task %r (%s) was sent again; it already ran here: its result goes again", frame.topic, task_id)
-        threading.Thread(target=self._deliver_result, args=(frame.topic, kept), daemon=True).start()
+        self._spawn(self._deliver_result, frame.topic, kept)
 
     def _abort_task(self, task_id: str) -> None:
         with self._lock:
@@ -325,7 +416,14 @@ class ClientRuntime(SiteRuntime):
             ctx.set_prop(FLContextKey.TASK_ID, task_id, private=False, sticky=False)
             self.fire_event(EventType.ABORT_TASK, ctx)
 
-        threading.Thread(target=fire, name=f"{self.name}-abort", daemon=True).start()
+        self._spawn(fire, name=f"{self.name}-abort")
+
+    def _spawn(self, fn: Callable[..., Any], *args: Any, name: str | None = None) -> None:
+        """Run ``fn(*args)`` beside the site's work: on the shared threads if it has them, else a thread."""
+        if self.threads is not None:
+            self.threads.aux_lane(self.name, 1).submit(fn, *args)
+        else:
+            threading.Thread(target=fn, args=args, name=name, daemon=True).start()
 
     # running a task ----------------------------------------------------------------------------------
     def _executor_for(self, task_name: str) -> Executor | None:

@@ -39,8 +39,8 @@ class ShortFormatter(logsafe.EscapingFormatter):
 _thread_site = threading.local()
 
 
-def bind_thread(site: str) -> None:
-    """Attribute log records written by the current thread to ``site``."""
+def bind_thread(site: str | None) -> None:
+    """Attribute log records written by the current thread to ``site`` (None: to no site)."""
     _thread_site.name = site
 
 

@@ -24,7 +24,7 @@ from .filters import SiteFilters
 from .frames import Kind, frame_payload, make_frame
 from .logs import bind_thread
 from .scheduler import TaskScheduler
-from .site import SiteRuntime
+from .site import SiteNames, SiteRuntime
 
 WAIT_NOTE_INTERVAL = 5.0  # seconds between the lines that say which sites the server still waits for
 
@@ -70,7 +70,8 @@ class ServerRuntime(SiteRuntime, ServerEngineSpec):
         self.mandatory = list(mandatory_clients or [])
         self.app_for_client = app_for_client
         self.clients: dict[str, Client] = {name: Client(name) for name in clients or []}
-        self.sites = [SiteType.SERVER, *self.clients]
+        self.sites = SiteNames([SiteType.SERVER, *self.clients])
+        self._welcome_cache: tuple[SiteNames, str, Frame] | None = None
         self._started = False
         self.ready_timeout = ready_timeout
         self.end_timeout = end_timeout
@@ -133,7 +134,7 @@ class ServerRuntime(SiteRuntime, ServerEngineSpec):
                 self.workflows[0][1].start_controller(fl_ctx)
             self.aux.set_ready()
             if self._wait_ready():
-                self._broadcast_control(Kind.START, payload={"sites": self.sites})
+                self._broadcast_control(Kind.START, payload={"sites": list(self.sites)})
                 self.log.info("all %d sites ready; the run starts", len(self.clients))
                 self._run_workflows(fl_ctx)
                 self._judge_losses()
@@ -184,7 +185,7 @@ class ServerRuntime(SiteRuntime, ServerEngineSpec):
             late = sorted(set(self.clients) - self._ready)  # joined but not ready: not part of this run
             for name in late:
                 del self.clients[name]
-            self.sites = [SiteType.SERVER, *self.clients]
+            self.sites = SiteNames([SiteType.SERVER, *self.clients])
             self._started = True
         for name in late:
             self.fates.not_in_run(name)
@@ -354,20 +355,21 @@ class ServerRuntime(SiteRuntime, ServerEngineSpec):
         except CodecError as exc:
             self._tell_end(name, f"bad hello: {exc}")
             return
-        welcome: dict[str, Any] = {"sites": self.sites, "job_id": self.job_id}
         if isinstance(hello, dict) and hello.get("want_app"):
             app = self.app_for_client(name) if self.app_for_client is not None else None
             if app is None:
                 self._tell_end(name, f"the server has no app for {name!r} to ship")
                 return
-            welcome["app"] = app
+            welcome = make_frame(Kind.WELCOME, {"sites": list(self.sites), "job_id": self.job_id, "app": app})
+        else:
+            welcome = self._welcome_frame()
         with self._cv:
             rejoined = name in self._joined
             self._joined.add(name)
             self._gone.discard(name)
             ending = self._ending
         try:
-            self.send_frame(name, make_frame(Kind.WELCOME, welcome))
+            self.send_frame(name, welcome)
             if ending:
                 self.send_frame(name, Frame(kind=Kind.END, topic=self.failure or ""))
         except TransportError as exc:
@@ -380,6 +382,16 @@ class ServerRuntime(SiteRuntime, ServerEngineSpec):
             ctx = self.new_context()
             ctx.set_prop(FLContextKey.RECONNECTED_CLIENT_NAME, name, private=True, sticky=False)
             self.fire_event(EventType.CLIENT_RECONNECTED, ctx)
+
+    def _welcome_frame(self) -> Frame:
+        """The welcome of a site that has its app: encoded once for as long as the site list stays the same."""
+        sites, job_id = self.sites, self.job_id
+        cached = self._welcome_cache
+        if cached is None or cached[0] is not sites or cached[1] != job_id:
+            body = {"sites": list(sites), "job_id": job_id}
+            cached = self._welcome_cache = (sites, job_id, make_frame(Kind.WELCOME, body))
+        template = cached[2]
+        return Frame(kind=Kind.WELCOME, meta=template.meta, buffers=template.buffers)
 
     def connect_refusal(self, name: str) -> str | None:
         """Why ``name`` may not connect (None when it may): the job's named sites; for a job deployed to @ALL,
@@ -402,7 +414,7 @@ class ServerRuntime(SiteRuntime, ServerEngineSpec):
             refusal = self.connect_refusal(name)
             if refusal is None and name not in self.clients:
                 self.clients[name] = Client(name)
-                self.sites = [SiteType.SERVER, *self.clients]
+                self.sites = SiteNames([SiteType.SERVER, *self.clients])
             return refusal or ""
 
     def refuse_peer(self, name: str) -> str | None:
@@ -425,7 +437,7 @@ class ServerRuntime(SiteRuntime, ServerEngineSpec):
                 # an optional site that left while the run was gathering: it is simply not part of the run
                 self._joined.discard(name)
                 del self.clients[name]
-                self.sites = [SiteType.SERVER, *self.clients]
+                self.sites = SiteNames([SiteType.SERVER, *self.clients])
                 self._cv.notify_all()
                 return
             self._cv.notify_all()

@@ -19,8 +19,22 @@ from .aux import AuxRunner, resolve_targets
 from .fed_events import FedEventReceiver
 from .frames import Kind
 from .logs import SiteLogger, bind_thread
+from .pool import SharedThreads
 
 SENDER_THREADS = 8  # frames to several sites that may each have to wait go out on this many threads
+
+
+class SiteNames(tuple):
+    """The names of a run's sites in order, with O(1) membership; immutable, so the sites of one process can
+    share one (10,000 simulated sites hold one list of 10,000 names, not 10,000 of them)."""
+
+    def __new__(cls, names: Any = ()) -> SiteNames:
+        self = super().__new__(cls, names)
+        self._set = frozenset(self)
+        return self
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._set
 
 
 class SiteRuntime(EngineSpec):
@@ -36,8 +50,10 @@ class SiteRuntime(EngineSpec):
         workspace_root: str,
         aux_workers: int = 16,
         app_dir: str | None = None,
+        threads: SharedThreads | None = None,
     ) -> None:
         self.name = name
+        self.threads = threads  # pools shared with other sites of this process (None: threads of its own)
         self.job_id = job_id
         self.protocol = protocol
         self.run_dir = run_dir
@@ -45,7 +61,7 @@ class SiteRuntime(EngineSpec):
         self.workspace = Workspace(workspace_root, name, run_dir, app_dir)
         self.abort_signal = Signal()
         self.components: dict[str, Any] = {}
-        self.sites: list[str] = [SiteType.SERVER]
+        self.sites: SiteNames = SiteNames([SiteType.SERVER])
         self.failure: str | None = None
         self._failures: list[str] = []
         self._failure_lock = threading.Lock()
@@ -186,7 +202,9 @@ class SiteRuntime(EngineSpec):
         """The threads that send frames side by side (a broadcast's copies, an aux request's targets), so that
         a slow site delays only what goes to it; made on first use."""
         with self._sender_lock:
-            if self._sender_pool is None:
+            if self._sender_pool is None and self.threads is not None:
+                self._sender_pool = self.threads.senders(self.name)  # type: ignore[assignment]
+            elif self._sender_pool is None:
                 self._sender_pool = ThreadPoolExecutor(
                     max_workers=SENDER_THREADS,
                     thread_name_prefix=f"{self.name}-send",

@@ -35,6 +35,7 @@ _log = logging.getLogger("flarelite.simulator")
 LOG_MODES = ("concise", "full", "verbose")
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 DEFAULT_MAX_CLIENTS = 100
+DEFAULT_MAX_BLOCKED_SITES = 1000  # sites whose tasks may run (and block) at once in the in-process simulator
 CONCISE_FORMAT = "%(asctime)s - %(levelname)s - %(message)s"
 VERBOSE_FORMAT = "%(asctime)s - %(name)s - %(levelname)s - %(threadName)s - %(message)s"
 INTERNAL_LOGGERS = "flarelite."  # the runtime's own loggers (flarelite.ServerRuntime, flarelite.grpc, ...)

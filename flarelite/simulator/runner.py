@@ -13,6 +13,7 @@ from ..communication.protocol import site_name_problem
 from ..errors import ConfigError, RunFailedError
 from ..job_config.models import JobDefinition, load_job
 from .options import (
+    DEFAULT_MAX_BLOCKED_SITES,
     DEFAULT_MAX_CLIENTS,
     apply_log_config,
     assign_gpus,
@@ -91,6 +92,7 @@ def run_simulation(
     log_config: str | None = None,
     max_clients: int = DEFAULT_MAX_CLIENTS,
     data_plane: str = "auto",
+    max_blocked_sites: int = DEFAULT_MAX_BLOCKED_SITES,
 ) -> int:
     """Run the job in ``job_folder`` on this machine; return 0 when the run succeeds.
 
@@ -119,6 +121,11 @@ def run_simulation(
     the server exchange the bulk of large frames over a data channel beside gRPC, see
     ``flarelite.communication.dataplane``), ``"tcp"`` (with ``protocol="grpc"`` in every tls mode too) or
     ``"grpc"`` (gRPC only).
+    ``max_blocked_sites`` (``protocol="memory"``; default 1,000): the sites do not keep threads of their own but
+    share two bounded pools (``flarelite.runtime.pool``), so an idle site costs no thread; this many sites may be
+    executing a task at once (an executor may block, waiting for its peers: a synchronous peer-to-peer job needs
+    every site at once), the others' tasks wait for a thread. When every one of those threads waits and nothing
+    finishes for 10 s while more sites' tasks wait, the run fails with an error naming this limit.
 
     ``temp_dirs``: folders the caller made for this run (the exported job), removed by the server's process if
     this process is killed (processes modes). A site that dies while the others finish the workflow does not
@@ -157,6 +164,8 @@ def run_simulation(
     job = load_job(job_folder)
     names = resolve_clients(job, n_clients, clients)
     check_max_clients(max_clients, names)
+    if isinstance(max_blocked_sites, bool) or not isinstance(max_blocked_sites, int) or max_blocked_sites < 1:
+        raise ConfigError(f"max_blocked_sites must be a positive int, got {max_blocked_sites!r}")
     threads = check_threads(threads, len(names))
     concurrency = threads if threads < len(names) else None  # None: no gate, every site at once
     gpus = assign_gpus(names, gpu) if gpu is not None else None
@@ -196,6 +205,7 @@ def run_simulation(
     from ..runtime.apps import copy_app
     from ..runtime.client import ClientRuntime
     from ..runtime.logs import close_site_log, open_site_log, restore_level, setup_logging
+    from ..runtime.pool import SharedThreads
     from ..runtime.server import ServerRuntime
     from .processes import SERVER_LOST_TIMEOUT, SITE_LOST_TIMEOUT
 
@@ -215,6 +225,13 @@ def run_simulation(
     def policy(name: str) -> ClassPolicy:
         return ClassPolicy.for_site(site_dirs[name], allowed=allowed_classes, custom_dirs=custom_dirs)
 
+    server: ServerRuntime | None = None
+
+    def stalled(reason: str) -> None:
+        if server is not None:
+            server.abort_run(reason)
+
+    shared = SharedThreads(max_blocked_sites, on_stall=stalled)
     try:
         server = ServerRuntime(
             job_id=job_id,
@@ -242,6 +259,7 @@ def run_simulation(
                 server_lost_timeout=SERVER_LOST_TIMEOUT,
                 class_policy=policy(name),
                 app_dir=copy_app(job.app_for(name).path, site_dirs[name]),
+                threads=shared,
             )
             for name in names
         ]
@@ -249,28 +267,30 @@ def run_simulation(
         for site in sites:
             site.open()
         failures: dict[str, str | None] = {}
-        threads_ = [
-            threading.Thread(
-                target=lambda s=site: failures.__setitem__(s.name, s.run()), name=f"{site.name}-main", daemon=True
-            )
-            for site in sites
-        ]
-        for t in threads_:
-            t.start()
+        ended = threading.Condition()
+
+        def done(name: str, failure: str | None) -> None:
+            with ended:
+                failures[name] = failure
+                ended.notify_all()
+
+        for site in sites:  # no thread of its own: each site's steps run on the shared pool
+            site.start(shared.site_lane(site.name), lambda f, n=site.name: done(n, f))
         failure = server.run()
-        for t in threads_:
-            t.join(end_timeout)
-        stuck = [t.name for t in threads_ if t.is_alive()]
+        with ended:
+            ended.wait_for(lambda: len(failures) == len(sites), end_timeout)
+            stuck = [site.name for site in sites if site.name not in failures]
         if stuck:
             _log.error("sites still running after the end of the run: %s", stuck)
     finally:
+        shared.close()
         for name in site_dirs:
             close_site_log(name)
         restore_level(previous_level)
     if failure is None:  # a site the run went on without (it died) does not fail it: the server named it
         fates = server.site_fates()
         failure = next((f"{n}: {f}" for n, f in failures.items() if f and not fates[n].startswith("died")), None)
-        stuck = [t for t in stuck if not fates[t[: -len("-main")]].startswith("died")]
+        stuck = [name for name in stuck if not fates[name].startswith("died")]
     if failure is not None:
         raise RunFailedError(failure)
     if stuck:
