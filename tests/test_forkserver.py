@@ -75,10 +75,14 @@ def test_torch_is_preloaded_only_for_jobs_that_may_use_it(tmp_path):
     (custom / "net.py").write_text("import torch\n")
     p2p = tmp_path / "p2p" / "app" / "config"
     p2p.mkdir(parents=True)
-    (p2p / "config_fed_client.json").write_text('{"path": "flarelite.app_opt.p2p.executors.ConsensusExecutor"}')
+    (p2p / "config_fed_client.json").write_text('{"path": "flarelite.app_opt.p2p.executors.DGDExecutor"}')
+    consensus = tmp_path / "consensus" / "app" / "config"  # writes its .pt history without torch
+    consensus.mkdir(parents=True)
+    (consensus / "config_fed_client.json").write_text('{"path": "flarelite.app_opt.p2p.executors.ConsensusExecutor"}')
     has_torch = pytest.importorskip("torch") is not None
     assert processes._may_use_torch(str(tmp_path / "pt")) == has_torch
     assert processes._may_use_torch(str(tmp_path / "p2p")) == has_torch
+    assert not processes._may_use_torch(str(tmp_path / "consensus"))
 
 
 def test_without_the_fork_server_the_sites_start_on_their_own(tmp_path, monkeypatch):

@@ -235,9 +235,13 @@ def _fork_server(env: dict[str, str], job_folder: str) -> Any:
         return None
 
 
+_TORCH_P2P = ("DGDExecutor", "GTExecutor", "GTADAMExecutor", "TorchSyncAlgorithmExecutor")  # app_opt.p2p on torch
+
+
 def _may_use_torch(job_folder: str) -> bool:
     """Whether torch is installed and the job's configs or custom code name it (or flarelite's torch-using
-    components: ``app_opt.pt``, the p2p executors, which save their histories as ``.pt``)."""
+    components: ``app_opt.pt``, the p2p executors on torch models; ``ConsensusExecutor`` writes its ``.pt``
+    history without torch)."""
     import importlib.util
 
     if importlib.util.find_spec("torch") is None:
@@ -251,7 +255,7 @@ def _may_use_torch(job_folder: str) -> bool:
                     text = f.read(1 << 20)
             except OSError:
                 continue
-            if "torch" in text or "app_opt.pt" in text or "app_opt.p2p" in text:
+            if "torch" in text or "app_opt.pt" in text or any(name in text for name in _TORCH_P2P):
                 return True
     return False
 

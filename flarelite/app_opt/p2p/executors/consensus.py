@@ -14,6 +14,7 @@ from flarelite.apis.shareable import Shareable
 from flarelite.apis.signal import Signal
 
 from ..utils.metrics import MetricsWriter
+from ..utils.pt_file import save_float64_tensor
 from .sync_executor import SyncAlgorithmExecutor
 
 VALUE_SEQUENCE_FILE = "value_sequence.pt"
@@ -103,12 +104,10 @@ class ConsensusExecutor(SyncAlgorithmExecutor):
         return f"{float(value):.9g}" if _is_scalar(value) else f"array of shape {tuple(value.shape)}"
 
     def _post_algorithm_run(self, fl_ctx: FLContext, shareable: Shareable, abort_signal: Signal) -> None:
-        """Save the history as ``value_sequence.pt`` in the site's folder."""
-        import torch
-
-        history = [torch.as_tensor(_to_numpy(v), dtype=torch.float64) for v in self.value_history]
+        """Save the history as ``value_sequence.pt`` in the site's folder (written without importing torch)."""
+        history = np.stack([np.asarray(_to_numpy(v), dtype=np.float64) for v in self.value_history])
         path = os.path.join(self._site_dir(fl_ctx), VALUE_SEQUENCE_FILE)
-        torch.save(torch.stack(history), path)
+        save_float64_tensor(history, path)
         self.log_info(fl_ctx, f"saved {len(history)} values to {path}")
 
 
