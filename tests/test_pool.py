@@ -150,3 +150,18 @@ def test_threads_that_work_past_the_stall_timeout_are_not_a_stall():
     pool.submit(done.append, 2)
     wait_for(lambda: len(done) == 2, 20)
     assert not stalls
+
+
+def test_a_lanes_calls_left_when_its_pool_closes_are_dropped_and_it_drains():
+    pool = ThreadPool("x", 1)
+    lane = Lane(pool, "site-1")
+    gate = threading.Event()
+    done = []
+    lane.submit(lambda: (gate.wait(10), done.append(0)))
+    lane.submit(done.append, 1)
+    pool.close()
+    gate.set()
+    assert lane.shutdown(drain_timeout=10)  # nothing of it is left running
+    assert done == [0]
+    with pytest.raises(RuntimeError):
+        lane.submit(print)

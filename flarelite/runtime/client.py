@@ -421,7 +421,10 @@ class ClientRuntime(SiteRuntime):
     def _spawn(self, fn: Callable[..., Any], *args: Any, name: str | None = None) -> None:
         """Run ``fn(*args)`` beside the site's work: on the shared threads if it has them, else a thread."""
         if self.threads is not None:
-            self.threads.aux_lane(self.name, 1).submit(fn, *args)
+            try:
+                self.threads.aux_lane(self.name, 1).submit(fn, *args)
+            except RuntimeError:  # the shared threads are closed: the run is over
+                self.log.debug("not run (the run is over): %s", getattr(fn, "__name__", fn))
         else:
             threading.Thread(target=fn, args=args, name=name, daemon=True).start()
 

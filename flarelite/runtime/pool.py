@@ -242,7 +242,14 @@ class Lane:
                 self._running -= 1
                 self._lock.notify_all()
                 return
-        self.pool.submit(self._call, *nxt)
+        try:
+            self.pool.submit(self._call, *nxt)
+        except RuntimeError:  # the pool is closed (the run is over): what is left of this site's calls is dropped
+            _log.debug("the pool %s is closed: %d calls of %s dropped", self.pool.name, len(self._items) + 1, self.site)
+            with self._lock:
+                self._items.clear()
+                self._running -= 1
+                self._lock.notify_all()
 
     def shutdown(self, drain_timeout: float = 0.0) -> bool:
         """Take no more calls; with ``drain_timeout > 0`` let those queued run first, waiting up to that long.
