@@ -34,7 +34,10 @@ class SiteNames(tuple):
         return self
 
     def __contains__(self, name: object) -> bool:
-        return name in self._set
+        try:
+            return name in self._set
+        except TypeError:  # an unhashable value is no site's name
+            return False
 
 
 class SiteRuntime(EngineSpec):
