@@ -203,5 +203,6 @@ def check_max_clients(max_clients: Any, names: list[str]) -> None:
     if len(names) > max_clients:
         raise ConfigError(
             f"the number of clients ({len(names)}) cannot be more than max_clients ({max_clients}); "
-            "raise it with -m/--max_clients"
+            "raise it with max_clients= (run_simulation, FedJob.simulator_run) or -m/--max_clients (flarelite "
+            "simulator)"
         )
