@@ -165,3 +165,23 @@ def test_a_lanes_calls_left_when_its_pool_closes_are_dropped_and_it_drains():
     assert done == [0]
     with pytest.raises(RuntimeError):
         lane.submit(print)
+
+
+def test_past_its_core_threads_the_pool_grows_only_while_its_threads_block():
+    from flarelite.runtime.pool import CORE_THREADS
+
+    quick = ThreadPool("q", 500)
+    done = Counting(lambda: None)
+    for _ in range(3000):
+        quick.submit(done)
+    wait_for(lambda: done.done == 3000, 30)
+    assert quick.threads <= CORE_THREADS + 4  # short calls: the core threads keep up, hardly any more start
+
+    blocking = ThreadPool("b", 500)
+    release = threading.Event()
+    waiting = Counting(lambda: release.wait(30))
+    for _ in range(CORE_THREADS * 5):  # as sites that wait for each other: each needs a thread of its own
+        blocking.submit(waiting)
+    wait_for(lambda: waiting.running == CORE_THREADS * 5, 30)
+    release.set()
+    wait_for(lambda: waiting.done == CORE_THREADS * 5, 30)

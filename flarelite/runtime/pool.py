@@ -33,6 +33,8 @@ _log = logging.getLogger("flarelite.runtime.pool")
 SERVICE_THREADS = 256  # aux handlers and side-by-side sends of all the sites, at once
 STALL_TIMEOUT = 10.0  # seconds every thread of a full pool may wait, with calls queued, before it is a stall
 IDLE_TIMEOUT = 2.0  # seconds a thread without work stays
+CORE_THREADS = 16  # threads a pool starts as soon as calls wait; past them it grows only when its threads block
+GROW_AFTER = 0.01  # seconds calls may wait with no call starting before the pool adds threads (a quarter more)
 _current = threading.local()  # .lane: the Lane whose call this thread runs
 _WAITING_IN = {os.path.normcase(m.__file__) for m in (threading, queue) if m.__file__}
 
@@ -57,7 +59,12 @@ def _waiting(frame: Any) -> bool:
 
 
 class ThreadPool:
-    """Up to ``max_threads`` threads named ``<name>_<i>`` running submitted calls in submission order."""
+    """Up to ``max_threads`` threads named ``<name>_<i>`` running submitted calls in submission order.
+
+    Up to ``CORE_THREADS`` threads start as calls come; past them the pool grows (by a quarter, up to
+    ``max_threads``) only when calls wait and none has started for ``GROW_AFTER`` seconds: every thread is busy
+    and stays so (blocked). Short calls are run by few threads, which switch less than thousands would.
+    """
 
     def __init__(
         self,
@@ -84,6 +91,7 @@ class ThreadPool:
         self._idle = 0
         self._busy: dict[int, threading.Thread] = {}
         self._finished = 0  # calls finished so far: progress, as the stall watch sees it
+        self._started = 0  # calls started so far: progress, as the growth sees it
         self._serial = 0
         self._watching = False
         self._closed = False
@@ -106,15 +114,13 @@ class ThreadPool:
             self._work.append((fn, args))
             if self._idle > len(self._work) - 1:
                 self._cv.notify()
-            elif self._threads < self.max_threads:
+            elif self._threads < min(self.max_threads, CORE_THREADS):
                 self._threads += 1
-                self._serial += 1
                 start = True
             elif not self._watching:
                 self._watching = watch = True
-            serial = self._serial
         if start:
-            threading.Thread(target=self._run, name=f"{self.name}_{serial}", daemon=True).start()
+            self._start_thread()
         if watch:
             threading.Thread(target=self._watch, name=f"{self.name}-watch", daemon=True).start()
 
@@ -133,6 +139,13 @@ class ThreadPool:
         self.submit(call)
         return future
 
+    def _start_thread(self) -> None:
+        """Start one thread (``_threads`` already counts it)."""
+        with self._cv:
+            self._serial += 1
+            serial = self._serial
+        threading.Thread(target=self._run, name=f"{self.name}_{serial}", daemon=True).start()
+
     def _run(self) -> None:
         me = threading.current_thread()
         ident = threading.get_ident()
@@ -148,6 +161,7 @@ class ThreadPool:
                     return
                 fn, args = self._work.popleft()
                 self._busy[ident] = me
+                self._started += 1
             try:
                 fn(*args)
             except Exception:  # the callers report their own errors; this is a last resort
@@ -159,35 +173,48 @@ class ThreadPool:
                     self._finished += 1
 
     def _watch(self) -> None:
-        """While every thread is busy and calls wait: report a stall if they all wait and nothing finishes."""
-        since, seen = time.monotonic(), -1
+        """While calls wait and no thread is idle: add threads when none starts a call for ``GROW_AFTER`` (the
+        busy ones block); at ``max_threads``, report a stall when they all wait and nothing finishes."""
+        started, starving_since = -1, time.monotonic()
+        finished, idle_since = -1, time.monotonic()
         while True:
-            time.sleep(min(1.0, self.stall_timeout / 4))
             with self._cv:
-                full = self._work and len(self._busy) >= self.max_threads and not self._closed
-                if not full:
+                full = self._threads >= self.max_threads
+            time.sleep(min(1.0, self.stall_timeout / 4) if full else GROW_AFTER / 2)
+            grow = 0
+            with self._cv:
+                if not self._work or self._idle or self._closed:
                     self._watching = False
                     return
-                if self._finished != seen:
-                    since, seen = time.monotonic(), self._finished
-                    continue
-                if time.monotonic() - since < self.stall_timeout:
-                    continue
-                frames = sys._current_frames()
-                if not all(_waiting(frames.get(ident)) for ident in self._busy):
-                    since = time.monotonic()  # some thread works: not a stall (yet)
-                    continue
-                queued = len(self._work)
-                self._watching = False
-            message = (
-                f"{self.name}: all {self.max_threads} threads have been waiting for {self.stall_timeout:.0f}s with "
-                f"nothing finished, and {queued} calls wait for a thread: {self.stall_hint}"
-            )
-            self.stalled = message
-            _log.error("%s", message)
-            if self.on_stall is not None:
-                self.on_stall(message)
-            return
+                now = time.monotonic()
+                if self._started != started:
+                    started, starving_since = self._started, now
+                elif self._threads < self.max_threads:
+                    if now - starving_since >= GROW_AFTER:
+                        grow = min(self.max_threads - self._threads, max(1, self._threads // 4), len(self._work))
+                        self._threads += grow
+                        starving_since = now
+                if len(self._busy) < self.max_threads:
+                    finished = -1  # the stall watch counts only while every thread of a full pool is busy
+                elif self._finished != finished:
+                    finished, idle_since = self._finished, now
+                elif now - idle_since >= self.stall_timeout:
+                    frames = sys._current_frames()
+                    if all(_waiting(frames.get(ident)) for ident in self._busy):
+                        queued = len(self._work)
+                        self._watching = False
+                        break
+                    idle_since = now  # some thread works: not a stall (yet)
+            for _ in range(grow):
+                self._start_thread()
+        message = (
+            f"{self.name}: all {self.max_threads} threads have been waiting for {self.stall_timeout:.0f}s with "
+            f"nothing finished, and {queued} calls wait for a thread: {self.stall_hint}"
+        )
+        self.stalled = message
+        _log.error("%s", message)
+        if self.on_stall is not None:
+            self.on_stall(message)
 
     def close(self) -> None:
         """Take no more calls; idle threads exit, busy ones after their call (calls still queued are run)."""
