@@ -183,11 +183,11 @@ class ThreadPool:
             time.sleep(min(1.0, self.stall_timeout / 4) if full else GROW_AFTER / 2)
             grow = 0
             with self._cv:
-                if not self._work or self._idle or self._closed:
+                if not self._work or self._closed:  # (only then: a call may wait behind one an idle thread takes)
                     self._watching = False
                     return
                 now = time.monotonic()
-                if self._started != started:
+                if self._started != started or self._idle:
                     started, starving_since = self._started, now
                 elif self._threads < self.max_threads:
                     if now - starving_since >= GROW_AFTER:
