@@ -135,6 +135,24 @@ def test_a_full_pool_whose_threads_all_wait_reports_a_stall_naming_the_limit():
     shared.close()
 
 
+def test_threads_that_poll_with_sleep_are_waiting_too():
+    stalls = []
+    shared = SharedThreads(2, stall_timeout=0.5, on_stall=stalls.append)
+    release = threading.Event()
+
+    def polls_for_the_others():  # as NVFlare-style code: while not there: time.sleep(...)
+        while not release.is_set():
+            time.sleep(0.05)
+
+    for i in range(2):
+        shared.site_lane(f"site-{i}").submit(polls_for_the_others)
+    shared.site_lane("site-2").submit(release.set)
+    wait_for(lambda: stalls, 20)
+    assert "max_blocked_sites=2" in stalls[0]
+    release.set()
+    shared.close()
+
+
 def test_threads_that_work_past_the_stall_timeout_are_not_a_stall():
     stalls = []
     pool = ThreadPool("c", 1, stall_timeout=0.3, on_stall=stalls.append)
@@ -146,9 +164,17 @@ def test_threads_that_work_past_the_stall_timeout_are_not_a_stall():
             sum(range(1000))
         done.append(1)
 
+    def compute_in_c():  # most of its time in one C call: one instruction, but the CPU is busy
+        data = list(range(200_000))
+        end = time.monotonic() + 1.5
+        while time.monotonic() < end:
+            sorted(data, reverse=True)
+        done.append(3)
+
     pool.submit(compute)
+    pool.submit(compute_in_c)
     pool.submit(done.append, 2)
-    wait_for(lambda: len(done) == 2, 20)
+    wait_for(lambda: len(done) == 3, 20)
     assert not stalls
 
 

@@ -7,9 +7,12 @@ site's own ``WorkerPool`` (``submit``, ``shutdown``). ``SharedThreads`` is the p
 uses: one pool for the sites' tasks (an executor may block there, waiting for its peers: at most
 ``max_blocked_sites`` do at once) and one for aux handlers and side-by-side sends.
 
-A pool whose every thread waits on another thread (a lock, an event, a queue) while calls wait for a thread
-cannot go on: the calls that would wake them are the ones waiting. After ``stall_timeout`` seconds of that,
-with no call finished, the pool says so (``on_stall``, with a message naming the limit) instead of hanging.
+A full pool whose every thread waits for another thread (on a lock, an event, a queue, or polling with sleep)
+while calls wait for a thread cannot go on: the calls that would wake them are the ones waiting. After
+``stall_timeout`` seconds with no call finished, the pool looks at its threads twice (``SAMPLE`` apart): when each
+is in a threading/queue wait or stayed at one instruction, and together they used under a quarter of a core, it
+says so (``on_stall``, with a message naming the limit) instead of hanging. Threads that compute, even in one long
+C call, use the CPU and are not a stall.
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ STALL_TIMEOUT = 10.0  # seconds every thread of a full pool may wait, with calls
 IDLE_TIMEOUT = 2.0  # seconds a thread without work stays
 CORE_THREADS = 16  # threads a pool starts as soon as calls wait; past them it grows only when its threads block
 GROW_AFTER = 0.01  # seconds calls may wait with no call starting before the pool adds threads (a quarter more)
+SAMPLE = 0.25  # seconds between the two looks at a full pool's threads that decide whether they all wait
 _current = threading.local()  # .lane: the Lane whose call this thread runs
 _WAITING_IN = {os.path.normcase(m.__file__) for m in (threading, queue) if m.__file__}
 
@@ -56,6 +60,36 @@ def _working_for(site: str, role: str) -> Iterator[None]:
 def _waiting(frame: Any) -> bool:
     """Whether a thread whose innermost frame is ``frame`` waits on another thread (threading or queue)."""
     return frame is not None and os.path.normcase(frame.f_code.co_filename) in _WAITING_IN
+
+
+def _cpu_seconds(ident: int) -> float | None:
+    """CPU time the thread ``ident`` has used (None where the platform cannot tell)."""
+    try:
+        return time.clock_gettime(time.pthread_getcpuclockid(ident))
+    except (AttributeError, OSError, ValueError):
+        return None
+
+
+def _all_waiting(idents: list[int], look: float = SAMPLE) -> bool:
+    """Whether every thread of ``idents`` waits: it is in a threading/queue wait, or it stayed at the same
+    instruction for ``look`` seconds (a sleep, a lock taken in C) while together they used under a quarter of a
+    core (a long computation in C stays at one instruction too, but uses the CPU)."""
+    before = sys._current_frames()
+    where = {i: (id(f), f.f_lasti) for i in idents if (f := before.get(i)) is not None}
+    cpu = {i: _cpu_seconds(i) for i in idents}
+    time.sleep(look)
+    after = sys._current_frames()
+    used = 0.0
+    for ident in idents:
+        frame = after.get(ident)
+        if frame is None:
+            continue  # it ended its call: not waiting, but not this stall's concern either
+        if not _waiting(frame) and where.get(ident) != (id(frame), frame.f_lasti):
+            return False  # it moves: it works
+        start, now = cpu[ident], _cpu_seconds(ident)
+        if start is not None and now is not None:
+            used += now - start
+    return used < look / 4
 
 
 class ThreadPool:
@@ -177,7 +211,9 @@ class ThreadPool:
         busy ones block); at ``max_threads``, report a stall when they all wait and nothing finishes."""
         started, starving_since = -1, time.monotonic()
         finished, idle_since = -1, time.monotonic()
+        finished_then = -1
         while True:
+            busy: list[int] = []
             with self._cv:
                 full = self._threads >= self.max_threads
             time.sleep(min(1.0, self.stall_timeout / 4) if full else GROW_AFTER / 2)
@@ -199,12 +235,17 @@ class ThreadPool:
                 elif self._finished != finished:
                     finished, idle_since = self._finished, now
                 elif now - idle_since >= self.stall_timeout:
-                    frames = sys._current_frames()
-                    if all(_waiting(frames.get(ident)) for ident in self._busy):
+                    busy = list(self._busy)
+                    finished_then = self._finished
+                    idle_since = now  # (looked at again a stall_timeout later unless this is one)
+                else:
+                    busy = []
+            if busy and _all_waiting(busy):
+                with self._cv:
+                    if self._finished == finished_then and self._work and not self._closed:
                         queued = len(self._work)
                         self._watching = False
                         break
-                    idle_since = now  # some thread works: not a stall (yet)
             for _ in range(grow):
                 self._start_thread()
         message = (
