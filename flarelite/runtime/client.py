@@ -287,9 +287,7 @@ class ClientRuntime(SiteRuntime):
             self.interrupt(f"lost the connection to the server for more than {self.server_lost_timeout}s")
 
     def _finish(self) -> None:
-        if self._ended:
-            return
-        self._ended = True
+        self._ended = True  # (once: run() calls it in its finally, a lane through _lane_end)
         current = self._current
         if current is not None:
             current[1].trigger("run ended")

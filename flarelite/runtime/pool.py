@@ -118,7 +118,6 @@ class ThreadPool:
         self.stall_timeout = stall_timeout
         self.on_stall = on_stall
         self.stall_hint = stall_hint
-        self.stalled: str | None = None
         self._cv = threading.Condition()
         self._work: deque[tuple[Callable[..., Any], tuple]] = deque()
         self._threads = 0
@@ -252,7 +251,6 @@ class ThreadPool:
             f"{self.name}: all {self.max_threads} threads have been waiting for {self.stall_timeout:.0f}s with "
             f"nothing finished, and {queued} calls wait for a thread: {self.stall_hint}"
         )
-        self.stalled = message
         _log.error("%s", message)
         if self.on_stall is not None:
             self.on_stall(message)
@@ -366,8 +364,6 @@ class SharedThreads:
         on_stall: Callable[[str], None] | None = None,
     ) -> None:
         stall_timeout = STALL_TIMEOUT if stall_timeout is None else stall_timeout
-        if isinstance(max_blocked_sites, bool) or not isinstance(max_blocked_sites, int) or max_blocked_sites < 1:
-            raise ValueError(f"max_blocked_sites must be a positive int, got {max_blocked_sites!r}")
         self.tasks = ThreadPool(
             "sim-task",
             max_blocked_sites,

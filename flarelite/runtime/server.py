@@ -70,7 +70,7 @@ class ServerRuntime(SiteRuntime, ServerEngineSpec):
         self.mandatory = list(mandatory_clients or [])
         self.app_for_client = app_for_client
         self.clients: dict[str, Client] = {name: Client(name) for name in clients or []}
-        self.sites = SiteNames([SiteType.SERVER, *self.clients])
+        self._list_sites()
         self._welcome_cache: tuple[SiteNames, str, Frame] | None = None
         self._started = False
         self.ready_timeout = ready_timeout
@@ -185,7 +185,7 @@ class ServerRuntime(SiteRuntime, ServerEngineSpec):
             late = sorted(set(self.clients) - self._ready)  # joined but not ready: not part of this run
             for name in late:
                 del self.clients[name]
-            self.sites = SiteNames([SiteType.SERVER, *self.clients])
+            self._list_sites()
             self._started = True
         for name in late:
             self.fates.not_in_run(name)
@@ -383,6 +383,10 @@ class ServerRuntime(SiteRuntime, ServerEngineSpec):
             ctx.set_prop(FLContextKey.RECONNECTED_CLIENT_NAME, name, private=True, sticky=False)
             self.fire_event(EventType.CLIENT_RECONNECTED, ctx)
 
+    def _list_sites(self) -> None:
+        """The run's sites (the server first) from ``clients``, after it changed."""
+        self.sites = SiteNames([SiteType.SERVER, *self.clients])
+
     def _welcome_frame(self) -> Frame:
         """The welcome of a site that has its app: encoded once for as long as the site list stays the same."""
         sites, job_id = self.sites, self.job_id
@@ -414,7 +418,7 @@ class ServerRuntime(SiteRuntime, ServerEngineSpec):
             refusal = self.connect_refusal(name)
             if refusal is None and name not in self.clients:
                 self.clients[name] = Client(name)
-                self.sites = SiteNames([SiteType.SERVER, *self.clients])
+                self._list_sites()
             return refusal or ""
 
     def refuse_peer(self, name: str) -> str | None:
@@ -437,7 +441,7 @@ class ServerRuntime(SiteRuntime, ServerEngineSpec):
                 # an optional site that left while the run was gathering: it is simply not part of the run
                 self._joined.discard(name)
                 del self.clients[name]
-                self.sites = SiteNames([SiteType.SERVER, *self.clients])
+                self._list_sites()
                 self._cv.notify_all()
                 return
             self._cv.notify_all()
