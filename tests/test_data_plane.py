@@ -56,7 +56,7 @@ def test_frames_between_a_site_and_its_server_take_the_channel_both_ways_in_orde
     assert got.sender == "server" and got.meta == b"x" * (CHUNK + 5) and bytes(got.buffers[0]) == big.tobytes()
 
 
-def test_frames_between_sites_keep_the_relay(net):
+def test_frames_between_sites_go_through_the_relay(net):
     server, _ = net("server")
     one, in1 = net("site-1")
     two, in2 = net("site-2")
@@ -64,7 +64,7 @@ def test_frames_between_sites_keep_the_relay(net):
     one.send("site-2", Frame(kind="aux", meta=b"hi", buffers=[np.arange(1 << 20, dtype=np.uint8)]))
     got = in2.get()
     assert got.sender == "site-1" and got.meta == b"hi" and memoryview(got.buffers[0]).nbytes == 1 << 20
-    assert server.data_peers == ["site-1", "site-2"]
+    assert server.data_peers == ["site-1", "site-2"]  # (its bytes took them: tests/test_data_relay.py)
 
 
 def test_the_grpc_option_turns_it_off_on_either_side(net):
@@ -254,7 +254,15 @@ def test_a_blob_is_claimed_once_whether_it_came_before_or_after_its_claim():
 
 @pytest.mark.parametrize(
     "attack",
-    ["chunk of no blob", "unknown record", "huge envelope", "chunk past its buffer", "blob with meta", "ids go down"],
+    [
+        "chunk of no blob",
+        "unknown record",
+        "huge envelope",
+        "chunk past its buffer",
+        "blob with meta",
+        "ids go down",
+        "a blob for another site on a channel that relays nothing",
+    ],
 )
 def test_a_peer_that_breaks_the_protocol_loses_its_channel_and_nothing_else(attack):
     pair = Pair(admit=lambda h, size, pending: "over the limit" if size > 1000 else "")
@@ -271,6 +279,8 @@ def test_a_peer_that_breaks_the_protocol_loses_its_channel_and_nothing_else(atta
             pair.chunk(1, 0, b"abc")
         elif attack == "blob with meta":
             pair.envelope(pb.Envelope(header=pb.Header(stream=1, meta=b"m", buffer_sizes=[1])))
+        elif attack == "a blob for another site on a channel that relays nothing":
+            pair.envelope(pb.Envelope(header=pb.Header(stream=1, buffer_sizes=[1], target="site-2")))
         else:
             pair.announce(2, [1])
             pair.chunk(2, 0, b"x")

@@ -114,11 +114,13 @@ def test_a_blob_that_does_not_match_its_header_is_refused_and_the_claim_of_anoth
         rogue.close()
 
 
-def test_a_blob_for_another_site_ends_that_connection_only(server):
+def test_a_header_for_another_site_naming_a_blob_sent_for_the_server_ends_that_connection_only(server):
     ep, inbox = server
     rogue, channel, _ = rogue_with_channel(ep)
     try:
-        blob = channel.send_blob([memoryview(b"x" * 300_000)], None)
+        blob = channel.send_blob([memoryview(b"x" * 300_000)], None)  # announced for the server itself
+        held = ep._conns["site-1"].data_channel
+        wait_for(lambda: held.holds_local(blob))
         rogue.frame(target="site-9", kind="lie", blob=blob, buffer_sizes=[300_000], meta=b"m")
         assert rogue.wait_ended(5)
         wait_for(lambda: ep.data_peers == [])  # its channel went with its connection

@@ -3,6 +3,11 @@
 * Blobs (a site and its server): the buffers of a large frame go on the channel as blob N, and the frame's
   header keeps travelling on the gRPC stream naming blob N; so a frame's place among the others (relayed frames,
   peer events, small frames) is the stream's, and only its bytes take the faster way.
+* Relayed blobs (a site's frame for another site, through the server): the site announces blob N for its target,
+  queues the frame's header on the stream, then writes the chunks as its relay window allows (``Credit`` on the
+  stream, per target, as for relayed chunks on gRPC). The server's reader hands each chunk to its relay
+  (``relay``: ``grpc/data_relay.py``), which passes it on to the target's own channel (or stream) without holding
+  the frame; a channel without ``relay`` takes no blob for anyone else.
 * Whole frames (two sites on a direct connection, where nothing else shares the stream): after a side says
   ``Switch`` on the stream, every frame it sends the peer goes on the channel, header and buffers, small ones in
   one write; the receiver delivers them (``deliver``, on the reader thread) once its ``gate`` is open, i.e. once
@@ -48,11 +53,21 @@ import struct
 import threading
 import time
 from collections.abc import Callable
+from typing import Protocol
 
 from ... import logsafe
 from ...errors import ProtocolError, TransportClosed, TransportTimeout
 from ..grpc import flarelite_pb2 as pb
-from ..grpc.wire import Assembly, Inbound, body_size, byte_views, check_header, header_from_proto, header_to_proto
+from ..grpc.wire import (
+    Assembly,
+    ChunkCursor,
+    Inbound,
+    body_size,
+    byte_views,
+    check_header,
+    header_from_proto,
+    header_to_proto,
+)
 from ..protocol import Frame
 
 _log = logging.getLogger("flarelite.dataplane")
@@ -135,6 +150,32 @@ class _Turns:
         return True
 
 
+class Relay(Protocol):
+    """What a server's channel hands a relayed blob to (``grpc/data_relay.py``); called on the reader thread, in
+    the order the records came. ``admit`` may raise ProtocolError (the peer sent past its window: the channel
+    closes); the others must return at once."""
+
+    def admit(self, target: str, nbytes: int) -> None: ...
+
+    def announce(self, channel: DataChannel, h: pb.Header) -> None: ...
+
+    def chunk(self, channel: DataChannel, blob: int, buffer: int, data: bytearray) -> None: ...
+
+    def done(self, channel: DataChannel, blob: int) -> None: ...
+
+    def cancel(self, channel: DataChannel, blob: int, reason: str) -> None: ...
+
+
+class _Relayed(ChunkCursor):
+    """A blob passing through this endpoint to ``target``: its chunks are checked against its sizes and handed on."""
+
+    __slots__ = ("target",)
+
+    def __init__(self, h: pb.Header) -> None:
+        super().__init__(h)
+        self.target = h.target
+
+
 class _Cut(Exception):
     """The socket ended or failed."""
 
@@ -158,6 +199,8 @@ class DataChannel:
         deliver: takes each whole frame received (on the reader thread; it must return quickly); None: this
             channel carries blobs only, and a whole frame on it breaks its protocol.
         gate: set once the peer's frames begun on the stream before its Switch are delivered; whole frames wait.
+        relay: takes the blobs the peer sends for other sites (the server's channels); None: such a blob breaks
+            the channel's protocol.
         on_close: called once when the channel closes (from whichever thread closes it).
         max_held_bytes: bytes finished blobs may hold before their headers claim them.
     """
@@ -173,11 +216,14 @@ class DataChannel:
         max_held_bytes: int = 8 << 30,
         deliver: Deliver | None = None,
         gate: threading.Event | None = None,
+        relay: Relay | None = None,
     ) -> None:
         self.sock = sock
         self.local, self.peer = local, peer
         self._admit, self._on_close = admit, on_close
         self._deliver = deliver
+        self._relay = relay
+        self._relaying = 0  # relayed blobs being received (at most MAX_REFUSED)
         self.gate = gate if gate is not None else threading.Event()
         self.max_held_bytes = max_held_bytes
         # blocking: a write or a chunk's read is one call that the kernel finishes without the GIL; ``close`` wakes
@@ -299,6 +345,91 @@ class DataChannel:
                 self._write((b"".join(parts),), deadline, what, fresh=True)
                 return
             self._write_records(me, stream, head, pieces, deadline, what)
+        finally:
+            self._turns.leave(me)
+
+    def send_relayed_blob(
+        self,
+        pieces: list[memoryview],
+        target: str,
+        deadline: float | None,
+        what: str,
+        announced: Callable[[int], None],
+        reserve: Callable[[int, float | None], None],
+        chunk: int = CHUNK,
+    ) -> int:
+        """Write ``pieces`` as blob N for ``target`` through the peer (the server's relay): the announcement, then
+        ``announced(N)`` (the caller queues the frame's header on the stream), then chunks of at most ``chunk``
+        bytes, each once ``reserve(nbytes, deadline)`` found room in the relay window to ``target``; the turn is
+        left while waiting for room, so frames to other targets go meanwhile. Returns N.
+
+        Raises:
+            ChannelUnavailable: the channel is closed and nothing was written (send the frame another way).
+            TransportTimeout: ``deadline`` passed (waiting for room or the socket); what was sent is cancelled.
+            TransportClosed: the channel (or the connection whose window ``reserve`` waits on) failed meanwhile.
+        """
+        sizes = [p.nbytes for p in pieces]
+        me = object()
+        self._take_turn(me, deadline, what)
+        try:
+            blob = next(self._ids)
+            head = pb.Envelope(header=pb.Header(stream=blob, buffer_sizes=sizes, target=target)).SerializeToString()
+            self._write((_E.pack(b"E", len(head)), head), deadline, what, fresh=True)
+        finally:
+            self._turns.leave(me)
+        announced(blob)
+        try:
+            for index, view in enumerate(pieces):
+                for offset in range(0, view.nbytes, chunk):
+                    part = view[offset : offset + chunk]
+                    reserve(part.nbytes, deadline)
+                    self.write_chunk(blob, index, part, deadline, what)
+        except TransportTimeout:
+            self.cancel_blob(blob, "not sent within its timeout")
+            raise
+        return blob
+
+    def begin_blob(self, sizes: list[int], deadline: float | None, what: str = "a relayed blob") -> int:
+        """Announce a blob of ``sizes`` whose chunks follow by ``write_chunk`` (the server passing one on); its id.
+
+        Raises ChannelUnavailable, TransportTimeout, TransportClosed (as ``send_blob``).
+        """
+        me = object()
+        self._take_turn(me, deadline, what)
+        try:
+            blob = next(self._ids)
+            head = pb.Envelope(header=pb.Header(stream=blob, buffer_sizes=sizes)).SerializeToString()
+            self._write((_E.pack(b"E", len(head)), head), deadline, what, fresh=True)
+        finally:
+            self._turns.leave(me)
+        return blob
+
+    def write_chunk(
+        self, blob: int, buffer: int, data: memoryview, deadline: float | None, what: str = "a relayed blob"
+    ) -> None:
+        """Write ``data`` as the next bytes of buffer ``buffer`` of blob ``blob`` (announced), in its turn.
+
+        Raises:
+            TransportTimeout: no turn before ``deadline`` (nothing written), or the record was cut at it.
+            TransportClosed: the channel is closed or failed.
+        """
+        me = object()
+        try:
+            self._take_turn(me, deadline, what)
+        except ChannelUnavailable as exc:
+            raise TransportClosed(f"data channel to {self.peer!r} closed: {exc}") from None
+        try:
+            self._write((_C.pack(b"C", blob, buffer, data.nbytes), data), deadline, what)
+        finally:
+            self._turns.leave(me)
+
+    def cancel_blob(self, blob: int, reason: str) -> None:
+        """Tell the peer that blob ``blob`` will not be finished (nothing happens when the channel is closed)."""
+        me = object()
+        if self.closed or not self._turns.take(me, None, self._is_closed):
+            return
+        try:
+            self._cancel(blob, reason)
         finally:
             self._turns.leave(me)
 
@@ -465,6 +596,13 @@ class DataChannel:
         if future is not None:
             future.cancel()
 
+    def holds_local(self, blob: int) -> bool:
+        """Whether blob ``blob`` came (or is coming) for this side itself, not for the relay."""
+        with self._lock:
+            state = self._pending.get(blob)
+            local = state is not None and not isinstance(state, _Relayed)
+            return local or blob in self._done or blob in self._refused
+
     def _finished(self, blob: int, buffers: list) -> None:
         """Blob ``blob`` is complete: to its claim, or kept for it (atomically with leaving ``_pending``)."""
         with self._lock:
@@ -522,6 +660,10 @@ class DataChannel:
             _log.warning(
                 "%s: closed the data channel from %s: %r", self.local, self.peer, exc, extra={"site": self.local}
             )
+        if self._relay is not None:  # what was passing through ends at its targets
+            for blob, state in list(pending.items()):
+                if type(state) is _Relayed:
+                    self._relay.cancel(self, blob, reason)
         pending.clear()  # frees what unfinished blobs held
         self.reader_done.set()
         self.close(reason)
@@ -536,6 +678,11 @@ class DataChannel:
                 state = pending.pop(env.cancel.stream, None)
             if type(state) is _Refused and state.whole:
                 self._refused_frames -= 1
+            if type(state) is _Relayed:
+                self._relaying -= 1
+                assert self._relay is not None
+                self._relay.cancel(self, env.cancel.stream, env.cancel.reason)
+                return
             self._finished_cancelled(env.cancel.stream, env.cancel.reason)
         else:
             raise ProtocolError(f"unexpected {body!r} envelope")
@@ -556,6 +703,9 @@ class DataChannel:
         if len(h.buffer_sizes) > MAX_BLOB_BUFFERS or h.meta or h.meta_size:
             raise ProtocolError("a blob announcement with meta or too many buffers")
         check_header(h)
+        if h.target and h.target != self.local:
+            self._on_relayed(h, pending)
+            return
         size = sum(h.buffer_sizes)
         problem = self._admit(h, size, pending)
         if problem:  # its chunks are skipped; its header gets the reason
@@ -577,6 +727,22 @@ class DataChannel:
             pending[h.stream] = assembly
         if assembly.complete:
             self._finished(h.stream, assembly.finish().buffers)
+
+    def _on_relayed(self, h: pb.Header, pending: Inbound) -> None:
+        """A blob for another site (the peer's relay window bounds what of it is in flight): handed to the relay."""
+        if self._relay is None:
+            raise ProtocolError(f"a blob for {h.target!r} on a channel that relays nothing")
+        if self._relaying >= MAX_REFUSED:
+            raise ProtocolError(f"{self._relaying} relayed blobs are unfinished (it starts them, never ends them)")
+        state = _Relayed(h)
+        with self._lock:
+            self._announced = h.stream
+            if not state.complete:
+                pending[h.stream] = state
+                self._relaying += 1
+        self._relay.announce(self, h)
+        if state.complete:
+            self._relay.done(self, h.stream)
 
     def _on_frame_header(self, h: pb.Header, pending: Inbound) -> None:
         """A whole frame starts (or is complete already)."""
@@ -641,6 +807,9 @@ class DataChannel:
             raise ProtocolError(f"a chunk for unknown blob {blob}")
         if size > CHUNK:
             raise ProtocolError(f"a chunk of {size} bytes (the limit is {CHUNK})")
+        if type(state) is _Relayed:
+            self._on_relayed_chunk(state, blob, buffer, size, pending)
+            return
         if type(state) is _Refused:
             self._discard(size)
             state.remaining -= size
@@ -665,6 +834,22 @@ class DataChannel:
                 self._pass(frame)
                 return
             self._finished(blob, state.finish().buffers)
+
+    def _on_relayed_chunk(self, state: _Relayed, blob: int, buffer: int, size: int, pending: Inbound) -> None:
+        try:
+            state.advance_by(buffer, size)
+        except ValueError as exc:
+            raise ProtocolError(f"{exc} (blob {blob} for {state.target!r})") from None
+        assert self._relay is not None
+        self._relay.admit(state.target, size)  # raises when the peer sends past its window
+        data = bytearray(size)
+        self._read_into(memoryview(data))
+        self._relay.chunk(self, blob, buffer, data)
+        if state.complete:
+            with self._lock:
+                pending.pop(blob, None)
+            self._relaying -= 1
+            self._relay.done(self, blob)
 
     # the socket, read through a small buffer (record heads) or straight into the destination (chunks) ------
     def _recv_into(self, view: memoryview, flags: int = 0) -> int:

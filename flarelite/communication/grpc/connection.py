@@ -10,14 +10,17 @@ Flow control through the relay is per (client, target): a client's connection to
 credits them back (``Credit``, sent once the relay wrote them to the target, or dropped them). A frame whose
 target has no window left is parked, and the writer goes on with everything else (heartbeats, frames to the
 server or to other targets). A frame always gets one envelope through when nothing is outstanding, so an
-envelope larger than the window never deadlocks. Every frame queued or being written when the connection closes
-finishes at once, with an error or rerouted (``reroute``) when none of it was written.
+envelope larger than the window never deadlocks. The chunks of a relayed blob (written on the data channel by the
+sender's thread) count against the same window: that thread ``reserve``s room for each before writing it. Every
+frame queued or being written when the connection closes finishes at once, with an error or rerouted (``reroute``)
+when none of it was written.
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
+import concurrent.futures
 import threading
 import time
 from collections.abc import Awaitable, Callable, Iterator
@@ -161,8 +164,11 @@ class Connection:
         self._waiting: set[Outgoing] = set()  # relayed frames with nothing ready
         self._parked: dict[str, collections.deque[Outgoing]] = {}  # frames waiting for window, per target
         self._outstanding: dict[str, int] = {}  # client: bytes written per target and not yet credited
+        # client: senders of relayed blobs waiting for room in a target's window, in order
+        self._reservations: dict[str, collections.deque[tuple[int, concurrent.futures.Future]]] = {}
         self._current: Outgoing | None = None  # the frame an envelope of which is being written
         self.relay_held: dict[str, int] = {}  # server, per source: bytes received per target, not yet credited
+        self.relay_lock = threading.Lock()  # relay_held: the data channel's reader admits relayed chunks too
         self._credit_due: dict[str, int] = {}  # server, per source: credits to send
         self.credit_batch = 0  # server: credits due below this wait up to CREDIT_DELAY (one Credit for many)
         self._credit_queued = False
@@ -227,19 +233,48 @@ class Connection:
             self._outstanding[target] = left
         else:
             self._outstanding.pop(target, None)
+        waiting = self._reservations.get(target)
+        while waiting:
+            cost, future = waiting[0]
+            if not future.cancelled() and not self._grant(target, cost, future):
+                break
+            waiting.popleft()
+        if not waiting:
+            self._reservations.pop(target, None)
         parked = self._parked.pop(target, None)
         if parked:
             self._active.extend(parked)
             self._wake.set()
 
+    def reserve(self, target: str, cost: int, future: concurrent.futures.Future) -> None:
+        """Count ``cost`` bytes against ``target``'s window for a sender thread (a relayed blob's chunk on the data
+        channel): ``future`` gets a result once they fit, after those waiting before it (client, loop thread).
+        A sender that gives up cancels it; one granted that does not write gives the room back (``on_credit``)."""
+        if self.closed:
+            future.set_exception(ConnectionError(self.close_reason or f"connection to {self.name} is closed"))
+            return
+        waiting = self._reservations.get(target)
+        if waiting or not self._grant(target, cost, future):
+            self._reservations.setdefault(target, collections.deque()).append((cost, future))
+
+    def _grant(self, target: str, cost: int, future: concurrent.futures.Future) -> bool:
+        used = self._outstanding.get(target, 0)
+        if used and used + cost > self.window:
+            return False
+        if future.set_running_or_notify_cancel():
+            self._outstanding[target] = used + cost
+            future.set_result(None)
+        return True
+
     def credit(self, target: str, nbytes: int) -> None:
         """The relay wrote (or dropped) ``nbytes`` of this source's frames to ``target``: tell it (server)."""
-        left = self.relay_held.get(target, 0) - nbytes
-        if left > 0:
-            self.relay_held[target] = left
-        else:
-            self.relay_held.pop(target, None)
-        if self.closed:
+        with self.relay_lock:
+            left = self.relay_held.get(target, 0) - nbytes
+            if left > 0:
+                self.relay_held[target] = left
+            else:
+                self.relay_held.pop(target, None)
+        if self.closed or not nbytes:
             return
         due = self._credit_due.get(target, 0) + nbytes
         self._credit_due[target] = due
@@ -260,7 +295,10 @@ class Connection:
             self._wake.set()
 
     def _room(self, out: Outgoing, cost: int) -> bool:
-        """Whether ``out``'s next envelope (``cost`` bytes) fits in its target's window; counts it if so."""
+        """Whether ``out``'s next envelope (``cost`` bytes) fits in its target's window; counts it if so (one that
+        costs nothing, a relayed blob's header, always fits)."""
+        if not cost:
+            return True
         target = out.target
         used = self._outstanding.get(target, 0)
         if used and used + cost > self.window:
@@ -311,7 +349,7 @@ class Connection:
                 try:
                     await write(env)
                 finally:
-                    if out.source is not None:  # written, or never will be: either way the source may send more
+                    if out.source is not None and cost:  # written, or never will be: the source may send more
                         out.source.credit(self.name, cost)
                 self._current = None
                 self.last_sent = time.monotonic()
@@ -379,6 +417,11 @@ class Connection:
         if self._credit_timer is not None:
             self._credit_timer.cancel()
             self._credit_timer = None
+        reservations, self._reservations = self._reservations, {}
+        for waiting in reservations.values():
+            for _, future in waiting:
+                if future.set_running_or_notify_cancel():
+                    future.set_exception(ConnectionError(reason or f"connection to {self.name} closed"))
         for out in items:
             if not isinstance(out, Outgoing) or out.finished:
                 continue

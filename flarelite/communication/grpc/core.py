@@ -152,6 +152,7 @@ class EndpointCore(CommunicationProtocol):
         self._data_offers: dict[str, Any] = {}  # channels offered or being opened, by peer
         self._data_lock = threading.Lock()
         self._data_listener: Any = None
+        self._blob_relay: Any = None  # the server's relay of blobs between channels (data_relay.py)
 
     @property
     def is_server(self) -> bool:
@@ -258,7 +259,11 @@ class EndpointCore(CommunicationProtocol):
         except ProtocolError as exc:
             raise ProtocolError(f"{conn.name}: {exc}") from None
         if h.blob and h.target != self.address:
-            raise ProtocolError(f"{conn.name} sent a frame for {h.target!r} with its buffers on the data channel")
+            if not self.is_server:
+                raise ProtocolError(f"{conn.name} sent a frame for {h.target!r} with its buffers on the data channel")
+            h.sender = conn.name  # the authenticated identity, not the claim
+            self._relay_blob_header(conn, h)  # its buffers pass through on the data channels (data_relay.py)
+            return
         size = body_size(h)
         chunked = bool(h.buffer_sizes) or h.meta_size > 0
         if h.target != self.address:
@@ -380,19 +385,26 @@ class EndpointCore(CommunicationProtocol):
         """``conn`` ended, and with it its data channel; data_routes.py handles it."""
         raise NotImplementedError
 
+    def _relay_blob_header(self, conn: Connection, h: pb.Header) -> None:
+        """The header of a frame whose buffers ``conn`` relays through its data channel; data_routes.py."""
+        raise NotImplementedError
+
     # relaying (server) -------------------------------------------------------------------------------
     # Flow control is per (source, target): a source may have ``relay_window`` bytes received here and not yet
     # written to the target; each relayed envelope is credited back to the source once written (or dropped).
     # The server never stops reading a source: a slow target slows only what goes to it. A source that sends
     # beyond its window ignores the protocol: its connection is closed (ProtocolError, logged once).
     def _relay_admit(self, source: Connection, target: str, cost: int) -> None:
-        held = source.relay_held.get(target, 0)
-        if held and held + cost > self.relay_window:
-            raise ProtocolError(
-                f"{source.name} sent {cost} more bytes for {target} with {held} bytes already in the relay, over "
-                f"its relay window of {self.relay_window} bytes (it does not wait for Credit)"
-            )
-        source.relay_held[target] = held + cost
+        """Count ``cost`` more bytes from ``source`` for ``target`` in the relay (the loop, or the reader thread of
+        ``source``'s data channel for a relayed blob's chunks)."""
+        with source.relay_lock:
+            held = source.relay_held.get(target, 0)
+            if held and held + cost > self.relay_window:
+                raise ProtocolError(
+                    f"{source.name} sent {cost} more bytes for {target} with {held} bytes already in the relay, over "
+                    f"its relay window of {self.relay_window} bytes (it does not wait for Credit)"
+                )
+            source.relay_held[target] = held + cost
 
     async def _relay_header(self, conn: Connection, env: pb.Envelope, size: int, chunked: bool, pending: dict) -> None:
         env.DiscardUnknownFields()  # what the window counts is what goes out

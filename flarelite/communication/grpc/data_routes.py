@@ -10,8 +10,8 @@ on, a frame between that site and the server whose buffers hold ``BLOB_MIN`` byt
 on the channel, then its header on the gRPC stream with ``blob`` set. The receiver's stream reader takes the
 blob's buffers from the channel when it reaches the header (they are there, or nearly: the sender wrote them
 first), so frames keep the stream's order and causality (relayed frames, PeerEvents, small frames all stay on
-the stream), and only the bulk of the bytes takes the faster way. Relayed frames between sites
-stay on gRPC.
+the stream), and only the bulk of the bytes takes the faster way. A large frame for another site takes the
+channels too, through the server's relay, chunk by chunk within the relay window (``data_relay.py``).
 
 A direct connection between two sites (direct_p2p) gets a channel of its own the same way, offered by the
 listening site in its Welcome, and there whole frames take it: nothing but those two sites' frames shares that
@@ -33,6 +33,7 @@ news that it left. Without a channel, or when it fails before a blob or frame is
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import hmac
 import logging
 import secrets
@@ -40,15 +41,16 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from ...errors import ConnectError, ProtocolError, TransportClosed
+from ...errors import ConnectError, ProtocolError, TransportClosed, TransportTimeout
 from ..addresses import tcp_host
 from ..dataplane import channel as data_channel  # (the module: it imports this package's wire in turn)
 from ..dataplane.handshake import TCP_PREFIX, TOKEN_BYTES, DataListener, accept_reply, dial
 from ..protocol import Frame
 from . import flarelite_pb2 as pb
-from .connection import Connection
+from .connection import CHUNK_OVERHEAD, Connection, Outgoing
 from .core import EndpointCore
-from .wire import Assembly, Inbound, byte_views, header_from_proto, header_problem
+from .data_relay import BlobRelay
+from .wire import Assembly, Inbound, byte_views, header_from_proto, header_problem, header_to_proto
 
 _log = logging.getLogger("flarelite.grpc")
 DATA_WAIT = 3.0  # seconds an offered channel has to be opened
@@ -207,9 +209,19 @@ class DataRoutes(EndpointCore):
             max_held_bytes=self.max_pending_bytes,
             deliver=self._deliver if whole else None,
             gate=conn.data_gate,
+            relay=self._relay().port(conn) if self.is_server else None,
         )
         conn.data_channel = channel  # its stream's headers claim its blobs (also after it closes), its blobs only
         return channel
+
+    def _relay(self) -> BlobRelay:
+        """The server's relay of blobs between its channels (made on first use)."""
+        if self._blob_relay is None:
+            self._blob_relay = BlobRelay(self)
+        return self._blob_relay
+
+    def _relay_blob_header(self, conn: Connection, h: pb.Header) -> None:
+        self._relay().on_header(conn, h)
 
     def _whole_frames(self, peer: str) -> bool:
         """Whether whole frames take the channel to ``peer``: on a direct connection between two sites."""
@@ -305,6 +317,72 @@ class DataRoutes(EndpointCore):
             deadline = time.monotonic() + self.heartbeat_timeout
         try:
             channel.send_frame(frame, deadline)
+        except data_channel.ChannelUnavailable:
+            return False
+        except TransportClosed as exc:
+            raise TransportClosed(f"{frame.kind} frame to {target!r} not sent: {exc}") from None
+        return True
+
+    # sending: a large frame for another site, its bytes through the server's channels -------------------
+    def _send_relayed(
+        self, conn: Connection, target: str, frame: Frame, stream: int, deadline: float | None, on_loop: bool
+    ) -> bool:
+        """Send ``frame`` for ``target`` (another site) with its buffers as a relayed blob on the data channel to
+        the server, its header on the stream; False when it goes wholly by gRPC (no channel, small, sent from the
+        loop, or the channel closed before any of it was written).
+
+        Raises TransportTimeout / TransportClosed once part of it went on the channel.
+        """
+        channel = conn.data_channel
+        if (
+            on_loop
+            or self.is_server
+            or target == self._server_name
+            or conn.name != self._server_name
+            or not isinstance(channel, data_channel.DataChannel)
+            or channel.closed
+        ):
+            return False
+        pieces = byte_views(frame.buffers)
+        if len(frame.meta) > self.chunk_size:
+            pieces.append(memoryview(frame.meta))
+        if sum(p.nbytes for p in pieces) < BLOB_MIN:
+            return False
+        env = header_to_proto(frame, stream, self.chunk_size, sender=self.address, target=target)
+        loop = self._loop
+        assert loop is not None
+
+        def announced(blob: int) -> None:  # the header follows the announcement on the stream (it costs no window)
+            env.header.blob = blob
+            loop.call_soon_threadsafe(conn.enqueue, Outgoing.of([(env, 0)], target=target, stream=stream))
+
+        def reserve(nbytes: int, deadline: float | None) -> None:
+            cost = nbytes + CHUNK_OVERHEAD
+            future: concurrent.futures.Future = concurrent.futures.Future()
+            loop.call_soon_threadsafe(conn.reserve, target, cost, future)
+            while True:
+                step = 1.0 if deadline is None else max(0.0, min(1.0, deadline - time.monotonic()))
+                try:
+                    future.result(step)
+                    return
+                except ConnectionError as exc:
+                    raise TransportClosed(str(exc)) from None
+                except concurrent.futures.TimeoutError:
+                    stopped = not self._running or conn.closed
+                    if not stopped and (deadline is None or time.monotonic() < deadline):
+                        continue
+                    if not future.cancel():  # granted just now: the room goes back unused
+                        loop.call_soon_threadsafe(conn.on_credit, target, cost)
+                    if stopped:
+                        raise TransportClosed(conn.close_reason or f"{self.address} stopped") from None
+                    raise TransportTimeout(
+                        f"{frame.kind} frame to {target!r} was not sent within its timeout (the relay's window to "
+                        f"{target!r} stayed full: it takes the frames slower); what was sent of it is cancelled"
+                    ) from None
+
+        chunk = max(64 << 10, min(data_channel.CHUNK, conn.window // 8 or data_channel.CHUNK))
+        try:
+            channel.send_relayed_blob(pieces, target, deadline, f"{frame.kind} frame", announced, reserve, chunk)
         except data_channel.ChannelUnavailable:
             return False
         except TransportClosed as exc:

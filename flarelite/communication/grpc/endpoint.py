@@ -229,6 +229,8 @@ class GrpcCommunicationProtocol(Listening, Dialing):
         """Send ``frame`` on ``conn``'s stream (its buffers as a blob on the data channel of a connection to the
         server, when large); False when a direct connection's channel to ``target`` took the stream's place."""
         stream = next(self._streams)
+        if self._send_relayed(conn, target, frame, stream, deadline, on_loop):
+            return True  # its bytes through the server's data channels, its header on the stream
         blob = self._blob_for(target, frame, deadline, on_loop, conn)
         if blob:  # the buffers went on the data channel: the header follows on the stream, in its place
             env = header_to_proto(frame, stream, self.chunk_size, sender=self.address, target=target)
