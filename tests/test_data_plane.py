@@ -6,6 +6,7 @@ socketpair, as a hostile peer would.
 
 from __future__ import annotations
 
+import asyncio
 import queue
 import resource
 import socket
@@ -126,6 +127,29 @@ def test_a_sites_last_frames_arrive_before_the_news_that_it_left(net):
     frames = [e[1] for e in events if e[0] == "frame"]
     assert frames == [str(i) for i in range(20)]
     assert events.index(("peer", "site-1", False)) > max(i for i, e in enumerate(events) if e[0] == "frame")
+
+
+def test_a_site_that_left_is_reported_gone_even_when_grpc_cancels_its_stream_during_the_drain(net):
+    # gRPC cancels a stream's handler once the RPC is over: here, while the server still drains the site's data
+    # channel (slowed down, as a reader busy with what the peer wrote last would be). The site must still be
+    # reported gone, and its connection dropped: a run would otherwise wait for a dead site forever.
+    server, s_in = net("server")
+    drain = server._drop_data
+    draining = threading.Event()
+
+    async def slow_drain(name, conn):
+        draining.set()
+        await asyncio.sleep(1.0)
+        await drain(name, conn)
+
+    server._drop_data = slow_drain
+    site, _ = net("site-1")
+    wait_for(lambda: server.data_peers == ["site-1"])
+    s_in.wait_peer("site-1", True)
+    site.stop()
+    assert draining.wait(10)
+    s_in.wait_peer("site-1", False, timeout=10)
+    wait_for(lambda: "site-1" not in server._conns and server.data_peers == [])
 
 
 # who may open a channel ------------------------------------------------------------------------------

@@ -165,6 +165,13 @@ class EndpointCore(CommunicationProtocol):
         task.add_done_callback(self._tasks.discard)
         return task
 
+    async def _finish(self, ending: Any) -> None:
+        """Run ``ending`` (what a connection does once it is over) to its end, even if the task awaiting it is
+        cancelled meanwhile: gRPC cancels a stream's handler as soon as its RPC is over, which may be while the
+        handler still drains the connection's data channel; cut short there, the connection would never be
+        dropped, nor its peer reported gone, and a run would wait for a dead site forever."""
+        await asyncio.shield(self._spawn(ending))
+
     def _grpc_options(self) -> list[tuple[str, Any]]:
         limit = 2 * self.chunk_size + (1 << 20)
         return [
@@ -514,7 +521,10 @@ class EndpointCore(CommunicationProtocol):
             conn.close(conn.close_reason or "direct connection ended")
             writer.cancel()
             beat.cancel()
-            await self._drop_data(conn.name, conn)
-            if self._conns.get(conn.name) is conn:
-                del self._conns[conn.name]
-            _log.info("%s: direct connection to %s ended (%s)", self.address, conn.name, conn.close_reason)
+            await self._finish(self._end_direct(conn))
+
+    async def _end_direct(self, conn: Connection) -> None:
+        await self._drop_data(conn.name, conn)
+        if self._conns.get(conn.name) is conn:
+            del self._conns[conn.name]
+        _log.info("%s: direct connection to %s ended (%s)", self.address, conn.name, conn.close_reason)

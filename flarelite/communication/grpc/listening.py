@@ -298,12 +298,16 @@ class Listening(DataRoutes):
             conn.close(conn.close_reason or f"{name} disconnected")
             writer.cancel()
             beat.cancel()
-            await self._drop_data(name, conn)
-            if self._conns.get(name) is conn:
-                del self._conns[name]
-                self._addresses.pop(name, None)
-                self._broadcast_peer(name, False)
-                self._peer_event(name, False)
+            await self._finish(self._end_member(name, conn))
+
+    async def _end_member(self, name: str, conn: Connection) -> None:
+        """``name``'s stream to the server ended: what its data channel holds is delivered, then it is gone."""
+        await self._drop_data(name, conn)
+        if self._conns.get(name) is conn:
+            del self._conns[name]
+            self._addresses.pop(name, None)
+            self._broadcast_peer(name, False)
+            self._peer_event(name, False)
 
     def _members_only(self, conn: Connection, read: Callable[[], Any], context: Any) -> Callable[[], Any]:
         """``read``, as long as the admission rule still admits ``conn`` (re-checked every MEMBER_RECHECK s).
