@@ -33,7 +33,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from ...errors import ProtocolError, TransportClosed, TransportTimeout
-from ..dataplane.channel import ChannelUnavailable, DataChannel
+from ..dataplane import channel as data_channel  # (the module: it imports this package's wire in turn)
 from . import flarelite_pb2 as pb
 from .connection import CHUNK_OVERHEAD, Connection, Outgoing
 from .wire import body_size, header_problem
@@ -67,7 +67,7 @@ class _Passing:
         "timer",
     )
 
-    def __init__(self, source: Connection, channel: DataChannel, blob: int) -> None:
+    def __init__(self, source: Connection, channel: data_channel.DataChannel, blob: int) -> None:
         self.source, self.channel, self.blob = source, channel, blob
         self.sizes: list[int] | None = None  # from the announcement
         self.target = ""
@@ -99,16 +99,16 @@ class Port:
     def admit(self, target: str, nbytes: int) -> None:
         self._relay.endpoint._relay_admit(self._source, target, nbytes + CHUNK_OVERHEAD)
 
-    def announce(self, channel: DataChannel, h: pb.Header) -> None:
+    def announce(self, channel: data_channel.DataChannel, h: pb.Header) -> None:
         self._call(self._relay.on_announce, self._source, channel, h.stream, list(h.buffer_sizes), h.target)
 
-    def chunk(self, channel: DataChannel, blob: int, buffer: int, data: bytearray) -> None:
+    def chunk(self, channel: data_channel.DataChannel, blob: int, buffer: int, data: bytearray) -> None:
         self._call(self._relay.on_chunk, self._source, channel, blob, buffer, data)
 
-    def done(self, channel: DataChannel, blob: int) -> None:
+    def done(self, channel: data_channel.DataChannel, blob: int) -> None:
         self._call(self._relay.on_done, channel, blob)
 
-    def cancel(self, channel: DataChannel, blob: int, reason: str) -> None:
+    def cancel(self, channel: data_channel.DataChannel, blob: int, reason: str) -> None:
         self._call(self._relay.on_cancel, channel, blob, reason)
 
 
@@ -120,9 +120,9 @@ class BlobRelay:
         # seconds a relayed blob's announcement and its header wait for each other (normally a moment: they are
         # sent one after the other; as long as a blob's header waits for it when the server is its target)
         self.wait = 0.8 * endpoint.heartbeat_timeout
-        self._passing: dict[tuple[DataChannel, int], _Passing] = {}
+        self._passing: dict[tuple[data_channel.DataChannel, int], _Passing] = {}
         self._open: dict[Connection, int] = {}  # entries per source (at most max_open_frames)
-        self._forwarders: dict[DataChannel, _Forwarder] = {}
+        self._forwarders: dict[data_channel.DataChannel, _Forwarder] = {}
         self._lock = threading.Lock()  # _forwarders (the forwarder threads end themselves)
 
     def port(self, source: Connection) -> Port:
@@ -139,7 +139,7 @@ class BlobRelay:
             pass
 
     # the two halves: the announcement (channel) and the header (stream) --------------------------------
-    def _entry(self, source: Connection, channel: DataChannel, blob: int) -> _Passing:
+    def _entry(self, source: Connection, channel: data_channel.DataChannel, blob: int) -> _Passing:
         key = (channel, blob)
         p = self._passing.get(key)
         if p is None:
@@ -152,7 +152,9 @@ class BlobRelay:
             p.timer = self.endpoint._loop.call_later(self.wait, self._expire, p)
         return p
 
-    def on_announce(self, source: Connection, channel: DataChannel, blob: int, sizes: list[int], target: str) -> None:
+    def on_announce(
+        self, source: Connection, channel: data_channel.DataChannel, blob: int, sizes: list[int], target: str
+    ) -> None:
         try:
             p = self._entry(source, channel, blob)
         except _TooMany:
@@ -164,7 +166,7 @@ class BlobRelay:
     def on_header(self, conn: Connection, h: pb.Header) -> None:
         """The header of a relayed blob came on ``conn``'s stream (its sender stamped already)."""
         channel = conn.data_channel
-        if not isinstance(channel, DataChannel):
+        if not isinstance(channel, data_channel.DataChannel):
             self._tell(conn, h, f"its buffers were sent on a data channel from {conn.name} that was never opened")
             return
         if channel.holds_local(h.blob):  # never from a site that keeps to the protocol: it ends the connection
@@ -224,7 +226,7 @@ class BlobRelay:
         p.dest = dest
         p.source.credit_batch = self.endpoint.relay_window >> 2
         channel = dest.data_channel
-        if isinstance(channel, DataChannel) and not channel.closed and not channel.ended:
+        if isinstance(channel, data_channel.DataChannel) and not channel.closed and not channel.ended:
             p.forwarder = self._forwarder(channel)
             p.forwarder.put(("open", p))
         else:  # the target has no channel: the frame goes on its stream, chunk by chunk
@@ -243,7 +245,9 @@ class BlobRelay:
             self._end(p)
 
     # chunks, the end, a cancel (each: from the source channel's reader, in order) -------------------------
-    def on_chunk(self, source: Connection, channel: DataChannel, blob: int, buffer: int, data: bytearray) -> None:
+    def on_chunk(
+        self, source: Connection, channel: data_channel.DataChannel, blob: int, buffer: int, data: bytearray
+    ) -> None:
         p = self._passing.get((channel, blob))
         if p is None:  # (never: its entry lives until its last chunk or its cancel came; credited all the same)
             return
@@ -267,7 +271,7 @@ class BlobRelay:
         out.pushed.append((pb.Envelope(chunk=chunk), len(data) + CHUNK_OVERHEAD))  # credited once written
         dest.pushed(out)
 
-    def on_done(self, channel: DataChannel, blob: int) -> None:
+    def on_done(self, channel: data_channel.DataChannel, blob: int) -> None:
         p = self._passing.get((channel, blob))
         if p is None:
             return
@@ -286,7 +290,7 @@ class BlobRelay:
         p.dest.pushed(p.out)
         self._forget(p)
 
-    def on_cancel(self, channel: DataChannel, blob: int, reason: str) -> None:
+    def on_cancel(self, channel: data_channel.DataChannel, blob: int, reason: str) -> None:
         """The source gave up on the blob (or its channel ended): so does the target; no error header."""
         p = self._passing.get((channel, blob))
         if p is None:
@@ -378,7 +382,7 @@ class BlobRelay:
             else:
                 self._open.pop(p.source, None)
 
-    def _forwarder(self, channel: DataChannel) -> _Forwarder:
+    def _forwarder(self, channel: data_channel.DataChannel) -> _Forwarder:
         with self._lock:
             forwarder = self._forwarders.get(channel)
             if forwarder is None:
@@ -405,7 +409,7 @@ class _Forwarder:
     """Writes the relayed blobs for one target channel, in order, on a thread of its own (a target that reads
     slowly holds only this thread; each write's deadline is ``heartbeat_timeout``, then the channel closes)."""
 
-    def __init__(self, relay: BlobRelay, channel: DataChannel) -> None:
+    def __init__(self, relay: BlobRelay, channel: data_channel.DataChannel) -> None:
         self.relay, self.channel = relay, channel
         self.queue: queue.SimpleQueue = queue.SimpleQueue()
         self.thread: threading.Thread | None = None  # set and cleared under the relay's lock
@@ -440,7 +444,7 @@ class _Forwarder:
         if kind == "open":
             try:
                 p.dest_blob = self.channel.begin_blob(p.sizes, deadline)
-            except (ChannelUnavailable, TransportClosed, TransportTimeout) as exc:
+            except (data_channel.ChannelUnavailable, TransportClosed, TransportTimeout) as exc:
                 self._lose(p, str(exc) or "the data channel closed")
         elif kind == "chunk":
             data = op[3]
