@@ -25,6 +25,7 @@ import pytest
 from rogue import Rogue
 from wire_fixtures.inbox import Inbox
 
+from flarelite.communication.dataplane import shared_memory as shm
 from flarelite.communication.grpc import GrpcCommunicationProtocol
 from flarelite.communication.grpc import flarelite_pb2 as pb
 from flarelite.communication.grpc import flarelite_pb2_grpc as pb_grpc
@@ -298,11 +299,18 @@ def test_inline_frames_to_a_stalled_destination_are_bounded(net):
 
 
 @pytest.mark.timeout(60)
-@pytest.mark.parametrize("mode", ["relayed", "direct", "direct data channel"])
-def test_a_receiver_killed_mid_transfer_fails_the_send_at_once(net, mode):
+@pytest.mark.parametrize("mode", ["relayed", "direct", "direct data channel", "direct shared memory"])
+def test_a_receiver_killed_mid_transfer_fails_the_send_at_once(net, mode, monkeypatch):
+    """A stopped receiver stalls the transfer (gRPC bulk, or data channel chunks); in shared memory the first
+    large frame goes whole (one record) and the next waits for the window; killing the receiver fails the waiting
+    send at once, never with a timeout it did not have."""
+    if mode == "direct shared memory" and not shm.AVAILABLE:
+        pytest.skip("no sealed memfds on this platform")
     net.server_process()
     direct = mode != "relayed"
-    plane = "auto" if mode == "direct data channel" else "grpc"  # "direct": the gRPC stream's own bulk
+    plane = "grpc" if mode in ("relayed", "direct") else "auto"  # "direct": the gRPC stream's own bulk
+    if mode == "direct data channel":  # its chunks through the socket (this process sends no shared memory)
+        monkeypatch.setenv(shm.ENV, "0")
     receiver = net.site_process("site-2", direct_p2p=direct, data_plane=plane)
     s1, in1 = net.site("site-1", direct_p2p=direct, data_plane=plane)
     poll(lambda: knows(s1, "site-2"), what="site-2")
@@ -311,6 +319,9 @@ def test_a_receiver_killed_mid_transfer_fails_the_send_at_once(net, mode):
     if plane == "auto":
         poll(lambda: "site-2" in s1.data_peers, what="a data channel")
     os.kill(receiver.proc.pid, signal.SIGSTOP)  # it stops reading: the transfer stalls half-way
+    if mode == "direct shared memory":
+        assert s1._data["site-2"].shared, "no shared memory on this Unix channel"
+        s1.send("site-2", big(96 * MiB))  # one M record: out at once, unread
     outcome: dict = {}
 
     def stream() -> None:
@@ -323,7 +334,7 @@ def test_a_receiver_killed_mid_transfer_fails_the_send_at_once(net, mode):
 
     sender = threading.Thread(target=stream, daemon=True)
     sender.start()
-    if plane == "auto":  # a writer holds the channel's turn: its blob is being written
+    if plane == "auto":  # a writer holds the channel's turn: its blob is being written (or waits for the window)
         poll(lambda: bool(s1._data["site-2"]._turns._queue), what="transfer under way")
     else:
         poll(lambda: in_flight(s1, "site-2"), what="transfer under way")

@@ -21,7 +21,11 @@ Records on the socket (little-endian):
   fields, its meta inline or as one more buffer after the others when large); or a ``Cancel`` (the sender gave up
   on a blob or frame it started);
 * ``C <u64 id> <u32 buffer> <u32 n> <n bytes>``: ``n`` raw bytes of buffer ``buffer`` of that blob or frame,
-  received straight into it (``recv_into``): one copy in the receiver, none extra in the sender.
+  received straight into it (``recv_into``): one copy in the receiver, none extra in the sender;
+* ``M <u64 id> <u32 buffer> <u64 n>`` with a file descriptor (Unix sockets, ``shared_memory``): the whole of buffer
+  ``buffer``, ``n`` bytes, in a sealed memfd the receiver maps (``shared_memory.py``): one copy in the sender,
+  none in the receiver. Used for buffers of ``SHARED_MIN`` bytes or more of blobs and whole frames (relayed blobs
+  keep C records: the relay passes chunks on under its window).
 
 Blob and frame ids are one sequence and go up.
 
@@ -48,12 +52,13 @@ import collections
 import concurrent.futures
 import itertools
 import logging
+import os
 import socket
 import struct
 import threading
 import time
 from collections.abc import Callable
-from typing import Protocol
+from typing import NoReturn, Protocol
 
 from ... import logsafe
 from ...errors import ProtocolError, TransportClosed, TransportTimeout
@@ -69,6 +74,7 @@ from ..grpc.wire import (
     header_to_proto,
 )
 from ..protocol import Frame
+from . import shared_memory as shm
 
 _log = logging.getLogger("flarelite.dataplane")
 logsafe.install(_log)  # names and reasons a peer sent are logged escaped
@@ -84,7 +90,9 @@ SMALL = 64 << 10  # a whole frame of at most this many bytes is written as one p
 GATE_TIMEOUT = 30.0  # seconds whole frames may wait for the peer's Switch on the stream; then the channel closes
 _E = struct.Struct("<cI")
 _C = struct.Struct("<cQII")
+_M = struct.Struct("<cQIQ")
 _READ_BUFFER = 256 << 10
+_ROOM_POLL, _ROOM_POLL_MAX = 0.0005, 0.01  # seconds between looks at what the peer left unread
 _WAITALL = getattr(socket, "MSG_WAITALL", 0)
 
 Admit = Callable[[pb.Header, int, Inbound], str]  # why a blob or frame may not be received here ('' if it may)
@@ -203,6 +211,9 @@ class DataChannel:
             the channel's protocol.
         on_close: called once when the channel closes (from whichever thread closes it).
         max_held_bytes: bytes finished blobs may hold before their headers claim them.
+        shared_memory: on a Unix socket where the platform has sealed memfds (Linux), this channel takes M records
+            (both ends of a socket decide alike) and sends its large buffers so unless ``FLARELITE_SHARED_MEMORY``
+            is 0; otherwise (and over TCP) buffers go as C records.
     """
 
     def __init__(
@@ -217,8 +228,19 @@ class DataChannel:
         deliver: Deliver | None = None,
         gate: threading.Event | None = None,
         relay: Relay | None = None,
+        shared_memory: bool = False,
     ) -> None:
         self.sock = sock
+        self.shared = (
+            shared_memory
+            and shm.AVAILABLE
+            and isinstance(sock, socket.socket)
+            and sock.family == getattr(socket, "AF_UNIX", None)
+        )
+        self._received = shm.Received() if self.shared else None  # descriptors ahead of their M records
+        self._sends_shared = self.shared and shm.sends_shared()
+        self._shared_failed = False  # a memfd could not be made (said once)
+        self._shared_sent = 0  # bytes of shared buffers sent since the peer was last seen to have read everything
         self.local, self.peer = local, peer
         self._admit, self._on_close = admit, on_close
         self._deliver = deliver
@@ -453,20 +475,91 @@ class DataChannel:
     def _write_records(
         self, me: object, stream: int, head: bytes, pieces: list, deadline: float | None, what: str
     ) -> None:
-        """Write the E record ``head`` of blob or frame ``stream``, then its ``pieces`` as C records, a chunk a turn
-        (``me`` holds the turn); past ``deadline`` what was sent is cancelled."""
+        """Write the E record ``head`` of blob or frame ``stream``, then its ``pieces``, a record a turn (``me`` holds
+        the turn): each large one in shared memory as an M record where this channel sends so, the others as C
+        records of a chunk each; past ``deadline`` what was sent is cancelled."""
         self._write((_E.pack(b"E", len(head)), head), deadline, what, fresh=True)
         for index, view in enumerate(pieces):
+            if self._sends_shared and view.nbytes >= shm.SHARED_MIN:
+                self._next_turn(me, stream, deadline, what)
+                if self._write_shared(me, stream, index, view, deadline, what):
+                    continue
             for offset in range(0, view.nbytes, CHUNK):
-                if not self._turns.rotate(me, deadline, self._is_closed):
-                    self._turns.rotate(me, None, self._is_closed)  # the cancel waits for its turn
-                    self._cancel(stream, "not sent within its timeout")
-                    raise TransportTimeout(
-                        f"{what} to {self.peer!r} was not sent within its timeout (the receiver takes it slower); "
-                        "what was sent of it is cancelled"
-                    )
+                self._next_turn(me, stream, deadline, what)
                 part = view[offset : offset + CHUNK]
                 self._write((_C.pack(b"C", stream, index, part.nbytes), part), deadline, what)
+
+    def _write_shared(
+        self, me: object, stream: int, index: int, view: memoryview, deadline: float | None, what: str
+    ) -> bool:
+        """Write buffer ``index`` of ``stream`` as an M record: wait until the peer has read enough of the shared
+        buffers sent before (``SHARED_WINDOW``), copy it into a sealed memfd, pass that on. False when no memfd can
+        be made (no memory, no descriptors left): the buffer goes as C records.
+        """
+        self._shared_room(me, stream, view.nbytes, deadline, what)
+        try:
+            fd = shm.share(view)
+        except OSError as exc:
+            if not self._shared_failed:  # (once a channel: it may recur for every buffer while memory is short)
+                self._shared_failed = True
+                _log.warning(
+                    "%s: buffers to %s go through the socket while there is no shared memory: %s",
+                    self.local,
+                    self.peer,
+                    exc,
+                    extra={"site": self.local},
+                )
+            return False
+        try:
+            if deadline is not None and time.monotonic() > deadline:
+                self._timed_out(me, stream, what, "copying it into shared memory took longer")
+            self._write((_M.pack(b"M", stream, index, view.nbytes),), deadline, what, fd=fd)
+        finally:
+            os.close(fd)
+        self._shared_sent += view.nbytes
+        return True
+
+    def _shared_room(self, me: object, stream: int, size: int, deadline: float | None, what: str) -> None:
+        """Wait until ``size`` more bytes of shared buffers fit the window: the peer may leave at most
+        ``SHARED_WINDOW`` bytes of them (or one buffer, however large) unread, each holding this machine's memory
+        while it does. Others write meanwhile; the peer has read them all once the socket holds nothing unread.
+
+        Raises:
+            TransportTimeout: ``deadline`` passed first (what was sent of ``stream`` is cancelled).
+            TransportClosed: the channel closed meanwhile.
+        """
+        pause = _ROOM_POLL
+        while self._shared_sent and self._shared_sent + size > shm.SHARED_WINDOW:
+            if self.closed:
+                raise TransportClosed(f"data channel to {self.peer!r} closed: {self.close_reason}")
+            try:
+                left = shm.unread(self.sock)
+            except (OSError, ValueError) as exc:  # (closed under it)
+                raise TransportClosed(f"data channel to {self.peer!r} failed: {exc}") from None
+            if not left:
+                self._shared_sent = 0
+                return
+            if deadline is not None and time.monotonic() >= deadline:
+                unread_mib = self._shared_sent >> 20
+                self._timed_out(
+                    me, stream, what, f"the receiver has not read the {unread_mib} MiB of shared buffers sent before it"
+                )
+            time.sleep(pause)
+            pause = min(2 * pause, _ROOM_POLL_MAX)
+            self._next_turn(me, stream, deadline, what)
+
+    def _next_turn(self, me: object, stream: int, deadline: float | None, what: str) -> None:
+        """Let others write a record, then take the turn back for ``stream``'s next; past ``deadline``, cancel it."""
+        if not self._turns.rotate(me, deadline, self._is_closed):
+            self._timed_out(me, stream, what, "the receiver takes it slower")
+
+    def _timed_out(self, me: object, stream: int, what: str, why: str) -> NoReturn:
+        """Cancel what was sent of ``stream`` (``me`` waits for its turn to do so) and raise TransportTimeout."""
+        self._turns.rotate(me, None, self._is_closed)
+        self._cancel(stream, "not sent within its timeout")
+        raise TransportTimeout(
+            f"{what} to {self.peer!r} was not sent within its timeout ({why}); what was sent of it is cancelled"
+        )
 
     def _cancel(self, blob: int, reason: str) -> None:
         body = pb.Envelope(cancel=pb.Cancel(stream=blob, reason=reason)).SerializeToString()
@@ -475,8 +568,11 @@ class DataChannel:
         except TransportClosed:
             pass
 
-    def _write(self, parts: tuple, deadline: float | None, what: str, fresh: bool = False) -> None:
-        """Write one record (blocking); a record cut short (socket error, deadline) closes the channel.
+    def _write(
+        self, parts: tuple, deadline: float | None, what: str, fresh: bool = False, fd: int | None = None
+    ) -> None:
+        """Write one record (blocking), with descriptor ``fd`` attached when given; a record cut short (socket error,
+        deadline) closes the channel.
 
         ``fresh``: the first record of its blob or frame (nothing of it written yet). With its deadline passed
         already (``timeout=0``: "now, if there is room") it is written only if the socket takes it at once, else
@@ -489,8 +585,11 @@ class DataChannel:
             return
         serial = self._watch_write(deadline)
         try:
-            for part in parts:
-                self.sock.sendall(part)
+            if fd is not None:
+                shm.send_with_file(self.sock, b"".join(parts), fd)
+            else:
+                for part in parts:
+                    self.sock.sendall(part)
         except OSError as exc:
             if serial and self._cut_by_deadline == serial:  # (serial 0: a write without a deadline)
                 raise TransportTimeout(
@@ -646,6 +745,9 @@ class DataChannel:
                 elif kind == b"C":
                     blob, buffer, size = struct.unpack("<QII", self._take(16))
                     self._on_chunk(blob, buffer, size, pending)
+                elif kind == b"M" and self._received is not None:
+                    blob, buffer, size = struct.unpack("<QIQ", self._take(20))
+                    self._on_shared(blob, buffer, size, pending)
                 else:
                     raise ProtocolError(f"a record of unknown kind {kind!r}")
         except _Cut as exc:
@@ -665,6 +767,8 @@ class DataChannel:
                 if type(state) is _Relayed:
                     self._relay.cancel(self, blob, reason)
         pending.clear()  # frees what unfinished blobs held
+        if self._received is not None:
+            self._received.close()
         self.reader_done.set()
         self.close(reason)
         self._fail_claims()
@@ -812,12 +916,7 @@ class DataChannel:
             return
         if type(state) is _Refused:
             self._discard(size)
-            state.remaining -= size
-            if state.remaining <= 0:
-                with self._lock:
-                    pending.pop(blob, None)
-                if state.whole:
-                    self._refused_frames -= 1
+            self._count_off(state, blob, size, pending)
             return
         try:
             slot = state.slot(buffer, size)
@@ -826,6 +925,44 @@ class DataChannel:
         except MemoryError as exc:
             raise ProtocolError(f"no memory for blob {blob}: {exc}") from None
         self._read_into(slot)
+        self._filled(state, blob, pending)
+
+    def _on_shared(self, blob: int, buffer: int, size: int, pending: Inbound) -> None:
+        """Buffer ``buffer`` of ``blob``, whole, in the sealed memfd that came with the record: mapped, not copied."""
+        assert self._received is not None
+        fd = self._received.take()
+        try:
+            state = pending.get(blob)
+            if state is None:
+                raise ProtocolError(f"a shared buffer for unknown blob {blob}")
+            if type(state) is _Relayed:
+                raise ProtocolError(f"a shared buffer for blob {blob}, relayed to {state.target!r} (chunks only)")
+            if type(state) is _Refused:
+                self._count_off(state, blob, size, pending)
+                return
+            if not size:
+                raise ProtocolError(f"an empty shared buffer (blob {blob})")
+            mapping = shm.open_shared(fd, size)
+            try:
+                state.adopt(buffer, mapping)
+            except ValueError as exc:
+                mapping.close()
+                raise ProtocolError(f"{exc} (blob {blob})") from None
+        finally:
+            os.close(fd)
+        self._filled(state, blob, pending)
+
+    def _count_off(self, state: _Refused, blob: int, size: int, pending: Inbound) -> None:
+        """``size`` more bytes of a refused blob or frame came (and were dropped)."""
+        state.remaining -= size
+        if state.remaining <= 0:
+            with self._lock:
+                pending.pop(blob, None)
+            if state.whole:
+                self._refused_frames -= 1
+
+    def _filled(self, state: Assembly, blob: int, pending: Inbound) -> None:
+        """A record of ``blob`` was received into ``state``: deliver or keep it when it is complete."""
         if state.complete:
             if state.frame.kind:  # a whole frame (a blob's announcement has no kind)
                 frame = state.finish()
@@ -856,7 +993,10 @@ class DataChannel:
         if self.closed:
             raise _Cut("")
         try:
-            got = self.sock.recv_into(view, 0, flags)
+            if self._received is not None:  # (keeps the descriptors that shared buffers bring)
+                got = self._received.recv_into(self.sock, view, flags)
+            else:
+                got = self.sock.recv_into(view, 0, flags)
         except OSError as exc:
             raise _Cut(f"reading from {self.peer} failed: {exc}") from None
         if got == 0:

@@ -210,6 +210,7 @@ class DataRoutes(EndpointCore):
             deliver=self._deliver if whole else None,
             gate=conn.data_gate,
             relay=self._relay().port(conn) if self.is_server else None,
+            shared_memory=True,  # on a Unix socket (one machine, the same user) where the platform has memfds
         )
         conn.data_channel = channel  # its stream's headers claim its blobs (also after it closes), its blobs only
         return channel

@@ -240,6 +240,18 @@ class Assembly(ChunkCursor):
             self.parts.append(_allocate(size))
         return memoryview(self.parts[-1])[start : start + nbytes] if nbytes else memoryview(b"")
 
+    def adopt(self, buffer: int, data: Any) -> None:
+        """Take ``data`` (a buffer received whole, e.g. mapped shared memory) as buffer number ``buffer``.
+
+        Raises:
+            ValueError: it is not the next buffer, some of it came already, or ``data`` is not its size.
+        """
+        nbytes = memoryview(data).nbytes
+        if self.complete or buffer != self.index or self.filled or nbytes != self.sizes[buffer]:
+            raise ValueError(f"a whole buffer {buffer} of {nbytes} bytes where the next bytes go elsewhere")
+        self.advance_by(buffer, nbytes)
+        self.parts.append(data)
+
     def finish(self) -> Frame:
         """The complete frame."""
         parts = iter(self.parts)
