@@ -18,8 +18,10 @@ The transfer is timed inside the sending executor, from send_aux_request until t
 handler checks sums of a few slices of the array before it replies OK. Each process reports its peak RSS
 (ru_maxrss) and its idle RSS (the same, just before the transfer) through a file in its site folder.
 
-Run: python bench/aux_throughput.py [--sizes 256,1024] [--transports unix,grpc]
-Prints one table: GB/s (1e9 bytes/s), the ratio to raw grpcio on the same transport, and peak/idle RSS in MiB.
+Run: python bench/aux_throughput.py [--sizes 256,1024] [--transports unix,grpc] [--rounds 3]
+Each round measures every row once, its baselines included. Prints one table: GB/s (1e9 bytes/s) and the ratio
+to raw sync grpcio on the same transport, each the median over the rounds of what was measured in one round, and
+the peak/idle RSS in MiB of the round whose RSS grew most; the targets' ratios are medians of per-round ratios.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ import argparse
 import json
 import logging
 import os
+import statistics
 import sys
 import tempfile
 
@@ -45,13 +48,9 @@ TRANSPORTS = {"unix": "Unix", "grpc": "TCP"}  # run_simulation's protocol -> its
 ROLES = ("sender", "receiver", "server")
 
 
-def transfer(
-    mib: int, protocol: str, direct_p2p: bool = False, data_plane: str = "auto", tls: str = "clear", tries: int = 3
-) -> dict:
-    """The fastest of ``tries`` runs (as for the baselines: a fresh process's first touch of its memory makes single
-    runs noisy), each: site-1 sends ``mib`` MiB to site-2; seconds and each process's rss {role: (idle, peak)}."""
-    runs = [_transfer_once(mib, protocol, direct_p2p, data_plane, tls) for _ in range(tries)]
-    return min(runs, key=lambda run: run["seconds"])
+def transfer(mib: int, protocol: str, direct_p2p: bool = False, data_plane: str = "auto", tls: str = "clear") -> dict:
+    """site-1 sends ``mib`` MiB to site-2 once: seconds and each process's rss {role: (idle, peak)}."""
+    return _transfer_once(mib, protocol, direct_p2p, data_plane, tls)
 
 
 def _transfer_once(mib: int, protocol: str, direct_p2p: bool, data_plane: str, tls: str) -> dict:
@@ -72,13 +71,11 @@ def _transfer_once(mib: int, protocol: str, direct_p2p: bool, data_plane: str, t
     return {"seconds": reports["sender"]["seconds"], "rss": rss}
 
 
-def raw(mib: int, protocol: str, kind: str = "aio", tries: int = 3) -> dict:
-    """A baseline: a client process sends ``mib`` MiB to a server process (``kind``: grpcio ``aio`` or ``sync``
-    streaming in 1 MiB messages, a raw ``socket``, or a raw ``tls`` socket); the fastest of ``tries`` runs (a
-    fresh process's first touch of its memory makes single runs noisy on this machine)."""
+def raw(mib: int, protocol: str, kind: str = "aio") -> dict:
+    """A baseline, once: a client process sends ``mib`` MiB to a server process (``kind``: grpcio ``aio`` or ``sync``
+    streaming in 1 MiB messages, a raw ``socket``, or a raw ``tls`` socket)."""
     if kind != "tls":
-        runs = [_raw_once(mib, protocol, kind) for _ in range(tries)]
-        return min(runs, key=lambda run: run["seconds"])
+        return _raw_once(mib, protocol, kind)
     from flarelite import certs
 
     with tempfile.TemporaryDirectory() as folder:
@@ -87,10 +84,9 @@ def raw(mib: int, protocol: str, kind: str = "aio", tries: int = 3) -> dict:
         certs.issue(folder, "site-1")
         os.environ["FLARELITE_RAW_TLS"] = folder
         try:
-            runs = [_raw_once(mib, protocol, "socket") for _ in range(tries)]
+            return _raw_once(mib, protocol, "socket")
         finally:
             del os.environ["FLARELITE_RAW_TLS"]
-    return min(runs, key=lambda run: run["seconds"])
 
 
 def _raw_once(mib: int, protocol: str, kind: str) -> dict:
@@ -107,81 +103,103 @@ def _raw_once(mib: int, protocol: str, kind: str) -> dict:
     return {"seconds": sent["seconds"], "rss": rss}
 
 
+def modes(protocol: str) -> list[tuple[str, bool, str, str, float]]:
+    """The flarelite rows of ``protocol``: (name, direct_p2p, data_plane, tls mode, share of raw sync grpcio wanted)."""
+    rows = [("relayed via server", False, "auto", "clear", 0.5), ("direct (direct_p2p)", True, "auto", "clear", 0.7)]
+    if protocol == "unix":
+        rows += [
+            (f"direct, {SHM_OFF}", True, "auto", "clear", 0.7),
+            ("direct, --data-plane grpc", True, "grpc", "clear", 0.7),
+        ]
+    else:
+        rows += [("direct, --data-plane tcp", True, "tcp", "clear", 0.7), ("direct, mtls", True, "auto", "mtls", 0.7)]
+    return rows
+
+
+def measure_round(mib: int, protocol: str) -> dict[str, dict]:
+    """Every row of ``mib`` MiB over ``protocol`` once, baselines included: {row: result}."""
+    name = TRANSPORTS[protocol]
+    out = {f"raw {name} socket (baseline)": raw(mib, protocol, "socket")}
+    if protocol == "grpc":
+        out[f"raw {name} TLS socket (baseline)"] = raw(mib, protocol, "tls")
+    out[f"raw grpcio sync streaming, {name} (baseline)"] = raw(mib, protocol, "sync")
+    out[f"raw grpcio aio streaming, {name}"] = raw(mib, protocol, "aio")
+    for mode, direct_p2p, plane, tls, _ in modes(protocol):
+        if mode.endswith(SHM_OFF):
+            os.environ[shared_memory.ENV] = "0"
+        try:
+            out[f"aux {mode}, {name}"] = transfer(mib, protocol, direct_p2p, plane, tls)
+        finally:
+            os.environ.pop(shared_memory.ENV, None)
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", default="256,1024", help="payload sizes in MiB, comma-separated")
     parser.add_argument("--transports", default="unix,grpc", help="unix and/or grpc (TCP), comma-separated")
+    parser.add_argument("--rounds", type=int, default=3, help="rounds of every measurement, interleaved")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     logging.getLogger().handlers[0].setLevel(logging.WARNING)
-    rows, verdicts = [], []
-    for mib in [int(s) for s in args.sizes.split(",")]:
-        for protocol, name in TRANSPORTS.items():
-            if protocol not in args.transports.split(","):
-                continue
-            sock = raw(mib, protocol, "socket")
-            sync = raw(mib, protocol, "sync")
-            aio = raw(mib, protocol, "aio")
-            rows.append((f"raw {name} socket (baseline)", mib, sock, sync))
-            tls_sock = raw(mib, protocol, "tls") if protocol == "grpc" else None
-            if tls_sock is not None:
-                rows.append((f"raw {name} TLS socket (baseline)", mib, tls_sock, sync))
-            rows.append((f"raw grpcio sync streaming, {name} (baseline)", mib, sync, sync))
-            rows.append((f"raw grpcio aio streaming, {name}", mib, aio, sync))
-            modes = [
-                ("relayed via server", False, "auto", "clear", 0.5),
-                ("direct (direct_p2p)", True, "auto", "clear", 0.7),
+    sizes = [int(s) for s in args.sizes.split(",")]
+    protocols = [p for p in TRANSPORTS if p in args.transports.split(",")]
+    # each round measures every row once, its baselines included, so that a ratio compares measurements taken
+    # minutes apart at most; the table gives medians over the rounds (this machine's speed drifts, and a fresh
+    # process's first touch of its memory makes single runs vary up to 3x)
+    rounds: dict[tuple[int, str], list[dict[str, dict]]] = {}
+    for _ in range(args.rounds):
+        for mib in sizes:
+            for protocol in protocols:
+                rounds.setdefault((mib, protocol), []).append(measure_round(mib, protocol))
+    lines, verdicts = [], []
+    for (mib, protocol), per_round in rounds.items():
+        name = TRANSPORTS[protocol]
+        sync_row = f"raw grpcio sync streaming, {name} (baseline)"
+
+        def ratio(what: str, base: str, per_round: list = per_round) -> float:
+            """The median over the rounds of base's seconds / what's (what's speed as a share of base's)."""
+            return statistics.median(r[base]["seconds"] / r[what]["seconds"] for r in per_round)
+
+        def growth(what: str, role: str, per_round: list = per_round) -> float:
+            """The most the role's RSS grew above its idle size in any round."""
+            return max(r[what]["rss"][role][1] - r[what]["rss"][role][0] for r in per_round)
+
+        for what in per_round[0]:
+            rate = statistics.median((mib << 20) / r[what]["seconds"] / 1e9 for r in per_round)
+            worst = max(per_round, key=lambda r: max(p - i for i, p in r[what]["rss"].values()))[what]["rss"]
+            rss = "".join(f"{'%.0f/%.0f' % worst[role][::-1]:>20}" if role in worst else f"{'-':>20}" for role in ROLES)
+            lines.append(f"{what:<44}{mib:>6}{rate:>8.3f}{ratio(what, sync_row):>7.2f}{rss}")
+        for mode, direct_p2p, plane, tls, share in modes(protocol):
+            what = f"aux {mode}, {name}"
+            above = 64 if direct_p2p and plane != "grpc" else 300  # the data plane's target is tighter
+            s_up, r_up, l_up = (growth(what, role) for role in ROLES)
+            to_sync = ratio(what, sync_row)
+            verdicts += [
+                (f"{mib} MiB {name}: {mode} >= {share:.0%} of raw sync grpcio ({to_sync:.0%})", to_sync >= share),
+                (
+                    f"{mib} MiB {name}, {mode}: sender, receiver <= payload + {above} MiB above idle "
+                    f"(+{s_up:.0f}, +{r_up:.0f}), server < 300 MiB (+{l_up:.0f})",
+                    max(s_up, r_up) <= mib + above and l_up < 300,
+                ),
             ]
-            if protocol == "unix":
-                modes.append((f"direct, {SHM_OFF}", True, "auto", "clear", 0.7))
-                modes.append(("direct, --data-plane grpc", True, "grpc", "clear", 0.7))
-            else:
-                modes.append(("direct, --data-plane tcp", True, "tcp", "clear", 0.7))
-                modes.append(("direct, mtls", True, "auto", "mtls", 0.7))
-            for mode, direct_p2p, plane, tls, share in modes:
-                if mode.endswith(SHM_OFF):
-                    os.environ[shared_memory.ENV] = "0"
-                try:
-                    aux = transfer(mib, protocol, direct_p2p, plane, tls)
-                finally:
-                    os.environ.pop(shared_memory.ENV, None)
-                rows.append((f"aux {mode}, {name}", mib, aux, sync))
-                ratio = sync["seconds"] / aux["seconds"]
-                (s_idle, s_peak), (r_idle, r_peak), (l_idle, l_peak) = (aux["rss"][role] for role in ROLES)
-                above = 64 if direct_p2p and plane != "grpc" else 300  # the data plane's target is tighter
-                verdicts += [
-                    (f"{mib} MiB {name}: {mode} >= {share:.0%} of raw sync grpcio ({ratio:.0%})", ratio >= share),
+            if protocol == "unix" and direct_p2p and plane == "auto":  # (shared memory, and without it)
+                to_sock = ratio(what, f"raw {name} socket (baseline)")
+                verdicts.append((f"{mib} MiB Unix, {mode}: >= 50% of the raw socket ({to_sock:.0%})", to_sock >= 0.5))
+            if protocol == "grpc" and direct_p2p and (plane == "tcp" or tls == "mtls"):
+                base = "TLS socket" if tls == "mtls" else "socket"
+                to_sock = ratio(what, f"raw {name} {base} (baseline)")
+                verdicts.append(
                     (
-                        f"{mib} MiB {name}, {mode}: sender, receiver <= payload + {above} MiB above idle "
-                        f"(+{s_peak - s_idle:.0f}, +{r_peak - r_idle:.0f}), server < 300 MiB (+{l_peak - l_idle:.0f})",
-                        max(s_peak - s_idle, r_peak - r_idle) <= mib + above and l_peak - l_idle < 300,
-                    ),
-                ]
-                if protocol == "unix" and direct_p2p and plane == "auto":  # (shared memory, and without it)
-                    share_sock = sock["seconds"] / aux["seconds"]
-                    verdicts.append(
-                        (f"{mib} MiB Unix, {mode}: >= 50% of the raw socket ({share_sock:.0%})", share_sock >= 0.5)
+                        f"{mib} MiB TCP ({tls}): data channel >= 60% of the raw TCP {base} ({to_sock:.0%})",
+                        to_sock >= 0.6,
                     )
-                if protocol == "grpc" and direct_p2p and (plane == "tcp" or tls == "mtls"):
-                    base, what = (tls_sock, "raw TLS socket") if tls == "mtls" else (sock, "raw TCP socket")
-                    share_sock = base["seconds"] / aux["seconds"]
-                    verdicts.append(
-                        (
-                            f"{mib} MiB TCP ({tls}): data channel >= 60% of the {what} ({share_sock:.0%})",
-                            share_sock >= 0.6,
-                        )
-                    )
+                )
     rss_head = "".join(f"{role + ' peak/idle':>20}" for role in ROLES)
     print(f"{'site-1 -> site-2':<44}{'MiB':>6}{'GB/s':>8}{'x sync':>7}{rss_head}")
-    for what, mib, result, base in rows:
-        rate = (mib << 20) / result["seconds"] / 1e9
-        rss = "".join(
-            f"{'%.0f/%.0f' % result['rss'][role][::-1]:>20}" if role in result["rss"] else f"{'-':>20}"
-            for role in ROLES
-        )
-        print(f"{what:<44}{mib:>6}{rate:>8.3f}{base['seconds'] / result['seconds']:>7.2f}{rss}")
+    print("\n".join(lines))
     for target, met in verdicts:
-        print(f"target: {target} -> {'met' if met else 'NOT met'}")
+        print(f"target: {target} -> {'met' if met else 'NOT met'} (median of {args.rounds})")
 
 
 if __name__ == "__main__":
