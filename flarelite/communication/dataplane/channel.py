@@ -1011,13 +1011,15 @@ class DataChannel:
                 self._read_into(memoryview(out))
                 return bytes(out)
             if self._lo:
-                self._buf[: self._hi - self._lo] = self._buf[self._lo : self._hi]
+                with memoryview(self._buf) as buf:  # (a view: no temporary copy of the bytes)
+                    buf[: self._hi - self._lo] = buf[self._lo : self._hi]
                 self._hi -= self._lo
                 self._lo = 0
             view = memoryview(self._buf)
             while self._hi < n:
                 self._hi += self._recv_into(view[self._hi :])
-        out = bytes(self._buf[self._lo : self._lo + n])
+        with memoryview(self._buf) as buf:
+            out = bytes(buf[self._lo : self._lo + n])
         self._lo += n
         return out
 
@@ -1025,7 +1027,8 @@ class DataChannel:
         """Fill ``view`` with the next bytes of the stream: first what is buffered, then straight from the socket."""
         have = min(self._hi - self._lo, view.nbytes)
         if have:
-            view[:have] = self._buf[self._lo : self._lo + have]
+            with memoryview(self._buf) as buf:
+                view[:have] = buf[self._lo : self._lo + have]
             self._lo += have
         got = have
         while got < view.nbytes:  # a chunk's bytes in one call where the platform can (the kernel waits for all)
