@@ -106,7 +106,7 @@ def kind_of(before: tuple[str, str], after: tuple[str, str]) -> str:
         return "wake-ups (the peer's reader by the socket, a handler or caller by a reader)"
     if a == b == "socket_write":
         return "socket writes"
-    if "endpoint_send" in (a, b) and "socket_write" in (a, b) or tag_b == "endpoint_send<":
+    if ("endpoint_send" in (a, b) and "socket_write" in (a, b)) or tag_b == "endpoint_send<":
         return "endpoint send path (checks, route, protobuf header)"
     if a in ("socket_read", "envelope", "deliver", "on_frame") and b in ("envelope", "deliver", "on_frame"):
         return "channel reader (record and header parse, admission)"

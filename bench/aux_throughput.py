@@ -50,10 +50,6 @@ ROLES = ("sender", "receiver", "server")
 
 def transfer(mib: int, protocol: str, direct_p2p: bool = False, data_plane: str = "auto", tls: str = "clear") -> dict:
     """site-1 sends ``mib`` MiB to site-2 once: seconds and each process's rss {role: (idle, peak)}."""
-    return _transfer_once(mib, protocol, direct_p2p, data_plane, tls)
-
-
-def _transfer_once(mib: int, protocol: str, direct_p2p: bool, data_plane: str, tls: str) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         job = write_job(
             tmp,

@@ -272,7 +272,7 @@ class DataChannel:
         self._refusal_log = logsafe.RateLimit()
         self._pending = Inbound()  # blobs being received (reader thread)
         self._announced = 0  # the highest blob id announced (they go up)
-        self._buf = bytearray(_READ_BUFFER)
+        self._buf = memoryview(bytearray(_READ_BUFFER))  # a view: slices of it copy nothing
         self._lo = self._hi = 0
         self.reader_done = threading.Event()
         self._reader = threading.Thread(target=self._read_loop, name=f"{local}-data-{peer}", daemon=True)
@@ -1011,15 +1011,12 @@ class DataChannel:
                 self._read_into(memoryview(out))
                 return bytes(out)
             if self._lo:
-                with memoryview(self._buf) as buf:  # (a view: no temporary copy of the bytes)
-                    buf[: self._hi - self._lo] = buf[self._lo : self._hi]
+                self._buf[: self._hi - self._lo] = self._buf[self._lo : self._hi]
                 self._hi -= self._lo
                 self._lo = 0
-            view = memoryview(self._buf)
             while self._hi < n:
-                self._hi += self._recv_into(view[self._hi :])
-        with memoryview(self._buf) as buf:
-            out = bytes(buf[self._lo : self._lo + n])
+                self._hi += self._recv_into(self._buf[self._hi :])
+        out = bytes(self._buf[self._lo : self._lo + n])
         self._lo += n
         return out
 
@@ -1027,8 +1024,7 @@ class DataChannel:
         """Fill ``view`` with the next bytes of the stream: first what is buffered, then straight from the socket."""
         have = min(self._hi - self._lo, view.nbytes)
         if have:
-            with memoryview(self._buf) as buf:
-                view[:have] = buf[self._lo : self._lo + have]
+            view[:have] = self._buf[self._lo : self._lo + have]
             self._lo += have
         got = have
         while got < view.nbytes:  # a chunk's bytes in one call where the platform can (the kernel waits for all)
