@@ -19,7 +19,7 @@ import pytest
 from support import wait_for
 from wire_fixtures.inbox import Inbox, endpoint_maker
 
-from flarelite.communication.dataplane import DataChannel, dial
+from flarelite.communication.dataplane import DataChannel, dial, handshake
 from flarelite.communication.dataplane import channel as channel_module
 from flarelite.communication.dataplane.channel import _C, _E, CHUNK, META_INLINE, ChannelUnavailable, _Turns
 from flarelite.communication.grpc import GrpcCommunicationProtocol, data_routes
@@ -102,6 +102,19 @@ def test_a_broken_channel_falls_back_to_grpc(net):
     site.send("server", Frame(kind="after", meta=b"1"))
     server.send("site-1", Frame(kind="after", meta=b"2"))
     assert s_in.get().meta == b"1" and c_in.get().meta == b"2"
+
+
+def test_a_data_socket_that_cannot_be_made_leaves_the_frames_to_grpc(net, short_dir, caplog):
+    leftover = f"{short_dir}/server.sock.data"
+    with open(leftover, "w") as f:
+        f.write("not a socket, and never removed")
+    server, s_in = net("server")
+    site, c_in = net("site-1")
+    assert server._data_listener is None and "frames go by gRPC" in caplog.text
+    site.send("server", Frame(kind="by-grpc", buffers=[np.arange(1 << 18, dtype=np.float32)]))
+    assert s_in.get().kind == "by-grpc" and site.data_peers == []
+    with open(leftover) as f:
+        assert f.read().startswith("not a socket")
 
 
 def test_a_sites_last_frames_arrive_before_the_news_that_it_left(net):
@@ -198,6 +211,96 @@ def test_stalled_and_garbage_connections_delay_no_site(net):
     finally:
         for s in [*stalled, junk]:
             s.close()
+
+
+def test_a_hello_trickled_a_byte_at_a_time_is_cut_at_its_deadline(net, monkeypatch):
+    monkeypatch.setattr(handshake, "HELLO_TIMEOUT", 0.6)
+    server, _ = net("server")
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.connect(data_path(server))
+    began = time.monotonic()
+    try:
+        hello = b"FLDP\x01\x06site-1" + b"\0" * 32
+        cut = None
+        for byte in hello:  # each byte well within the deadline of one read; all of them far past the hello's
+            try:
+                s.send(bytes([byte]))
+                s.settimeout(0.25)
+                if s.recv(1) == b"":
+                    cut = time.monotonic() - began
+                    break
+            except TimeoutError:
+                continue
+            except OSError:
+                cut = time.monotonic() - began
+                break
+        assert cut is not None and cut < 0.6 + 1.0, f"the listener still read the hello after {cut}s"
+    finally:
+        s.close()
+
+
+def test_connections_that_never_say_hello_cannot_keep_a_site_from_its_channel(net, monkeypatch):
+    monkeypatch.setattr(handshake, "MAX_HANDSHAKES", 4)
+    server, _ = net("server")
+    stalled = []
+    try:
+        for _ in range(3 * handshake.MAX_HANDSHAKES):  # every slot taken, again and again
+            s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            s.connect(data_path(server))
+            stalled.append(s)
+        began = time.monotonic()
+        site, _ = net("site-1")
+        assert site.data_peers == ["server"] and time.monotonic() - began < 2.0
+        wait_for(lambda: len(server._data_listener._hellos) <= handshake.MAX_HANDSHAKES)
+    finally:
+        for s in stalled:
+            s.close()
+
+
+def test_a_full_listener_cuts_the_oldest_hello_of_the_source_holding_the_most():
+    listener = handshake.DataListener(socket.socket(socket.AF_UNIX), "x", "server", lambda *a: None)
+    pairs = [socket.socketpair() for _ in range(4)]
+    try:
+        sources = ["10.0.0.1", "10.0.0.9", "10.0.0.9", "10.0.0.9"]
+        listener._hellos = {a: source for (a, _), source in zip(pairs, sources)}
+        assert listener._make_room() == (pairs[1][0], "10.0.0.9")  # not the older hello of the quiet source
+        assert list(listener._hellos.values()) == ["10.0.0.1", "10.0.0.9", "10.0.0.9"]
+    finally:
+        listener._sock.close()
+        for a, b in pairs:
+            a.close()
+            b.close()
+
+
+def test_a_listener_trickling_its_answer_costs_the_dialing_site_its_timeout_not_more(short_dir):
+    path = f"{short_dir}/slow.sock"
+    lst = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    lst.bind(path)
+    lst.listen(1)
+    stop = threading.Event()
+
+    def trickle():
+        conn, _ = lst.accept()
+        with conn:
+            for byte in b"\x01\xc8" + b"x" * 200:  # a refusal, 200 bytes of reason, one byte every 0.3 s
+                if stop.wait(0.3):
+                    return
+                try:
+                    conn.send(bytes([byte]))
+                except OSError:
+                    return
+
+    thread = threading.Thread(target=trickle, daemon=True)
+    thread.start()
+    began = time.monotonic()
+    try:
+        with pytest.raises(ConnectError, match="in time|timed out"):
+            dial(path, "site-1", b"\0" * 32, 1.0)
+        assert time.monotonic() - began < 2.0
+    finally:
+        stop.set()
+        thread.join(2)
+        lst.close()
 
 
 # the channel's protocol, driven directly ---------------------------------------------------------------
@@ -375,6 +478,69 @@ def test_a_peer_that_stops_reading_costs_a_sender_its_timeout_not_more():
     finally:
         channel.close("test over")
         b.close()
+
+
+def test_a_sender_that_lost_its_turn_to_a_writer_with_no_deadline_still_gets_its_timeout():
+    """T2 (2 s timeout) wrote its announcement; T1 (no timeout) holds the turn writing 64 MiB to a peer that reads
+    nothing yet. T2 fails at its deadline, not when T1 is done; its cancel goes before T1's next record."""
+    a, b = socket.socketpair()
+    sender = DataChannel(a, local="site-1", peer="server", admit=lambda *x: "")
+    hold = object()
+    sender._turns.take(hold, None, lambda: False)  # (orders the writers: T2 first, then T1)
+    outcome: dict = {}
+
+    def t2():
+        began = time.monotonic()
+        try:
+            two = [memoryview(bytearray(1024)), memoryview(bytearray(1024))]  # T1 writes between the two
+            sender.send_blob(two, time.monotonic() + 2.0, "t2")
+            outcome["t2"] = "sent"
+        except TransportTimeout:
+            outcome["t2"] = time.monotonic() - began
+
+    def t1():
+        outcome["t1"] = sender.send_blob([memoryview(np.zeros(64 << 20, np.uint8))], None, "t1")
+
+    threads = [threading.Thread(target=t2, daemon=True), threading.Thread(target=t1, daemon=True)]
+    receiver = None
+    try:
+        threads[0].start()
+        wait_for(lambda: len(sender._turns._queue) == 2)
+        threads[1].start()
+        wait_for(lambda: len(sender._turns._queue) == 3)
+        sender._turns.leave(hold)
+        threads[0].join(5.0)
+        assert isinstance(outcome.get("t2"), float) and outcome["t2"] < 3.5, outcome
+        assert not sender.closed
+        receiver = DataChannel(b, local="server", peer="site-1", admit=lambda *x: "")
+        receiver.start()  # reads from the first byte: T2's announcement, its cancel, T1's blob
+        threads[1].join(10.0)
+        blob = outcome["t1"]
+        assert receiver.claim(blob).result(10)[0].nbytes == 64 << 20
+        assert not receiver._pending  # T2's blob was cancelled there: nothing of it is held
+    finally:
+        sender.close("test over")
+        if receiver is not None:
+            receiver.close("test over")
+        b.close()
+
+
+def test_a_relayed_blobs_cancel_never_waits_for_a_turn_another_writer_holds():
+    sender, receiver, _ = channel_pair(admit=lambda *x: "")
+    try:
+        blob = sender.begin_blob([4096], None)
+        hold = object()
+        sender._turns.take(hold, None, lambda: False)  # a writer busy with a large record, say
+        began = time.monotonic()
+        sender.cancel_blob(blob, "the source gave up")
+        assert time.monotonic() - began < 0.5
+        wait_for(lambda: blob in receiver._pending)
+        sender._turns.leave(hold)
+        sender.send_frame(Frame(kind="next", target="server"), None)  # the next writer sends the cancel first
+        wait_for(lambda: blob not in receiver._pending)
+    finally:
+        sender.close("test over")
+        receiver.close("test over")
 
 
 def channel_pair(**options):

@@ -17,14 +17,14 @@ import pytest
 from support import wait_for
 from wire_fixtures.inbox import Inbox
 
-from flarelite.communication.dataplane import dial
+from flarelite.communication.dataplane import dial, tls_stream
 from flarelite.communication.dataplane.channel import CHUNK
 from flarelite.communication.dataplane.handshake import TCP_PREFIX
 from flarelite.communication.dataplane.tls_stream import TLSStream, client_context
 from flarelite.communication.grpc import GrpcCommunicationProtocol, data_routes
 from flarelite.communication.grpc.tls import TLSConfig
 from flarelite.communication.protocol import Frame
-from flarelite.errors import ConnectError
+from flarelite.errors import ConnectError, TransportTimeout
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -224,3 +224,22 @@ def test_a_flood_of_bad_connections_to_the_data_port_writes_one_line_per_kind(ne
     assert len(refused) == 1 and "no TLS" in refused[0].getMessage()
     site, _ = net.site("site-1")  # and the listener still opens channels
     wait_for(lambda: server.data_peers == ["site-1"])
+
+
+def test_over_tls_a_frame_with_no_time_left_goes_if_the_socket_takes_it_now(nets, monkeypatch):
+    net = nets("mtls")
+    net.server()
+    one, _ = net.site("site-1", direct_p2p=True)
+    two, in2 = net.site("site-2", direct_p2p=True)
+    wait_for(lambda: "site-2" in one.data_peers)
+    for i in range(20):  # timeout=0 (an aux request to several targets): on an idle channel it goes at once
+        one.send("site-2", Frame(kind="now", msg_id=str(i), meta=b"m"), timeout=0)
+    assert [in2.get().msg_id for _ in range(20)] == [str(i) for i in range(20)]
+    channel = one._data["site-2"]
+    monkeypatch.setattr(tls_stream, "_room_for", lambda sock, nbytes: False)  # as a peer that stopped reading
+    with pytest.raises(TransportTimeout, match="had no room now"):
+        channel.send_frame(Frame(kind="late", target="site-2", meta=b"m"), time.monotonic() - 1)
+    monkeypatch.undo()
+    assert not channel.closed  # nothing was written: the TLS stream is intact
+    one.send("site-2", Frame(kind="after", meta=b"m"), timeout=0)
+    assert in2.get().kind == "after" and one._data["site-2"] is channel

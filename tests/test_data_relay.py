@@ -8,6 +8,7 @@ headers on its own stream.
 
 from __future__ import annotations
 
+import itertools
 import threading
 import time
 
@@ -260,3 +261,35 @@ def test_a_header_whose_buffers_never_come_reaches_the_target_as_the_reason(net,
     got = in2.get()
     assert got.msg_id == "nothing" and "did not come within" in got.error
     wait_for(lambda: not server._blob_relay._passing)
+
+
+def test_a_header_that_comes_after_its_buffers_were_given_up_reaches_the_target_as_the_reason(net):
+    server, (one, _), (two, in2), _ = three(net)
+    server._relay().wait = 0.3
+    channel = one._data["server"]
+    _announce(channel, 10**6, [1000, 1000], "site-2")  # half of it: its buffers wait for the header
+    channel.sock.sendall(_C.pack(b"C", 10**6, 0, 1000) + bytes(1000))
+    wait_for(lambda: any(p.failed for p in server._blob_relay._passing.values()))  # the wait ran out
+    _raw_header(one, 10**6, [1000, 1000], "site-2", "late")
+    got = in2.get()  # not lost in silence: the target answers its sender with the reason
+    assert got.msg_id == "late" and "did not come within" in got.error and not got.buffers
+    channel.sock.sendall(_C.pack(b"C", 10**6, 1, 1000) + bytes(1000))
+    wait_for(lambda: not server._blob_relay._passing)
+
+
+def test_buffers_cancelled_after_their_wait_ran_out_leave_nothing_behind(net):
+    server, (one, _), (two, in2), _ = three(net)
+    server._relay().wait = 0.2
+    server.max_open_frames = 3  # what one connection may have open: leftovers would soon refuse every frame
+    channel = one._data["server"]
+    for blob in range(10**6, 10**6 + 2 * server.max_open_frames):
+        _announce(channel, blob, [1000, 1000], "site-2")
+        time.sleep(0.35)  # its header never comes: the wait runs out
+        body = pb.Envelope(cancel=pb.Cancel(stream=blob, reason="gave up")).SerializeToString()
+        channel.sock.sendall(_E.pack(b"E", len(body)) + body)  # then its sender gives up on it
+        wait_for(lambda: not server._blob_relay._passing)
+    assert "site-1" in server.data_peers and not server._blob_relay._open
+    channel._ids = itertools.count(2 * 10**6)  # (its own blob ids go on past the raw ones)
+    one.send("site-2", Frame(kind="aux", msg_id="after", buffers=[big(1 << 20, 3)]), timeout=10)
+    got = in2.get()
+    assert got.msg_id == "after" and got.error == ""

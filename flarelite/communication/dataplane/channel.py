@@ -84,6 +84,7 @@ MAX_ENVELOPE = 2 << 20  # an E record holds a blob's announcement (its buffer si
 MAX_BLOB_BUFFERS = 1 << 17
 MAX_REFUSED = 256  # refused blobs whose headers have not come yet (or frames whose chunks still come); more close it
 POLL = 1.0  # seconds a writer waiting for its turn, or the watchdog, looks at the channel's state again
+CANCEL_GRACE = 2.0  # seconds the socket has to take a cancel (a few bytes); past it the peer reads nothing: closed
 META_INLINE = 256 << 10  # a whole frame's meta up to this size travels in its header (under MAX_ENVELOPE with
 # MAX_BUFFERS sizes); larger meta goes as the frame's last buffer
 SMALL = 64 << 10  # a whole frame of at most this many bytes is written as one piece
@@ -131,6 +132,11 @@ class _Turns:
             self._queue.append(me)
             self._cond.notify_all()
             return self._wait(me, deadline, closed, leave_on_timeout=False)
+
+    def holds(self, me: object) -> bool:
+        """Whether it is ``me``'s turn now."""
+        with self._cond:
+            return bool(self._queue) and self._queue[0] is me
 
     def leave(self, me: object) -> None:
         """``me`` is done writing (or gives up waiting)."""
@@ -258,6 +264,7 @@ class DataChannel:
         self._cut_by_deadline = 0  # the serial of the record the watchdog cut
         self._watchdog: threading.Thread | None = None
         self._turns = _Turns()
+        self._cancels: list[bytes] = []  # cancel records that found the turn taken: the next writer writes them first
         self._ids = itertools.count(1)
         self.closed = False
         self.ended = False  # end_writes was called: nothing more is sent
@@ -446,9 +453,11 @@ class DataChannel:
             self._turns.leave(me)
 
     def cancel_blob(self, blob: int, reason: str) -> None:
-        """Tell the peer that blob ``blob`` will not be finished (nothing happens when the channel is closed)."""
+        """Tell the peer that blob ``blob`` will not be finished (nothing happens when the channel is closed); never
+        waits for a turn another writer holds (the cancel then goes before that writer's next record)."""
         me = object()
-        if self.closed or not self._turns.take(me, None, self._is_closed):
+        if self.closed or not self._turns.take(me, time.monotonic(), self._is_closed):
+            self._cancel_later(blob, reason)
             return
         try:
             self._cancel(blob, reason)
@@ -554,19 +563,44 @@ class DataChannel:
             self._timed_out(me, stream, what, "the receiver takes it slower")
 
     def _timed_out(self, me: object, stream: int, what: str, why: str) -> NoReturn:
-        """Cancel what was sent of ``stream`` (``me`` waits for its turn to do so) and raise TransportTimeout."""
-        self._turns.rotate(me, None, self._is_closed)
-        self._cancel(stream, "not sent within its timeout")
+        """Cancel what was sent of ``stream`` and raise TransportTimeout, now: the cancel is written at once when no
+        other writer waits, else before the next writer's record (``me`` never waits for a turn past its deadline).
+        """
+        if self._turns.holds(me):
+            self._cancel(stream, "not sent within its timeout")
+        else:
+            self._cancel_later(stream, "not sent within its timeout")
         raise TransportTimeout(
             f"{what} to {self.peer!r} was not sent within its timeout ({why}); what was sent of it is cancelled"
         )
 
     def _cancel(self, blob: int, reason: str) -> None:
-        body = pb.Envelope(cancel=pb.Cancel(stream=blob, reason=reason)).SerializeToString()
+        """Write the cancel of ``blob`` (the caller holds the turn); a peer that takes not even that within
+        ``CANCEL_GRACE`` reads nothing: the channel closes."""
         try:
-            self._write((_E.pack(b"E", len(body)), body), None, "a cancel")
-        except TransportClosed:
+            self._write(self._cancel_record(blob, reason), time.monotonic() + CANCEL_GRACE, "a cancel")
+        except (TransportClosed, TransportTimeout):
             pass
+
+    @staticmethod
+    def _cancel_record(blob: int, reason: str) -> tuple[bytes, bytes]:
+        body = pb.Envelope(cancel=pb.Cancel(stream=blob, reason=reason)).SerializeToString()
+        return _E.pack(b"E", len(body)), body
+
+    def _cancel_later(self, blob: int, reason: str) -> None:
+        """Queue the cancel of ``blob`` for the next writer (at most MAX_REFUSED wait: past that, close)."""
+        with self._lock:
+            self._cancels.append(b"".join(self._cancel_record(blob, reason)))
+            over = len(self._cancels) > MAX_REFUSED
+        if over:
+            self.close(f"{MAX_REFUSED} cancels waited for a writer")
+
+    def _write_cancels(self, deadline: float | None) -> None:
+        """Write the cancels that found the turn taken (the caller holds it, between two records)."""
+        with self._lock:
+            cancels, self._cancels = self._cancels, []
+        if cancels:  # under the writer's own deadline (none: as its record would wait)
+            self._write((b"".join(cancels),), deadline, "a cancel")
 
     def _write(
         self, parts: tuple, deadline: float | None, what: str, fresh: bool = False, fd: int | None = None
@@ -583,6 +617,8 @@ class DataChannel:
         if fresh and deadline is not None and deadline <= time.monotonic():
             self._write_now(b"".join(parts), what)
             return
+        if self._cancels and what != "a cancel":
+            self._write_cancels(deadline)
         serial = self._watch_write(deadline)
         try:
             if fd is not None:
@@ -606,14 +642,16 @@ class DataChannel:
     def _write_now(self, data: bytes, what: str) -> None:
         """Write ``data`` (a whole record) if the socket takes all of it without waiting (see ``_write``)."""
         sent = 0
-        if isinstance(self.sock, socket.socket):  # (TLS cannot write a record partly: it waits for room instead)
-            try:
+        try:
+            if isinstance(self.sock, socket.socket):
                 sent = self.sock.send(data, socket.MSG_DONTWAIT)
-            except BlockingIOError:
-                sent = 0
-            except OSError as exc:
-                self.close(f"write failed: {exc}")
-                raise TransportClosed(f"data channel to {self.peer!r} failed: {exc}") from None
+            elif self.sock.send_now(data):  # TLS cannot write a record partly: all of it if there is room
+                return
+        except BlockingIOError:
+            sent = 0
+        except OSError as exc:
+            self.close(f"write failed: {exc}")
+            raise TransportClosed(f"data channel to {self.peer!r} failed: {exc}") from None
         if sent == len(data):
             return
         if sent:

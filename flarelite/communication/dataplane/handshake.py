@@ -25,6 +25,7 @@ import socket
 import ssl
 import struct
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -37,8 +38,8 @@ logsafe.install(_log)  # names and reasons a peer sent are logged escaped
 
 MAGIC = b"FLDP"
 VERSION = 1
-HELLO_TIMEOUT = 2.0  # seconds a new connection has to say hello (each on its own thread: none delays another)
-MAX_HANDSHAKES = 16  # connections saying hello at once; more are closed at once
+HELLO_TIMEOUT = 2.0  # seconds a new connection has, TLS and hello together (each on its own thread)
+MAX_HANDSHAKES = 16  # connections saying hello at once; one more cuts the oldest of the source holding the most
 TOKEN_BYTES = 32
 
 Attach = Callable[[str, bytes, Any], "str | None"]  # name, token, socket (or TLSStream) -> refusal reason or None
@@ -60,9 +61,16 @@ def same_user(sock: socket.socket) -> str | None:
     return None
 
 
-def _recv_exact(sock: Any, n: int) -> bytes:
+def _recv_exact(sock: Any, n: int, deadline: float | None = None) -> bytes:
+    """The next ``n`` bytes; with ``deadline`` (a ``time.monotonic()`` value) all of them by then, however the
+    peer trickles them (ConnectionError past it)."""
     out = bytearray()
     while len(out) < n:
+        if deadline is not None:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise ConnectionError("the other end did not finish the hello in time")
+            sock.settimeout(left)
         part = sock.recv(n - len(out))
         if not part:
             raise ConnectionError("closed during the hello")
@@ -85,7 +93,8 @@ class DataListener:
         self._sock: socket.socket | None = sock
         self._context, self._mtls = context, mtls
         self._thread: threading.Thread | None = None
-        self._slots = threading.BoundedSemaphore(MAX_HANDSHAKES)
+        self._hellos: dict[socket.socket, str] = {}  # connections saying hello -> their source, oldest first
+        self._hellos_lock = threading.Lock()
         self._stopped = False
         self._log_limit = logsafe.RateLimit()  # a TCP port anyone can reach: one line per kind every 10 s
 
@@ -161,17 +170,40 @@ class DataListener:
         assert self._sock is not None
         while not self._stopped:
             try:
-                conn, _ = self._sock.accept()
+                conn, address = self._sock.accept()
             except OSError:
                 if self._stopped:
                     return
                 continue
-            if not self._slots.acquire(blocking=False):
-                conn.close()  # too many hellos at once: one of them is stalling; this one may try again
-                continue
+            source = address[0] if isinstance(address, tuple) else ""  # (a Unix socket's peers are all this user)
+            with self._hellos_lock:
+                cut = self._make_room() if len(self._hellos) >= MAX_HANDSHAKES else None
+                self._hellos[conn] = source
+            if cut is not None:
+                self._say(logging.WARNING, "busy", "%d data-plane hellos at once: cut the oldest, from %s",
+                          MAX_HANDSHAKES, cut[1] or "this machine")  # fmt: skip
+                try:
+                    cut[0].shutdown(socket.SHUT_RDWR)  # its hello thread fails at once and closes it
+                except OSError:
+                    pass
             threading.Thread(target=self._handshake, args=(conn,), name=f"{self.owner}-data-hello", daemon=True).start()
 
-    def _secure(self, conn: socket.socket) -> Any:
+    def _make_room(self) -> tuple[socket.socket, str]:
+        """Take the oldest hello of the source holding the most out of the table (lock held): a peer that keeps
+        connections open without saying hello cuts its own first, and never keeps a new one out."""
+        counts: dict[str, int] = {}
+        for source in self._hellos.values():
+            counts[source] = counts.get(source, 0) + 1
+        busiest = max(counts, key=counts.__getitem__)
+        conn = next(c for c, source in self._hellos.items() if source == busiest)
+        del self._hellos[conn]
+        return conn, busiest
+
+    def _hello_over(self, conn: socket.socket) -> None:
+        with self._hellos_lock:
+            self._hellos.pop(conn, None)
+
+    def _secure(self, conn: socket.socket, deadline: float) -> Any:
         """The connection as the hello reads it: checked to be ours (Unix), or TLS (TCP under tls/mtls).
 
         Raises:
@@ -187,30 +219,32 @@ class DataListener:
             return conn
         stream = TLSStream(conn, self._context, server_side=True, server_hostname=None)
         try:
-            stream.handshake(HELLO_TIMEOUT)
+            stream.handshake(max(0.0, deadline - time.monotonic()))
         except OSError as exc:
             raise ConnectionError(f"no TLS: {exc}") from None
         return stream
 
     def _handshake(self, conn: socket.socket) -> None:
+        deadline = time.monotonic() + HELLO_TIMEOUT  # for all of it: a peer trickling bytes gains nothing
         try:
             try:
-                link = self._secure(conn)
+                link = self._secure(conn, deadline)
             except ConnectionError as exc:
                 self._say(logging.WARNING, "refused", "refused a data-plane connection: %s", exc)
                 conn.close()
                 return
-            link.settimeout(HELLO_TIMEOUT)
             try:
-                magic, version, name_len = struct.unpack("<4sBB", _recv_exact(link, 6))
+                magic, version, name_len = struct.unpack("<4sBB", _recv_exact(link, 6, deadline))
                 if magic != MAGIC or version != VERSION:
                     raise ConnectionError("not a flarelite data-plane hello")
-                name = _recv_exact(link, name_len).decode("utf-8", "replace")
-                token = _recv_exact(link, TOKEN_BYTES)
+                name = _recv_exact(link, name_len, deadline).decode("utf-8", "replace")
+                token = _recv_exact(link, TOKEN_BYTES, deadline)
+                link.settimeout(max(0.001, deadline - time.monotonic()))
             except (OSError, ConnectionError, struct.error) as exc:
                 self._say(logging.INFO, "hello", "a data-plane connection said no valid hello: %s", exc)
                 conn.close()
                 return
+            self._hello_over(conn)  # said: no longer a hello that a newer connection may cut
             refusal = None
             if self._mtls and isinstance(link, TLSStream) and link.peer_common_name() != name:
                 refusal = f"its certificate is {link.peer_common_name()!r}'s, not {name!r}'s"
@@ -224,7 +258,7 @@ class DataListener:
                     pass
                 conn.close()
         finally:
-            self._slots.release()
+            self._hello_over(conn)
 
 
 def accept_reply(conn: socket.socket) -> None:
@@ -251,6 +285,7 @@ def dial(
             refused the channel (why).
     """
     tcp = where.startswith(TCP_PREFIX)
+    deadline = time.monotonic() + timeout  # for all of it: a listener trickling its answer gains nothing
     try:
         if tcp:
             port = int(where[len(TCP_PREFIX) :])
@@ -275,14 +310,13 @@ def dial(
                 raise ConnectError(f"the data-plane socket {where} is not the server's: {problem}")
         elif context is not None:
             link = TLSStream(sock, context, server_side=False, server_hostname=server_hostname)
-            link.handshake(timeout)
-            link.settimeout(timeout)
+            link.handshake(max(0.0, deadline - time.monotonic()))
         raw = name.encode()
         link.sendall(struct.pack("<4sBB", MAGIC, VERSION, len(raw)) + raw + token)
-        answer = _recv_exact(link, 1)
+        answer = _recv_exact(link, 1, deadline)
         if answer != b"\x00":
-            size = _recv_exact(link, 1)[0]
-            reason = _recv_exact(link, size).decode("utf-8", "replace")
+            size = _recv_exact(link, 1, deadline)[0]
+            reason = _recv_exact(link, size, deadline).decode("utf-8", "replace")
             raise ConnectError(f"the server refused the data channel: {reason}")
     except ConnectError:
         sock.close()

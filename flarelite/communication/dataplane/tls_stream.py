@@ -11,6 +11,7 @@ listener's certificate against the name it expects (the server's, or a peer's ow
 
 from __future__ import annotations
 
+import array
 import socket
 import ssl
 import threading
@@ -19,6 +20,21 @@ from typing import Any
 
 _RAW = 256 << 10  # bytes read from the socket at a time
 _PIECE = 256 << 10  # plaintext bytes encrypted at a time (what is encrypted waits in memory until sent)
+_RECORD_OVERHEAD = 1 << 10  # what TLS adds to a small write, and more
+
+
+def _room_for(sock: socket.socket, nbytes: int) -> bool:
+    """Whether ``sock``'s send buffer takes ``nbytes`` more without waiting (False where that cannot be known)."""
+    try:
+        import fcntl
+        import termios
+
+        queued = array.array("i", [0])
+        fcntl.ioctl(sock.fileno(), termios.TIOCOUTQ, queued)
+        size = sock.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF) // 2  # (Linux reports twice what it holds)
+    except (ImportError, AttributeError, OSError):
+        return False
+    return queued[0] + nbytes <= size
 
 
 def server_context(cfg: Any) -> ssl.SSLContext:
@@ -100,6 +116,27 @@ class TLSStream:
                     self._tls.write(view[offset : offset + _PIECE])
                     out = self._out.read()
                 self.sock.sendall(out)
+
+    def send_now(self, data: bytes) -> bool:
+        """Write ``data`` (a small record) only if the socket can take all of its ciphertext at once: its send
+        buffer has room beyond what waits there (Linux; elsewhere never). False: nothing was written."""
+        if len(data) > _PIECE or not _room_for(self.sock, len(data) + _RECORD_OVERHEAD):
+            return False
+        if not self._send_lock.acquire(blocking=False):
+            return False
+        try:
+            with self._lock:
+                self._tls.write(data)
+                out = self._out.read()
+            sent = self.sock.send(out, socket.MSG_DONTWAIT)
+            if sent < len(out):  # (the room was there a moment ago; encrypted, the rest must follow)
+                self.sock.sendall(memoryview(out)[sent:])
+            return True
+        except BlockingIOError:
+            self.sock.sendall(out)
+            return True
+        finally:
+            self._send_lock.release()
 
     def recv_into(self, buffer: Any, nbytes: int = 0, flags: int = 0) -> int:
         """Decrypt into ``buffer`` what has arrived (at least 1 byte; 0 when the peer closed)."""

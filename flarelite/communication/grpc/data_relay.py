@@ -181,6 +181,13 @@ class BlobRelay:
             self._tell(conn, h, f"blob {h.blob} is named by two headers")
             return
         p.header = h
+        if p.failed:  # its buffers failed before it came (they were late, or cancelled): the target hears why
+            if not p.told:
+                p.told = True
+                self._tell(conn, h, p.failed)
+            if p.complete:
+                self._forget(p)
+            return
         self._start(p)
 
     def _start(self, p: _Passing) -> None:
@@ -301,7 +308,7 @@ class BlobRelay:
             p.dest.cancel(p.out, f"{p.source.name} gave up on it: {reason}")
         self._drop_backlog(p)
         p.complete = True  # nothing more comes of it on the channel
-        if not p.started and p.header is None:
+        if not p.started and p.header is None and p.timer is not None:
             p.failed = reason  # its header may still come: it is told nothing (the sender knows)
             p.told = True
             return  # (the entry stays until its timer, to know the header if it comes)

@@ -78,7 +78,7 @@ class DataRoutes(EndpointCore):
     # the listening side (the server; a site's p2p listener) -------------------------------------------
     def _start_data_listener(self, socket_path: str) -> None:
         """Listen for data channels beside the gRPC socket at ``socket_path`` (the server, or a site taking its
-        peers' direct connections; data_plane auto)."""
+        peers' direct connections; data_plane auto); without one (it cannot be made), frames go by gRPC."""
         from .listening import prepare_socket_path
 
         path = socket_path + ".data"
@@ -87,8 +87,12 @@ class DataRoutes(EndpointCore):
                 "%s: no data plane: the socket path %s is too long", self.address, path, extra={"site": self.address}
             )
             return
-        prepare_socket_path(path, self.address)
-        listener = DataListener.unix(path, self.address, self._attach_site)
+        try:
+            prepare_socket_path(path, self.address)
+            listener = DataListener.unix(path, self.address, self._attach_site)
+        except ConnectError as exc:  # (e.g. a file that is not a socket sits there: never removed)
+            _log.warning("%s: %s; frames go by gRPC", self.address, exc, extra={"site": self.address})
+            return
         listener.start()
         self._data_listener = listener
 

@@ -184,11 +184,16 @@ class Listening(DataRoutes):
             self.bound = self.listen
         await server.start()
         self._grpc_server = server
-        kind = channel_kind(self.data_plane, self.tls.mode, self.listen)  # the server, or a site taking its peers
-        if kind == "unix" and socket_path is not None:
-            self._start_data_listener(socket_path)
-        elif kind == "tcp":
-            self._start_tcp_data_listener(tcp_host(self.bound))
+        try:
+            kind = channel_kind(self.data_plane, self.tls.mode, self.listen)  # the server, or a site for its peers
+            if kind == "unix" and socket_path is not None:
+                self._start_data_listener(socket_path)
+            elif kind == "tcp":
+                self._start_tcp_data_listener(tcp_host(self.bound))
+        except BaseException:  # not started after all: nothing of it stays bound
+            self._grpc_server = None
+            await server.stop(0)
+            raise
         _log.info("%s listening on %s (%s)", self.address, self.bound, self.tls.mode, extra={"site": self.address})
         if self.is_server:
             warn_unauthenticated(self)
