@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 import threading
 import time
 
@@ -198,13 +199,17 @@ class BroadcastController(Controller):
 
 
 class BehaviourExecutor(Executor):
-    """Behaves as the task name says: ok, raise, bad_result, slow, wait_abort, sleep:<s>."""
+    """Behaves as the task name says: ok, raise, bad_result, exit and interrupt (site-1), wait_abort, sleep:<s>."""
 
     def execute(self, task_name: str, shareable: Shareable, fl_ctx: FLContext, abort_signal: Signal) -> Shareable:
         if task_name == "raise":
             raise ValueError("execute failed on purpose")
         if task_name == "bad_result":
             return {"not": "a shareable"}
+        if task_name == "exit" and fl_ctx.get_identity_name() == "site-1":
+            sys.exit(3)
+        if task_name == "interrupt" and fl_ctx.get_identity_name() == "site-1":
+            raise KeyboardInterrupt
         if task_name == "wait_abort":
             while not abort_signal.triggered:
                 time.sleep(0.01)

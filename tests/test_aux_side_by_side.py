@@ -96,3 +96,33 @@ def test_one_target_is_sent_on_the_callers_thread(tmp_path):
     )
     assert reply["site-3"].get_return_code() == ReturnCode.OK
     assert seen == [threading.current_thread()]
+
+
+def test_a_site_that_ends_its_run_lets_go_of_the_sends_still_waiting_for_replies(tmp_path):
+    """An executor (or handler) blocked in send_aux_request must not outlive its site's run: the run ends, it
+    returns with an error reply at once, not when its timeout runs out."""
+    hub = InMemoryHub()
+    folder = str(tmp_path)
+    site1, site2 = site(hub, "site-1", folder), site(hub, "site-2", folder)
+    release = threading.Event()
+    site2.register_aux_message_handler("never", lambda topic, request, fl_ctx: release.wait(30) and None)
+    site2.aux.set_ready()
+    out: dict = {}
+
+    def ask() -> None:
+        request = DXO(DataKind.APP_DEFINED, {"q": 1}).to_shareable()
+        out.update(site1.send_aux_request(["site-2"], "never", request, 60, site1.new_context()))
+
+    asker = threading.Thread(target=ask)
+    asker.start()
+    try:
+        time.sleep(0.3)  # the request waits at site-2's handler
+        began = time.monotonic()
+        site1.aux.close()
+        asker.join(5)
+        assert not asker.is_alive() and time.monotonic() - began < 2.0
+        assert out["site-2"].get_return_code() == ReturnCode.SERVICE_UNAVAILABLE
+    finally:
+        release.set()
+        asker.join(5)
+        site2.aux.close()

@@ -187,3 +187,11 @@ def test_network_nodes_must_be_the_jobs_sites(tmp_path):
         job.to(ConsensusExecutor(), f"site-{i}")
     with pytest.raises(RunFailedError, match="network nodes \\['site-9'\\] are not client sites of this job"):
         job.simulator_run(str(tmp_path), protocol="memory")
+
+
+def test_consensus_above_the_blocked_site_limit_fails_naming_it(consensus_job, tmp_path):
+    """Its executors wait for their peers with a timeout of their own (sync_timeout), shorter than the stall watch:
+    the run fails by that timeout, and the error still names the limit that made the peers wait."""
+    job, _ = consensus_job.build_job(num_clients=3, seed=5, iterations=5, sync_timeout=1)
+    with pytest.raises(RunFailedError, match=r"sync_timeout.*max_blocked_sites=2.*raise max_blocked_sites"):
+        job.simulator_run(str(tmp_path), protocol="memory", max_blocked_sites=2)

@@ -211,3 +211,26 @@ def test_past_its_core_threads_the_pool_grows_only_while_its_threads_block():
     wait_for(lambda: waiting.running == CORE_THREADS * 5, 30)
     release.set()
     wait_for(lambda: waiting.done == CORE_THREADS * 5, 30)
+
+
+def test_as_many_aux_handlers_may_block_as_sites_may_and_the_limit_is_named():
+    """Each blocked executor's request may hold a handler that waits in turn (a relay of requests): 600 of them
+    once broke a job well below max_blocked_sites, on a hidden limit of 256 handlers."""
+    assert SharedThreads(1000).service.max_threads == 1000
+    assert SharedThreads(2).service.max_threads == 256
+    assert "max_blocked_sites=1000" in SharedThreads(1000).service.stall_hint
+
+
+def test_a_failure_after_site_tasks_waited_for_a_thread_names_the_limit():
+    shared = SharedThreads(1)
+    gate = threading.Event()
+    try:
+        assert shared.explain("site-2 timed out") == "site-2 timed out"  # nothing waited: nothing to add
+        shared.site_lane("site-1").submit(gate.wait, 5)
+        shared.site_lane("site-2").submit(lambda: None)  # waits for the one thread
+        wait_for(lambda: shared.tasks.waited_full == 1)
+        assert "max_blocked_sites=1" in shared.explain("site-2 timed out")
+        assert shared.explain("max_blocked_sites=1 ...") == "max_blocked_sites=1 ..."  # said already
+    finally:
+        gate.set()
+        shared.close()

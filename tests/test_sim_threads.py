@@ -64,3 +64,11 @@ def test_more_sites_waiting_for_each_other_than_the_limit_fail_naming_it(tmp_pat
 def test_max_blocked_sites_must_be_a_positive_int(tmp_path, bad):
     with pytest.raises(Exception, match="max_blocked_sites must be a positive int"):
         run_job(tmp_path, [comp("sim_components.ThreadsController")], [], n_clients=1, max_blocked_sites=bad)
+
+
+def test_a_bad_max_blocked_sites_leaves_the_earlier_run_where_it_is(tmp_path):
+    run_job(tmp_path, [comp("sim_components.ThreadsController")], [], n_clients=1)
+    for _ in range(4):  # more tries than earlier runs kept: none may push the real one out
+        with pytest.raises(Exception, match="max_blocked_sites must be a positive int"):
+            run_job(tmp_path, [comp("sim_components.ThreadsController")], [], n_clients=1, max_blocked_sites=0)
+    assert (tmp_path / "ws" / "server").is_dir() and not list((tmp_path / "ws").glob(".previous-*"))

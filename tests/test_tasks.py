@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import os
+import shutil
+
 import pytest
 import sim_components as sc
-from support import comp, read_log, run_job
+from support import comp, read_log, run_job, write_job
 
 from flarelite.apis.controller_spec import TaskCompletionStatus
 from flarelite.apis.fl_constant import ReturnCode
 from flarelite.errors import ConfigError, RunFailedError
+from flarelite.simulator.runner import run_simulation
 
 BEHAVE = [{"tasks": ["*"], "executor": comp("sim_components.BehaviourExecutor")}]
 
@@ -20,8 +24,9 @@ def _reset():
     sc.reset()
 
 
-def run_bcast(tmp_path, n_clients=3, executors=BEHAVE, **args):
-    return run_job(tmp_path, [comp("sim_components.BroadcastController", **args)], executors, n_clients=n_clients)
+def run_bcast(tmp_path, n_clients=3, executors=BEHAVE, protocol="memory", **args):
+    workflows = [comp("sim_components.BroadcastController", **args)]
+    return run_job(tmp_path, workflows, executors, n_clients=n_clients, protocol=protocol)
 
 
 def test_broadcast_and_wait_collects_every_result(tmp_path):
@@ -82,6 +87,21 @@ def test_executor_failures_become_return_codes_and_the_site_keeps_running(tmp_pa
     if task_name == "raise":
         log = read_log(tmp_path, "site-1")
         assert "execute failed on purpose" in log and "Traceback" in log
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("protocol", ["memory", "unix"])
+@pytest.mark.parametrize("task_name, what", [("exit", "SystemExit"), ("interrupt", "KeyboardInterrupt")])
+def test_an_executor_that_exits_or_is_interrupted_fails_the_run_naming_it(tmp_path, protocol, task_name, what):
+    """sys.exit() in execute used to hang the run: in memory it killed a pool thread and left the site's lane
+    taken; in processes the site said an ordinary goodbye and the server waited for its result for ever."""
+    workflows = [comp("sim_components.BroadcastController", task_name=task_name, min_responses=0)]
+    folder = write_job(tmp_path / "jobs", workflows, BEHAVE)
+    custom = os.path.join(folder, "app", "custom")  # (the site processes import it from the job)
+    os.makedirs(custom, exist_ok=True)
+    shutil.copy(sc.__file__, custom)
+    with pytest.raises(RunFailedError, match=f"site-1.*{what}"):
+        run_simulation(folder, str(tmp_path / "ws"), n_clients=3, protocol=protocol, end_timeout=10)
 
 
 def test_no_executor_for_the_task_is_task_unknown(tmp_path):

@@ -422,7 +422,20 @@ class AuxRunner:
             site.log.warning("reply to %s on topic %r not delivered: %s", request.sender, request.topic, exc)
 
     def close(self, drain_timeout: float = 0.0) -> None:
-        """Stop taking requests; handle those already received first, for up to ``drain_timeout`` seconds."""
+        """Stop taking requests; handle those already received first, for up to ``drain_timeout`` seconds.
+
+        Sends still waiting for replies (an executor or a handler of this site blocked in one) return at once
+        with an error reply: the run is over here, so no thread of it stays behind waiting.
+        """
+        with self._lock:
+            pending, self._pending = self._pending, {}
+        for (target, _), waiter in pending.items():
+            waiter.settle(
+                target,
+                error=_error_reply(
+                    ReturnCode.SERVICE_UNAVAILABLE, f"{self.site.name} ended its run before {target} replied"
+                ),
+            )
         self.site.close_sender_pool()
         if not self._pool.shutdown(drain_timeout) and drain_timeout > 0:
             self.site.log.warning("aux handlers still running %ss after the end of the run", drain_timeout)

@@ -188,6 +188,8 @@ class ClientRuntime(SiteRuntime):
             self._fatal(str(exc))
         except Exception as exc:  # an error of the runtime itself: this site dies, the run must know
             self._fatal(f"client runtime error: {exc!r}", exc)
+        except BaseException as exc:  # sys.exit() or KeyboardInterrupt while it joined or built its components
+            self._fatal(f"the site stopped: {exc!r} was raised while it started", exc)
         return False
 
     def _step(self, frame: Frame) -> bool:
@@ -197,6 +199,9 @@ class ClientRuntime(SiteRuntime):
             return True
         except Exception as exc:
             self._fatal(f"client runtime error: {exc!r}", exc)
+            return False
+        except BaseException as exc:  # sys.exit() or KeyboardInterrupt in an executor, filter or handler
+            self._fatal(f"the site stopped: {exc!r} was raised while it ran a task", exc)
             return False
 
     def _join(self) -> None:

@@ -33,7 +33,7 @@ from .logs import bind_thread
 
 _log = logging.getLogger("flarelite.runtime.pool")
 
-SERVICE_THREADS = 256  # aux handlers and side-by-side sends of all the sites, at once
+SERVICE_THREADS = 256  # aux handlers and side-by-side sends of all the sites at once: at least, or max_blocked_sites
 STALL_TIMEOUT = 10.0  # seconds every thread of a full pool may wait, with calls queued, before it is a stall
 IDLE_TIMEOUT = 2.0  # seconds a thread without work stays
 CORE_THREADS = 16  # threads a pool starts as soon as calls wait; past them it grows only when its threads block
@@ -128,6 +128,7 @@ class ThreadPool:
         self._serial = 0
         self._watching = False
         self._closed = False
+        self.waited_full = 0  # calls that found every thread of the full pool busy (they waited for one)
 
     @property
     def threads(self) -> int:
@@ -150,8 +151,11 @@ class ThreadPool:
             elif self._threads < min(self.max_threads, CORE_THREADS):
                 self._threads += 1
                 start = True
-            elif not self._watching:
-                self._watching = watch = True
+            else:
+                if self._threads >= self.max_threads:
+                    self.waited_full += 1
+                if not self._watching:
+                    self._watching = watch = True
         if start:
             self._start_thread()
         if watch:
@@ -197,7 +201,7 @@ class ThreadPool:
                 self._started += 1
             try:
                 fn(*args)
-            except Exception:  # the callers report their own errors; this is a last resort
+            except BaseException:  # the callers report their own errors; this is a last resort (sys.exit too)
                 _log.exception("unhandled error in a thread of %s", self.name)
             finally:
                 bind_thread(None)
@@ -297,7 +301,7 @@ class Lane:
             _current.lane = self
             try:
                 fn(*args)
-            except Exception:
+            except BaseException:  # (sys.exit too: the lane must go on to the site's next call)
                 _log.exception("unhandled error in a call of %s", self.site)
             finally:
                 _current.lane = None
@@ -358,12 +362,15 @@ class SharedThreads:
     def __init__(
         self,
         max_blocked_sites: int,
-        service_threads: int = SERVICE_THREADS,
+        service_threads: int | None = None,
         *,
         stall_timeout: float | None = None,
         on_stall: Callable[[str], None] | None = None,
     ) -> None:
         stall_timeout = STALL_TIMEOUT if stall_timeout is None else stall_timeout
+        # as many handlers may block as sites may (each blocked executor's request can hold one), 256 at least
+        service_threads = max(SERVICE_THREADS, max_blocked_sites) if service_threads is None else service_threads
+        self.max_blocked_sites = max_blocked_sites
         self.tasks = ThreadPool(
             "sim-task",
             max_blocked_sites,
@@ -373,7 +380,9 @@ class SharedThreads:
                 f"the in-process simulator runs at most {max_blocked_sites} sites' tasks at once "
                 f"(max_blocked_sites={max_blocked_sites}), and these wait for sites that have not started theirs "
                 "(a job whose sites all execute at once and wait for each other, such as a synchronous "
-                "peer-to-peer algorithm); raise max_blocked_sites to the number of sites, or use protocol='unix'"
+                "peer-to-peer algorithm); raise max_blocked_sites to the number of sites, or use protocol='unix'. "
+                f"(Tasks that wait {stall_timeout:.0f}s for anything else, a sleep or another process, while other "
+                "sites' tasks wait for a thread look the same: raising max_blocked_sites lets them all run at once)"
             ),
         )
         self.service = ThreadPool(
@@ -382,8 +391,9 @@ class SharedThreads:
             stall_timeout=stall_timeout,
             on_stall=on_stall,
             stall_hint=(
-                f"the in-process simulator runs at most {service_threads} aux handlers at once, and these wait "
-                "for requests that wait for a thread (handlers that wait for other sites' handlers); "
+                f"the in-process simulator runs at most {service_threads} aux handlers at once (as many as "
+                f"max_blocked_sites={max_blocked_sites}, at least {SERVICE_THREADS}), and these wait for requests "
+                "that wait for a thread (handlers that wait for other sites' handlers); raise max_blocked_sites, "
                 "let handlers answer without waiting, or use protocol='unix'"
             ),
         )
@@ -399,6 +409,18 @@ class SharedThreads:
     def senders(self, site: str) -> PoolExecutor:
         """``site``'s side-by-side sends."""
         return PoolExecutor(self.service, site)
+
+    def explain(self, failure: str) -> str:
+        """``failure`` (the run's), with a note naming ``max_blocked_sites`` when sites' tasks had to wait for a
+        thread: a job whose executors wait for their peers fails by its own timeout then, not by the stall watch."""
+        waited = self.tasks.waited_full
+        if not waited or "max_blocked_sites" in failure:
+            return failure
+        return (
+            f"{failure} (note: {waited} site task(s) had to wait for a thread, as at most "
+            f"max_blocked_sites={self.max_blocked_sites} sites execute at once in memory; if executors wait for "
+            "their peers, raise max_blocked_sites to the number of sites, or use protocol='unix')"
+        )
 
     def close(self) -> None:
         """Let every thread go once its work is done."""

@@ -332,15 +332,18 @@ class ServerRuntime(SiteRuntime, ServerEngineSpec):
             self.fates.failed(name, frame.topic)
             self.abort_run(f"site {name} failed: {frame.topic}")
         elif kind == Kind.BYE:
-            if frame.topic and frame.topic != self.failure:  # not just the server's own reason, echoed
-                self.fates.failed(name, frame.topic)
+            reason = frame.topic
+            if not reason and not self._ending:  # a site leaves only when the run ends, or failing
+                reason = "it left before the run ended, saying no reason"
+            if reason and reason != self.failure:  # not just the server's own reason, echoed
+                self.fates.failed(name, reason)
             else:
                 self.fates.ended(name)
             with self._cv:
                 self._gone.add(name)
                 self._cv.notify_all()
-            if frame.topic and not self._ending:
-                self.abort_run(f"site {name} failed: {frame.topic}")
+            if reason and not self._ending:
+                self.abort_run(f"site {name} failed: {reason}")
         else:
             self.log.warning("ignored unknown frame kind %r from %s", kind, name)
 

@@ -124,8 +124,10 @@ def run_simulation(
     ``max_blocked_sites`` (``protocol="memory"``; default 1,000): the sites do not keep threads of their own but
     share two bounded pools (``flarelite.runtime.pool``), so an idle site costs no thread; this many sites may be
     executing a task at once (an executor may block, waiting for its peers: a synchronous peer-to-peer job needs
-    every site at once), the others' tasks wait for a thread. When every one of those threads waits and nothing
-    finishes for 10 s while more sites' tasks wait, the run fails with an error naming this limit.
+    every site at once), the others' tasks wait for a thread; as many aux handlers may wait at once (256 at least).
+    When every one of those threads waits and nothing finishes for 10 s while more sites' tasks wait, the run fails
+    with an error naming this limit; a run that fails otherwise (an executor's own timeout) after sites' tasks had
+    to wait for a thread names it too. Ignored, with a warning, by the processes modes.
 
     ``temp_dirs``: folders the caller made for this run (the exported job), removed by the server's process if
     this process is killed (processes modes). A site that dies while the others finish the workflow does not
@@ -149,26 +151,34 @@ def run_simulation(
     from ..communication.sizes import max_message_size as message_limit
 
     limit = message_limit(max_message_size)
+    if isinstance(max_blocked_sites, bool) or not isinstance(max_blocked_sites, int) or max_blocked_sites < 1:
+        raise ConfigError(f"max_blocked_sites must be a positive int, got {max_blocked_sites!r}")
+    if protocol != "memory" and max_blocked_sites != DEFAULT_MAX_BLOCKED_SITES:
+        _log.warning(
+            "max_blocked_sites=%d ignored: with protocol %r every site has a process (and threads) of its own; "
+            "it bounds the in-process simulator (protocol='memory')",
+            max_blocked_sites,
+            protocol,
+        )
     workspace = os.path.abspath(workspace)
-    from .previous_runs import set_aside
-
-    moved = set_aside(workspace)
-    if moved is not None:
-        _log.warning("the workspace %s held an earlier run: moved it to %s", workspace, moved)
     if gpu is not None:
         parse_gpu(gpu)  # a bad value fails before anything starts
     if log_config is not None:
         log_config = check_log_config(log_config)
-        os.makedirs(workspace, exist_ok=True)
-        apply_log_config(log_config, base_dir=workspace)
     job = load_job(job_folder)
     names = resolve_clients(job, n_clients, clients)
     check_max_clients(max_clients, names)
-    if isinstance(max_blocked_sites, bool) or not isinstance(max_blocked_sites, int) or max_blocked_sites < 1:
-        raise ConfigError(f"max_blocked_sites must be a positive int, got {max_blocked_sites!r}")
     threads = check_threads(threads, len(names))
     concurrency = threads if threads < len(names) else None  # None: no gate, every site at once
     gpus = assign_gpus(names, gpu) if gpu is not None else None
+    from .previous_runs import set_aside
+
+    moved = set_aside(workspace)  # only once every option is known good: a typo never pushes out an earlier run
+    if moved is not None:
+        _log.warning("the workspace %s held an earlier run: moved it to %s", workspace, moved)
+    if log_config is not None:
+        os.makedirs(workspace, exist_ok=True)
+        apply_log_config(log_config, base_dir=workspace)
     if gpus is not None and protocol == "memory":
         _log.warning(
             "gpu=%r ignored: with protocol 'memory' every site shares this process and its devices; per-site GPUs "
@@ -292,7 +302,7 @@ def run_simulation(
         failure = next((f"{n}: {f}" for n, f in failures.items() if f and not fates[n].startswith("died")), None)
         stuck = [name for name in stuck if not fates[name].startswith("died")]
     if failure is not None:
-        raise RunFailedError(failure)
+        raise RunFailedError(shared.explain(failure))
     if stuck:
         raise RunFailedError(f"sites did not end: {stuck}")
     return 0
