@@ -16,6 +16,7 @@ import threading
 
 import pytest
 from rogue import Rogue
+from support import wait_for
 from wire_fixtures.inbox import Inbox
 
 from flarelite.apis.dxo import DXO, DataKind, from_shareable
@@ -68,6 +69,8 @@ def world(pki):
     assert rogue.hello("site-3").WhichOneof("body") == "welcome"
     for name in ("site-1", "site-2", "site-3"):
         inbox.wait_peer(name, True)
+    for rt in (site1, site2):  # the sites have heard of their peers too (else a send to site-3 fails at once)
+        wait_for(lambda rt=rt: set(SITES[1:]) - {rt.name} <= rt.protocol._peers, 20)
     yield site1, rogue, release
     release.set()
     rogue.close()
