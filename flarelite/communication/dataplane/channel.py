@@ -344,7 +344,7 @@ class DataChannel:
             head = pb.Envelope(header=pb.Header(stream=blob, buffer_sizes=sizes)).SerializeToString()
             self._write_records(me, blob, head, pieces, deadline, what)
         finally:
-            self._turns.leave(me)
+            self._leave(me)
         return blob
 
     def send_frame(self, frame: Frame, deadline: float | None) -> None:
@@ -375,7 +375,7 @@ class DataChannel:
                 return
             self._write_records(me, stream, head, pieces, deadline, what)
         finally:
-            self._turns.leave(me)
+            self._leave(me)
 
     def send_relayed_blob(
         self,
@@ -405,7 +405,7 @@ class DataChannel:
             head = pb.Envelope(header=pb.Header(stream=blob, buffer_sizes=sizes, target=target)).SerializeToString()
             self._write((_E.pack(b"E", len(head)), head), deadline, what, fresh=True)
         finally:
-            self._turns.leave(me)
+            self._leave(me)
         announced(blob)
         try:
             for index, view in enumerate(pieces):
@@ -430,7 +430,7 @@ class DataChannel:
             head = pb.Envelope(header=pb.Header(stream=blob, buffer_sizes=sizes)).SerializeToString()
             self._write((_E.pack(b"E", len(head)), head), deadline, what, fresh=True)
         finally:
-            self._turns.leave(me)
+            self._leave(me)
         return blob
 
     def write_chunk(
@@ -450,7 +450,7 @@ class DataChannel:
         try:
             self._write((_C.pack(b"C", blob, buffer, data.nbytes), data), deadline, what)
         finally:
-            self._turns.leave(me)
+            self._leave(me)
 
     def cancel_blob(self, blob: int, reason: str) -> None:
         """Tell the peer that blob ``blob`` will not be finished (nothing happens when the channel is closed); never
@@ -462,7 +462,7 @@ class DataChannel:
         try:
             self._cancel(blob, reason)
         finally:
-            self._turns.leave(me)
+            self._leave(me)
 
     def _take_turn(self, me: object, deadline: float | None, what: str) -> None:
         """Wait for ``me``'s turn to write (its caller leaves the turn in a ``finally``).
@@ -563,9 +563,9 @@ class DataChannel:
             self._timed_out(me, stream, what, "the receiver takes it slower")
 
     def _timed_out(self, me: object, stream: int, what: str, why: str) -> NoReturn:
-        """Cancel what was sent of ``stream`` and raise TransportTimeout, now: the cancel is written at once when no
-        other writer waits, else before the next writer's record (``me`` never waits for a turn past its deadline).
-        """
+        """Cancel what was sent of ``stream`` and raise TransportTimeout, now: the cancel is written at once when the
+        turn is ``me``'s, else by the writer holding it (before its next record, or as it leaves the turn): ``me``
+        never waits for a turn past its deadline."""
         if self._turns.holds(me):
             self._cancel(stream, "not sent within its timeout")
         else:
@@ -577,8 +577,11 @@ class DataChannel:
     def _cancel(self, blob: int, reason: str) -> None:
         """Write the cancel of ``blob`` (the caller holds the turn); a peer that takes not even that within
         ``CANCEL_GRACE`` reads nothing: the channel closes."""
+        with self._lock:  # (with those that waited for a writer, in the order they came)
+            cancels, self._cancels = self._cancels, []
+        cancels.append(b"".join(self._cancel_record(blob, reason)))
         try:
-            self._write(self._cancel_record(blob, reason), time.monotonic() + CANCEL_GRACE, "a cancel")
+            self._write((b"".join(cancels),), time.monotonic() + CANCEL_GRACE, "a cancel")
         except (TransportClosed, TransportTimeout):
             pass
 
@@ -594,6 +597,21 @@ class DataChannel:
             over = len(self._cancels) > MAX_REFUSED
         if over:
             self.close(f"{MAX_REFUSED} cancels waited for a writer")
+
+    def _leave(self, me: object) -> None:
+        """``me`` is done writing; cancels queued meanwhile that no writer after it would carry are written now."""
+        self._turns.leave(me)
+        if not self._cancels or self.closed:
+            return
+        last = object()
+        if not self._turns.take(last, time.monotonic(), self._is_closed):
+            return  # another writer holds the turn now: it writes them
+        try:
+            self._write_cancels(time.monotonic() + CANCEL_GRACE)
+        except (TransportClosed, TransportTimeout):
+            pass
+        finally:
+            self._turns.leave(last)
 
     def _write_cancels(self, deadline: float | None) -> None:
         """Write the cancels that found the turn taken (the caller holds it, between two records)."""
