@@ -234,7 +234,7 @@ def test_a_hello_trickled_a_byte_at_a_time_is_cut_at_its_deadline(net, monkeypat
             except OSError:
                 cut = time.monotonic() - began
                 break
-        assert cut is not None and cut < 0.6 + 1.0, f"the listener still read the hello after {cut}s"
+        assert cut is not None and cut < 0.6 + 2.0, f"the listener still read the hello after {cut}s"
     finally:
         s.close()
 
@@ -250,7 +250,7 @@ def test_connections_that_never_say_hello_cannot_keep_a_site_from_its_channel(ne
             stalled.append(s)
         began = time.monotonic()
         site, _ = net("site-1")
-        assert site.data_peers == ["server"] and time.monotonic() - began < 2.0
+        assert site.data_peers == ["server"] and time.monotonic() - began < 3.0
         wait_for(lambda: len(server._data_listener._hellos) <= handshake.MAX_HANDSHAKES)
     finally:
         for s in stalled:
@@ -296,7 +296,7 @@ def test_a_listener_trickling_its_answer_costs_the_dialing_site_its_timeout_not_
     try:
         with pytest.raises(ConnectError, match="in time|timed out"):
             dial(path, "site-1", b"\0" * 32, 1.0)
-        assert time.monotonic() - began < 2.0
+        assert time.monotonic() - began < 2.5
     finally:
         stop.set()
         thread.join(2)
