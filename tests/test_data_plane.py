@@ -104,6 +104,20 @@ def test_a_broken_channel_falls_back_to_grpc(net):
     assert s_in.get().meta == b"1" and c_in.get().meta == b"2"
 
 
+def test_a_frame_of_many_arrays_takes_the_channel_both_ways(net):
+    """A model of more than 64 tensors (ResNet-18 has 122): its blob announcement carries no meta by design, and
+    was refused by the rule that a frame needs 6 bytes of meta per buffer past 64."""
+    server, s_in = net("server")
+    site, c_in = net("site-1")
+    wait_for(lambda: server.data_peers == ["site-1"])
+    arrays = [np.full(4096, i, np.float32) for i in range(300)]  # 300 x 16 KiB: the channel's
+    site.send("server", Frame(kind="result", meta=b"m" * 2000, buffers=arrays))
+    server.send("site-1", Frame(kind="task", meta=b"m" * 2000, buffers=arrays))
+    for got in (s_in.get(), c_in.get()):
+        assert got.error == "" and len(got.buffers) == 300
+        assert all(np.array_equal(np.frombuffer(b, np.float32), a) for b, a in zip(got.buffers, arrays))
+
+
 def test_a_data_socket_that_cannot_be_made_leaves_the_frames_to_grpc(net, short_dir, caplog):
     leftover = f"{short_dir}/server.sock.data"
     with open(leftover, "w") as f:
@@ -827,11 +841,58 @@ def test_a_fedavg_job_in_site_processes_gets_the_same_model_either_way(tmp_path,
     assert opened == (["site-1", "site-2"] if data_plane != "grpc" else [])  # Unix; TCP under mtls; TCP asked for
 
 
+@pytest.mark.parametrize("plane", ["tcp", "grpc"])
+def test_a_data_plane_choice_in_memory_is_a_clear_error(tmp_path, plane):
+    from support import comp, run_job
+
+    with pytest.raises(ConfigError, match=f"data_plane='{plane}' needs a gRPC protocol"):
+        run_job(tmp_path, [comp("sim_components.ThreadsController")], [], n_clients=1, data_plane=plane)
+
+
 def test_a_bad_data_plane_option_is_a_clear_error(tmp_path):
     from flarelite.simulator.runner import run_simulation
 
     with pytest.raises(ConfigError, match="data_plane must be one of auto, tcp, grpc"):
         run_simulation(str(tmp_path), str(tmp_path / "ws"), n_clients=1, data_plane="fast")
+
+
+def test_a_whole_frame_whose_direct_channel_breaks_under_it_goes_by_grpc(net, monkeypatch):
+    monkeypatch.setenv("FLARELITE_SHARED_MEMORY", "0")  # its bytes through the socket: the sender is held mid-frame
+    net("server")
+    one, in1 = net("site-1", direct_p2p=True)
+    two, in2 = net("site-2", direct_p2p=True)
+    wait_for(lambda: "site-1" in two.data_peers and "site-2" in one.data_peers)
+    wait_for(lambda: two._conns["site-1"].frames_out is not None)
+    receiving = one._data["site-2"]
+    stalled, release, original = threading.Event(), threading.Event(), receiving._on_chunk
+
+    def stall(*args):  # the reader stops at the frame's first chunk, so the sender is mid-frame
+        stalled.set()
+        release.wait(30)
+        return original(*args)
+
+    receiving._on_chunk = stall
+    payload = np.arange(64 << 20, dtype=np.uint8)  # far more than the sockets hold
+    outcome: dict = {}
+
+    def send():
+        try:
+            two.send("site-1", Frame(kind="aux", msg_id="big", meta=b"m", buffers=[payload]), timeout=30)
+            outcome["sent"] = True
+        except Exception as exc:
+            outcome["error"] = exc
+
+    sender = threading.Thread(target=send)
+    sender.start()
+    try:
+        assert stalled.wait(10)
+        receiving.close("broken by the test")  # under the frame: the sender's write fails mid-frame
+        sender.join(30)
+    finally:
+        release.set()
+    assert outcome == {"sent": True}, outcome
+    got = in1.get()  # once, whole, by gRPC on the direct connection
+    assert got.msg_id == "big" and np.array_equal(np.frombuffer(got.buffers[0], np.uint8), payload)
 
 
 def test_direct_peer_connections_get_a_data_channel_too(net):

@@ -293,3 +293,13 @@ def test_buffers_cancelled_after_their_wait_ran_out_leave_nothing_behind(net):
     one.send("site-2", Frame(kind="aux", msg_id="after", buffers=[big(1 << 20, 3)]), timeout=10)
     got = in2.get()
     assert got.msg_id == "after" and got.error == ""
+
+
+def test_a_frame_of_many_arrays_passes_through_the_relay(net, forwarded):
+    server, (one, _), (two, in2), _ = three(net)
+    arrays = [big(4096, i) for i in range(300)]  # more than 64 buffers, each smaller than a chunk
+    one.send("site-2", Frame(kind="aux", msg_id="many", meta=b"m" * 2000, buffers=arrays), timeout=10)
+    got = in2.get()
+    assert got.msg_id == "many" and got.error == "" and len(got.buffers) == 300
+    assert all(bytes(b) == a.tobytes() for b, a in zip(got.buffers, arrays))
+    assert forwarded == [("site-1", "site-2", 300 * 4096 * 4)]  # on the channels, not the stream

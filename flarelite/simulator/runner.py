@@ -146,6 +146,10 @@ def run_simulation(
     check_data_plane(data_plane)
     if protocol == "memory" and direct_p2p:
         raise ConfigError("direct_p2p needs a gRPC protocol ('unix' or 'grpc'); in memory every site is direct")
+    if protocol == "memory" and data_plane != "auto":
+        raise ConfigError(
+            f"data_plane={data_plane!r} needs a gRPC protocol ('unix' or 'grpc'); in memory no frame touches a socket"
+        )
     if protocol == "memory" and tls != "clear":
         raise ConfigError(f"tls={tls!r} needs a gRPC protocol ('unix' or 'grpc'); the in-memory one has no wire")
     from ..communication.sizes import max_message_size as message_limit

@@ -50,7 +50,7 @@ from . import flarelite_pb2 as pb
 from .connection import CHUNK_OVERHEAD, Connection, Outgoing
 from .core import EndpointCore
 from .data_relay import BlobRelay
-from .wire import Assembly, Inbound, byte_views, header_from_proto, header_problem, header_to_proto
+from .wire import Assembly, Inbound, byte_views, header_from_proto, header_problem, header_to_proto, size_problem
 
 _log = logging.getLogger("flarelite.grpc")
 DATA_WAIT = 3.0  # seconds an offered channel has to be opened
@@ -201,7 +201,9 @@ class DataRoutes(EndpointCore):
     # both --------------------------------------------------------------------------------------------
     def _new_channel(self, sock: Any, peer: str, conn: Connection) -> data_channel.DataChannel:
         def admit(h: pb.Header, size: int, pending: Inbound) -> str:
-            return header_problem(h, self.max_message_size) or self._over_cap(h, size, pending)
+            # a whole frame's header brings its meta; a blob's announcement never does (its header follows)
+            problem = header_problem(h, self.max_message_size) if h.kind else size_problem(h, self.max_message_size)
+            return problem or self._over_cap(h, size, pending)
 
         whole = self._whole_frames(peer)
         channel = data_channel.DataChannel(
@@ -311,12 +313,14 @@ class DataRoutes(EndpointCore):
     def _send_on_channel(
         self, channel: data_channel.DataChannel, target: str, frame: Frame, deadline: float | None, on_loop: bool
     ) -> bool:
-        """Write ``frame`` whole on ``channel``; False when the channel closed before any of it was written (then
-        it goes by gRPC). A frame sent from the loop or from a channel's reader (a runtime answering inside its
+        """Write ``frame`` whole on ``channel``; False when it goes by gRPC instead: the channel was closed before
+        any of it was written, or broke while it was (the receiver drops what came of it with the channel, so it
+        cannot arrive twice). A frame sent from the loop or from a channel's reader (a runtime answering inside its
         frame callback) waits at most ``heartbeat_timeout`` for the socket: a peer that reads nothing cannot hold
         them.
 
-        Raises TransportTimeout / TransportClosed once part of it went on the channel.
+        Raises TransportTimeout once part of it went on the channel and its deadline passed; TransportClosed when
+        this endpoint stops meanwhile.
         """
         if deadline is None and (on_loop or data_channel.on_reader_thread()):
             deadline = time.monotonic() + self.heartbeat_timeout
@@ -325,7 +329,17 @@ class DataRoutes(EndpointCore):
         except data_channel.ChannelUnavailable:
             return False
         except TransportClosed as exc:
-            raise TransportClosed(f"{frame.kind} frame to {target!r} not sent: {exc}") from None
+            if not self._running:
+                raise TransportClosed(f"{frame.kind} frame to {target!r} not sent: {exc}") from None
+            _log.info(
+                "%s: the data channel to %s broke under a %s frame (%s); it goes by gRPC",
+                self.address,
+                target,
+                frame.kind,
+                exc,
+                extra={"site": self.address},
+            )
+            return False
         return True
 
     # sending: a large frame for another site, its bytes through the server's channels -------------------

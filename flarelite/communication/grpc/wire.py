@@ -121,6 +121,13 @@ def header_problem(h: pb.Header, max_message_size: int) -> str:
             f"a {h.kind} frame lists {len(h.buffer_sizes)} buffers but has {meta} bytes of meta, too little to "
             "use them (the codec needs at least 6 bytes of meta per buffer)"
         )
+    return size_problem(h, max_message_size)
+
+
+def size_problem(h: pb.Header, max_message_size: int) -> str:
+    """Why a body of the size ``h`` announces may not be received here ('' when it may). All that is asked of a
+    data channel's blob announcement: it lists buffers and never meta (the frame's header, which claims the blob,
+    brings the meta and is checked with ``header_problem``; what the list costs is its own bytes)."""
     size = body_size(h)
     if size > max_message_size:
         return f"a {size}-byte message exceeds the limit of {max_message_size} bytes (max_message_size)"
