@@ -575,25 +575,20 @@ class DataChannel:
         )
 
     def _cancel(self, blob: int, reason: str) -> None:
-        """Write the cancel of ``blob`` (the caller holds the turn); a peer that takes not even that within
-        ``CANCEL_GRACE`` reads nothing: the channel closes."""
-        with self._lock:  # (with those that waited for a writer, in the order they came)
-            cancels, self._cancels = self._cancels, []
-        cancels.append(b"".join(self._cancel_record(blob, reason)))
-        try:
-            self._write((b"".join(cancels),), time.monotonic() + CANCEL_GRACE, "a cancel")
-        except (TransportClosed, TransportTimeout):
-            pass
+        """Write the cancel of ``blob`` (the caller holds the turn), after those that waited for a writer."""
+        with self._lock:
+            self._cancels.append(self._cancel_record(blob, reason))
+        self._flush_cancels()
 
     @staticmethod
-    def _cancel_record(blob: int, reason: str) -> tuple[bytes, bytes]:
+    def _cancel_record(blob: int, reason: str) -> bytes:
         body = pb.Envelope(cancel=pb.Cancel(stream=blob, reason=reason)).SerializeToString()
-        return _E.pack(b"E", len(body)), body
+        return _E.pack(b"E", len(body)) + body
 
     def _cancel_later(self, blob: int, reason: str) -> None:
         """Queue the cancel of ``blob`` for the next writer (at most MAX_REFUSED wait: past that, close)."""
         with self._lock:
-            self._cancels.append(b"".join(self._cancel_record(blob, reason)))
+            self._cancels.append(self._cancel_record(blob, reason))
             over = len(self._cancels) > MAX_REFUSED
         if over:
             self.close(f"{MAX_REFUSED} cancels waited for a writer")
@@ -607,11 +602,17 @@ class DataChannel:
         if not self._turns.take(last, time.monotonic(), self._is_closed):
             return  # another writer holds the turn now: it writes them
         try:
+            self._flush_cancels()
+        finally:
+            self._turns.leave(last)
+
+    def _flush_cancels(self) -> None:
+        """Write the queued cancels (the caller holds the turn); a peer that takes not even those few bytes within
+        ``CANCEL_GRACE`` reads nothing: the channel closes."""
+        try:
             self._write_cancels(time.monotonic() + CANCEL_GRACE)
         except (TransportClosed, TransportTimeout):
             pass
-        finally:
-            self._turns.leave(last)
 
     def _write_cancels(self, deadline: float | None) -> None:
         """Write the cancels that found the turn taken (the caller holds it, between two records)."""

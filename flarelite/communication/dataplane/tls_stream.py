@@ -11,12 +11,13 @@ listener's certificate against the name it expects (the server's, or a peer's ow
 
 from __future__ import annotations
 
-import array
 import socket
 import ssl
 import threading
 import time
 from typing import Any
+
+from . import shared_memory as shm
 
 _RAW = 256 << 10  # bytes read from the socket at a time
 _PIECE = 256 << 10  # plaintext bytes encrypted at a time (what is encrypted waits in memory until sent)
@@ -24,17 +25,14 @@ _RECORD_OVERHEAD = 1 << 10  # what TLS adds to a small write, and more
 
 
 def _room_for(sock: socket.socket, nbytes: int) -> bool:
-    """Whether ``sock``'s send buffer takes ``nbytes`` more without waiting (False where that cannot be known)."""
-    try:
-        import fcntl
-        import termios
-
-        queued = array.array("i", [0])
-        fcntl.ioctl(sock.fileno(), termios.TIOCOUTQ, queued)
-        size = sock.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF) // 2  # (Linux reports twice what it holds)
-    except (ImportError, AttributeError, OSError):
+    """Whether ``sock``'s send buffer takes ``nbytes`` more without waiting (False where that cannot be known: off
+    Linux, whose TIOCOUTQ count this reads)."""
+    if not shm.AVAILABLE:
         return False
-    return queued[0] + nbytes <= size
+    try:  # (Linux reports twice the buffer's size: half of it holds data)
+        return shm.unread(sock) + nbytes <= sock.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF) // 2
+    except OSError:
+        return False
 
 
 def server_context(cfg: Any) -> ssl.SSLContext:
